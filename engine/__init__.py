@@ -1,0 +1,25 @@
+"""The engine behind the app: requests in, results out. Knows nothing of Gradio."""
+
+from .engine import Engine
+from .errors import Cancelled, EngineError, InputError, ModelLoadError, OutOfBudgetError
+from .requests import (
+    CatalogRequest,
+    I2VRequest,
+    IPAdapterRequest,
+    LoraSpec,
+    LoraStackRequest,
+    ModelRef,
+    PerceptionRequest,
+    QuantizeRequest,
+    Request,
+    SwapSettings,
+    TextToImageRequest,
+    request_from_dict,
+)
+from .result import Result
+
+__all__ = [
+    "Cancelled", "CatalogRequest", "Engine", "EngineError", "I2VRequest", "IPAdapterRequest", "InputError",
+    "LoraSpec", "LoraStackRequest", "ModelLoadError", "ModelRef", "OutOfBudgetError", "PerceptionRequest",
+    "QuantizeRequest", "Request", "Result", "SwapSettings", "TextToImageRequest", "request_from_dict",
+]

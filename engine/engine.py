@@ -1,0 +1,85 @@
+"""The engine: validates a request, takes the device lock, runs the job, returns a Result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from . import jobs
+from .errors import EngineError, InputError
+from .memory import MemoryManager, reset_peak
+from .memory.devices import default_compute_device
+from .models import ModelStore
+from .outputs import save_images
+from .requests import Request
+from .result import Result
+
+DEFAULT_MODELS_DIR = Path("models")
+DEFAULT_OUTPUTS_DIR = Path("outputs")
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+class Engine:
+    """One engine per accelerator. Holds no global state, so several can live in one process."""
+
+    def __init__(
+        self,
+        device: str | None = None,
+        models_dir: str | Path | None = None,
+        demo: bool = False,
+        outputs_dir: str | Path | None = None,
+        budget_bytes: int | None = None,
+        offload_device: str = "cpu",
+    ):
+        self.device = device or default_compute_device()
+        self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
+        self.outputs_dir = Path(outputs_dir or DEFAULT_OUTPUTS_DIR)
+        self.demo = demo
+        self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
+        self.store = ModelStore(self.memory, self.models_dir, demo=demo)
+        self._device_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._device_lock.locked()
+
+    def run(self, request: Request, progress=None, cancel: threading.Event | None = None) -> Result:
+        if not isinstance(request, Request):
+            raise InputError("request", f"expected a request object, got {type(request).__name__}")
+        request.validate()
+        runner = jobs.runner_for(request)
+        progress = progress or _no_progress
+        with self._device_lock:  # one job on the accelerator at a time
+            reset_peak()
+            t0 = time.perf_counter()
+            try:
+                result = runner(self, request, progress, cancel)
+            except torch.OutOfMemoryError as exc:
+                raise EngineError(
+                    "out of GPU memory: pick a swap mode (model offload, block swap, layer streaming), a smaller "
+                    f"size, or a quantized model ({str(exc).splitlines()[0]})"
+                ) from exc
+            if result.images:
+                result.files.extend(save_images(result.images, self.outputs_dir, request))
+            result.timings["total"] = time.perf_counter() - t0
+            result.memory = self.memory.snapshot()
+            progress(1.0, "done")
+            return result
+
+    @staticmethod
+    def download_progress(progress):
+        """Adapt the hub's byte progress to the run's (fraction, message) progress."""
+
+        def on_bytes(done: int, total: int | None, message: str = "") -> None:
+            if total:
+                progress(min(done / total, 1.0), f"downloading {done / 2**20:.0f}/{total / 2**20:.0f} MiB {message}")
+            else:
+                progress(0.0, f"downloading {done / 2**20:.0f} MiB {message}")
+
+        return on_bytes

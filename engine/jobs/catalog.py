@@ -1,0 +1,99 @@
+"""Generate with an SDNQ-quantized model from the catalog, a local folder, or the demo stand-in."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from ..errors import InputError, ModelLoadError, OutOfBudgetError
+from ..requests import CatalogRequest, ModelRef
+from ..result import Result
+from . import text2image
+
+
+def compiler_problem(device: str) -> str | None:
+    """Why torch.compile cannot work here, or None. Checked first so a missing compiler is a
+    message and an eager run, never a crash in the middle of a generation (seed 001, issue #12)."""
+    if device.startswith("cuda"):
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch.compile on a GPU needs Triton (pip install triton); running without compile"
+        return None
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++", "cl")):
+        return "torch.compile needs a C++ compiler (g++ or clang; MSVC 'cl' on Windows); running without compile"
+    return None
+
+
+def resolve_model(engine, req: CatalogRequest) -> tuple[ModelRef, dict]:
+    """The ModelRef to load and the catalog facts about it (empty for a plain folder)."""
+    if not req.entry:
+        return req.model, {}
+    from ..presets import catalog_entry, load_catalog
+
+    entry = catalog_entry(load_catalog(), req.entry)
+    facts = {"entry": entry.id, "repo_id": entry.repo_id, "architecture": entry.architecture,
+             "quantization": entry.quantization, "vram_gb": entry.vram_gb}
+    if not entry.supported or not entry.pipeline:
+        raise InputError("entry", f"{entry.id} has no diffusers pipeline in this version ({entry.notes})")
+    if engine.demo:
+        if not entry.demo:
+            raise InputError("entry", f"demo mode has no tiny stand-in for {entry.architecture} models; "
+                                      "pick a Flux entry or start without --demo")
+        from ..demo import demo_path
+
+        return ModelRef(path=str(demo_path(engine.models_dir, entry.demo)), dtype=req.model.dtype), facts
+    check_fits(engine, entry.vram_gb, req)
+    return ModelRef(repo_id=entry.repo_id, dtype=req.model.dtype), facts
+
+
+def check_fits(engine, vram_gb: float, req: CatalogRequest) -> None:
+    budget = engine.memory.effective_budget()
+    if budget is None or req.swap.mode != "none":
+        return
+    if vram_gb * 2**30 > budget:
+        raise OutOfBudgetError(
+            f"{req.entry} needs about {vram_gb:.0f} GB of VRAM and the budget here is {budget / 2**30:.0f} GB; "
+            "pick a swap mode (model offload) or a smaller quantization"
+        )
+
+
+def apply_options(pipe, req: CatalogRequest, device: str, warnings: list[str]) -> None:
+    transformer = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    if req.use_quantized_matmul and transformer is not None:
+        if not device.startswith("cuda"):
+            warnings.append("int8 quantized matmul needs a CUDA GPU with Triton; running dequantized matmul")
+        else:
+            from sdnq.loader import apply_sdnq_options_to_model
+
+            setattr(pipe, "transformer" if hasattr(pipe, "transformer") else "unet",
+                    apply_sdnq_options_to_model(transformer, use_quantized_matmul=True))
+    if req.use_torch_compile and transformer is not None:
+        problem = compiler_problem(device)
+        if problem:
+            warnings.append(problem)
+        elif not getattr(transformer, "_compiled_by_app", False):
+            transformer.compile()
+            transformer._compiled_by_app = True
+
+
+def run(engine, req: CatalogRequest, progress, cancel) -> Result:
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    t0 = time.perf_counter()
+    ref, facts = resolve_model(engine, req)
+    progress(0.0, f"loading {facts.get('entry') or ref.label}")
+    pipe = engine.store.load_pipeline(ref, progress=engine.download_progress(progress), cancel=cancel)
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and not any(type(m).__name__.startswith("SDNQ") for m in transformer.modules()):
+        warnings.append(f"{ref.label} is not SDNQ-quantized; it runs at full precision")
+    apply_options(pipe, req, engine.device, warnings)
+    timings["load"] = time.perf_counter() - t0
+    try:
+        images = text2image.generate(engine, pipe, req, progress, cancel, timings)
+    except RuntimeError as exc:  # torch.compile fails inside the first call, not at .compile()
+        if "compile" in str(exc).lower() or "inductor" in str(exc).lower():
+            raise ModelLoadError(f"torch.compile failed ({str(exc).splitlines()[0]}); untick torch.compile") from exc
+        raise
+    return Result(request=req, images=images, timings=timings,
+                  metadata={"pipeline": type(pipe).__name__, "warnings": warnings, **facts})

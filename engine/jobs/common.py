@@ -1,0 +1,63 @@
+"""What every runner does around a diffusers call: seeded generator, progress, cancel, and a
+per-run reset of pipeline state (interrupt flag, step caches) in ``finally``, so that an
+aborted run can never leak stale state into the next one."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+
+import torch
+
+from ..errors import Cancelled
+
+Progress = Callable[[float, str], None]
+
+
+def generator_for(seed: int) -> torch.Generator:
+    # A CPU generator gives the same noise on every device, so a seed reproduces across machines.
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def transformers_of(pipe) -> list[torch.nn.Module]:
+    return [m for name in ("transformer", "transformer_2", "unet") if (m := getattr(pipe, name, None)) is not None]
+
+
+def reset_pipeline_state(pipe) -> None:
+    """Clear what a previous (possibly aborted) call may have left behind."""
+    if hasattr(pipe, "_interrupt"):
+        pipe._interrupt = False
+    for module in transformers_of(pipe):
+        reset = getattr(module, "_reset_stateful_cache", None)
+        if reset is not None:
+            reset()
+
+
+def accepted_kwargs(pipe, kwargs: dict) -> dict:
+    """Keep only the arguments this pipeline's ``__call__`` takes (pipelines differ: true_cfg_scale ...)."""
+    params = inspect.signature(pipe.__call__).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def call_pipeline(pipe, kwargs: dict, steps: int, progress: Progress, cancel: threading.Event | None):
+    """Run ``pipe(**kwargs)`` with progress and cancel wired through ``callback_on_step_end``."""
+    cancel = cancel or threading.Event()
+
+    def on_step_end(p, step: int, timestep, callback_kwargs):
+        progress((step + 1) / steps, f"step {step + 1}/{steps}")
+        if cancel.is_set():
+            p._interrupt = True
+        return callback_kwargs
+
+    if cancel.is_set():
+        raise Cancelled()
+    reset_pipeline_state(pipe)
+    try:
+        with torch.inference_mode():
+            out = pipe(**kwargs, callback_on_step_end=on_step_end)
+    finally:
+        reset_pipeline_state(pipe)
+    if cancel.is_set():
+        raise Cancelled()
+    return out

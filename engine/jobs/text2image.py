@@ -1,0 +1,47 @@
+"""Text to image on any diffusers text-to-image pipeline (Flux, Chroma, Qwen-Image, SDXL ...)."""
+
+from __future__ import annotations
+
+import time
+
+from ..requests import TextToImageRequest
+from ..result import Result
+from .common import accepted_kwargs, call_pipeline, generator_for
+
+
+def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
+    """The diffusers call for this request, minus the callback: the engine adds only that."""
+    kwargs = {
+        "prompt": req.prompt,
+        "width": req.width,
+        "height": req.height,
+        "num_inference_steps": req.steps,
+        "guidance_scale": req.guidance_scale,
+        "generator": generator_for(req.seed),
+        "output_type": "pil",
+    }
+    if req.negative_prompt.strip():
+        kwargs["negative_prompt"] = req.negative_prompt
+        kwargs["true_cfg_scale"] = req.true_cfg_scale
+    return accepted_kwargs(pipe, kwargs)
+
+
+def generate(engine, pipe, req: TextToImageRequest, progress, cancel, timings: dict) -> list:
+    names = engine.store.module_names(pipe)
+    t0 = time.perf_counter()
+    with engine.memory.use(names):
+        timings["to_device"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        out = call_pipeline(pipe, pipeline_kwargs(pipe, req), req.steps, progress, cancel)
+        timings["denoise_decode"] = time.perf_counter() - t1
+    return list(out.images)
+
+
+def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress(0.0, f"loading {req.model.label}")
+    pipe = engine.store.load_pipeline(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    timings["load"] = time.perf_counter() - t0
+    images = generate(engine, pipe, req, progress, cancel, timings)
+    return Result(request=req, images=images, timings=timings, metadata={"pipeline": type(pipe).__name__})

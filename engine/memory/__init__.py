@@ -1,0 +1,9 @@
+"""Memory manager: one ledger of every module that holds weights, with readouts and a budget."""
+
+from .devices import device_stats, reset_peak
+from .manager import DISK, ROLES, MemoryManager, ModuleEntry, bytes_by_device, module_bytes, real_device
+
+__all__ = [
+    "DISK", "ROLES", "MemoryManager", "ModuleEntry", "bytes_by_device", "device_stats", "module_bytes",
+    "real_device", "reset_peak",
+]

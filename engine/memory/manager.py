@@ -1,0 +1,286 @@
+"""The memory ledger: every module that holds weights, where its weights are, and a budget.
+
+Nothing in the engine moves weights behind the ledger's back: ``ModelStore`` registers every
+module it loads, runners call ``ensure_loaded`` before they compute and ``offload`` after, and
+``snapshot()`` reads the real placement of every parameter so that the readout can never lie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import OutOfBudgetError
+from . import devices
+
+ROLES = ("transformer", "text_encoder", "image_encoder", "projector", "vae", "adapter", "lora", "other")
+DISK = "disk"
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer, shared tensors counted once."""
+    seen, total = set(), 0
+    for t in _tensors(module):
+        key = (t.data_ptr(), t.device) if t.device.type != "meta" else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _tensors(module: torch.nn.Module):
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def real_device(module: torch.nn.Module) -> str:
+    """Where the module's tensors really are: 'cpu', 'cuda:0', 'meta', 'mixed' or 'none'."""
+    found = {_device_name(t.device) for t in _tensors(module)}
+    if not found:
+        return "none"
+    return found.pop() if len(found) == 1 else "mixed"
+
+
+def bytes_by_device(module: torch.nn.Module) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in _named_tensors(module).values():
+        dev = _device_name(t.device)
+        out[dev] = out.get(dev, 0) + t.numel() * t.element_size()
+    return out
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
+    return dev.type
+
+
+def _named_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(module.named_parameters())
+    named.update(module.named_buffers())  # non-persistent buffers too: they vanish on 'meta'
+    return named
+
+
+@dataclass
+class ModuleEntry:
+    name: str
+    role: str
+    module: torch.nn.Module = field(repr=False)
+    bytes: int
+    dtype: str
+    device: str
+    last_used: float = 0.0
+    disk_file: Path | None = None
+
+    def as_row(self) -> dict:
+        return {"name": self.name, "role": self.role, "bytes": self.bytes, "dtype": self.dtype, "device": self.device}
+
+
+class MemoryManager:
+    """Ledger, budget and least-recently-used eviction for one compute device.
+
+    ``offload_device`` is ``"cpu"`` (the usual case) or ``"disk"``: disk offload writes the
+    weights to a safetensors file and leaves the module on the meta device, for machines short
+    of RAM, and it gives CPU-only tests two truly different places to check residency against.
+    """
+
+    def __init__(
+        self,
+        compute_device: str | None = None,
+        offload_device: str = "cpu",
+        budget_bytes: int | None = None,
+        disk_dir: str | Path | None = None,
+    ):
+        self.compute_device = _device_name(torch.device(compute_device or devices.default_compute_device()))
+        if offload_device not in ("cpu", DISK):
+            raise ValueError("offload_device must be 'cpu' or 'disk'")
+        self.offload_device = offload_device
+        self.budget_bytes = budget_bytes
+        self._disk_dir = Path(disk_dir) if disk_dir else None
+        self._entries: dict[str, ModuleEntry] = {}
+        self._in_use: set[str] = set()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ registry
+    def register(self, name: str, module: torch.nn.Module, role: str = "other") -> ModuleEntry:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        with self._lock:
+            params = list(module.parameters())
+            dtype = str(params[0].dtype).replace("torch.", "") if params else "none"
+            entry = ModuleEntry(name, role, module, module_bytes(module), dtype, real_device(module), time.monotonic())
+            self._entries[name] = entry
+            return entry
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(name, None)
+            if entry and entry.disk_file:
+                entry.disk_file.unlink(missing_ok=True)
+
+    def entry(self, name: str) -> ModuleEntry:
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def refresh(self, names: list[str] | None = None) -> None:
+        """Re-read placement and size after something (a diffusers hook, a LoRA) changed a module."""
+        with self._lock:
+            for name in names or list(self._entries):
+                e = self._entries[name]
+                dev = real_device(e.module)
+                e.device = DISK if dev == "meta" and e.disk_file else dev
+                if dev != "meta":
+                    e.bytes = module_bytes(e.module)
+
+    # ------------------------------------------------------------ budget
+    def effective_budget(self) -> int | None:
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        if self.compute_device.startswith("cuda"):
+            stats = devices.cuda_stats(torch.device(self.compute_device).index or 0)
+            return int(stats["total"] * 0.9)  # headroom for activations and the allocator
+        return None
+
+    def resident_bytes(self) -> int:
+        return sum(e.bytes for e in self._entries.values() if e.device == self.compute_device)
+
+    def _can_evict(self) -> bool:
+        return self.offload_device != self.compute_device
+
+    def ensure_loaded(self, names: list[str] | str) -> None:
+        """Move these modules to the compute device, evicting least-recently-used ones to fit."""
+        names = [names] if isinstance(names, str) else list(names)
+        with self._lock:
+            missing = [n for n in names if n not in self._entries]
+            if missing:
+                raise KeyError(f"not registered: {', '.join(missing)}")
+            budget = self.effective_budget()
+            for name in names:
+                e = self._entries[name]
+                if e.device != self.compute_device:
+                    if budget is not None and self._can_evict():
+                        self._make_room(e.bytes, budget, keep=set(names))
+                    self._move(e, self.compute_device)
+                e.last_used = time.monotonic()
+
+    def _make_room(self, need: int, budget: int, keep: set[str]) -> None:
+        if need > budget:
+            raise OutOfBudgetError(
+                f"{_gib(need)} GiB module does not fit in the {_gib(budget)} GiB budget; "
+                "pick a swap mode (block swap, layer streaming) or a smaller/quantized model"
+            )
+        while self.resident_bytes() + need > budget:
+            victims = [
+                e for e in self._entries.values()
+                if e.device == self.compute_device and e.name not in keep and e.name not in self._in_use and e.bytes
+            ]
+            if not victims:
+                held = ", ".join(sorted(keep | self._in_use))
+                raise OutOfBudgetError(
+                    f"needs {_gib(need)} GiB more but only {_gib(budget - self.resident_bytes())} GiB of the "
+                    f"{_gib(budget)} GiB budget is free and everything resident is in use ({held})"
+                )
+            victim = min(victims, key=lambda e: e.last_used)
+            self._move(victim, self.offload_device)
+
+    def offload(self, names: list[str] | str) -> None:
+        names = [names] if isinstance(names, str) else list(names)
+        with self._lock:
+            for name in names:
+                e = self._entries[name]
+                if e.device != self.offload_device and name not in self._in_use:
+                    self._move(e, self.offload_device)
+            devices.free_cached()
+
+    def offload_all(self) -> None:
+        self.offload([n for n in self._entries if n not in self._in_use])
+
+    @contextlib.contextmanager
+    def use(self, names: list[str] | str):
+        """Load these modules and protect them from eviction for the duration of the block."""
+        names = [names] if isinstance(names, str) else list(names)
+        with self._lock:
+            self.ensure_loaded(names)
+            self._in_use.update(names)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use.difference_update(names)
+                now = time.monotonic()
+                for n in names:
+                    if n in self._entries:
+                        self._entries[n].last_used = now
+
+    # ------------------------------------------------------------ moves
+    def _move(self, e: ModuleEntry, target: str) -> None:
+        if e.device == DISK:
+            self._load_from_disk(e)
+        if target == DISK:
+            self._save_to_disk(e)
+        else:
+            e.module.to(target)
+        e.device = target if target == DISK else real_device(e.module)
+
+    def _disk_path(self, name: str) -> Path:
+        if self._disk_dir is None:
+            self._disk_dir = Path(tempfile.mkdtemp(prefix="vram-offload-"))
+        self._disk_dir.mkdir(parents=True, exist_ok=True)
+        return self._disk_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".safetensors")
+
+    def _save_to_disk(self, e: ModuleEntry) -> None:
+        tensors = {k: t.detach().to("cpu").contiguous() for k, t in _named_tensors(e.module).items()}
+        e.disk_file = self._disk_path(e.name)
+        save_file(tensors, str(e.disk_file))
+        e.module.to("meta")
+
+    def _load_from_disk(self, e: ModuleEntry) -> None:
+        assert e.disk_file is not None
+        stored = load_file(str(e.disk_file))
+        e.module.to_empty(device="cpu")
+        with torch.no_grad():
+            for k, t in _named_tensors(e.module).items():
+                t.copy_(stored[k])
+        e.disk_file.unlink(missing_ok=True)
+        e.disk_file = None
+        e.device = "cpu"
+
+    # ------------------------------------------------------------ readout
+    def snapshot(self) -> dict:
+        """Per-device totals and per-module residency, read from the real tensors."""
+        with self._lock:
+            modules = []
+            for e in self._entries.values():
+                placed = bytes_by_device(e.module)
+                on_compute = placed.get(self.compute_device, 0)
+                modules.append({
+                    **e.as_row(),
+                    "device": DISK if e.device == DISK else real_device(e.module),
+                    "bytes_on_compute": on_compute,
+                    "in_use": e.name in self._in_use,
+                })
+        return {
+            "compute_device": self.compute_device,
+            "offload_device": self.offload_device,
+            "budget": self.effective_budget(),
+            "resident": sum(m["bytes_on_compute"] for m in modules),
+            "devices": devices.device_stats(),
+            "modules": modules,
+        }
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"

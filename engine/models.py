@@ -1,0 +1,220 @@
+"""ModelStore: resolve a ModelRef to files, load it with diffusers, share components, register
+every module with the memory manager, and never run code that came with a model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError, ModelLoadError
+from .memory import MemoryManager
+from .requests import ModelRef
+
+# Libraries a model_index.json may name for its components. Anything else would be a custom
+# class imported from the model repo, i.e. remote code: refused.
+TRUSTED_LIBRARIES = {"diffusers", "transformers", None}
+
+_ROLE_BY_COMPONENT = {
+    "transformer": "transformer", "transformer_2": "transformer", "unet": "transformer",
+    "text_encoder": "text_encoder", "text_encoder_2": "text_encoder", "text_encoder_3": "text_encoder",
+    "image_encoder": "image_encoder", "vae": "vae",
+}
+
+
+def role_of(component: str) -> str:
+    return _ROLE_BY_COMPONENT.get(component, "other")
+
+
+def torch_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def read_model_index(folder: Path) -> dict[str, Any]:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(
+            f"{folder} is not a diffusers model folder (no model_index.json). "
+            "Point to the folder that holds model_index.json, transformer/, vae/ ..."
+        )
+    try:
+        return json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
+
+
+def check_trusted(folder: Path, index: dict[str, Any]) -> None:
+    """Refuse pipelines or components whose classes would be imported from the model repo."""
+    import diffusers
+
+    cls = index.get("_class_name")
+    if not isinstance(cls, str) or not hasattr(diffusers, cls):
+        raise ModelLoadError(
+            f"{folder}: pipeline class {cls!r} is not part of diffusers; loading it would run code from "
+            "the model repository, which this app never does"
+        )
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2:
+            continue
+        library, class_name = spec
+        if library not in TRUSTED_LIBRARIES:
+            raise ModelLoadError(
+                f"{folder}: component {name!r} comes from {library!r}.{class_name}, custom code shipped with the "
+                "model; refused (no remote code)"
+            )
+
+
+def module_components(pipe) -> dict[str, torch.nn.Module]:
+    return {k: v for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)}
+
+
+class ModelStore:
+    def __init__(self, memory: MemoryManager, models_dir: str | Path, demo: bool = False):
+        self.memory = memory
+        self.models_dir = Path(models_dir)
+        self.demo = demo
+        self._pipelines: dict[tuple, Any] = {}
+        self._components: dict[tuple, torch.nn.Module] = {}
+        self._names: dict[int, str] = {}  # id(module) -> ledger name
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ resolve
+    def demo_dir(self) -> Path:
+        from .demo import build_demo_models
+
+        return build_demo_models(self.models_dir)
+
+    def resolve(self, ref: ModelRef, progress=None, cancel=None) -> Path:
+        """A local folder for this reference: its path, a demo model, a models-dir copy, or the HF cache."""
+        if ref.path:
+            folder = Path(ref.path)
+            if not folder.exists():
+                raise InputError("model.path", f"no such file or folder: {folder}")
+        else:
+            folder = self._resolve_repo(ref, progress, cancel)
+        if ref.subfolder:
+            folder = folder / ref.subfolder
+            if not folder.exists():
+                raise ModelLoadError(f"{ref.label} has no subfolder {ref.subfolder!r}")
+        return folder
+
+    def _resolve_repo(self, ref: ModelRef, progress, cancel) -> Path:
+        if self.demo:
+            from .presets import demo_for_repo
+
+            preset = demo_for_repo(ref.repo_id)
+            if preset is None:
+                raise ModelLoadError(
+                    f"demo mode has no tiny stand-in for {ref.repo_id}; start without --demo to use real weights"
+                )
+            return self.demo_dir() / preset
+        local = self.models_dir / ref.repo_id.split("/")[-1]
+        if local.exists():
+            return local
+        from . import hub
+
+        return hub.download(ref.repo_id, revision=ref.revision or None, progress=progress, cancel=cancel)
+
+    # ------------------------------------------------------------ load
+    def load_pipeline(self, ref: ModelRef, pipeline_class: str | None = None, progress=None, cancel=None, **kwargs):
+        """Load (or reuse) a diffusers pipeline; components already loaded from the same files are shared."""
+        folder = self.resolve(ref, progress, cancel)
+        index = read_model_index(folder)
+        check_trusted(folder, index)
+        cls_name = pipeline_class or index["_class_name"]
+        dtype = torch_dtype(ref.dtype, self.memory.compute_device)
+        root = str(folder.resolve())
+        key = (root, cls_name, str(dtype), tuple(sorted(kwargs.items())))
+        with self._lock:
+            if key in self._pipelines:
+                return self._pipelines[key]
+            shared = {n: self._components[(root, n, str(dtype))] for n in index if (root, n, str(dtype)) in self._components}
+            pipe = self._from_pretrained(folder, cls_name, ref.label, dtype=dtype, **shared, **kwargs)
+            for name, module in module_components(pipe).items():
+                self._components[(root, name, str(dtype))] = module
+                self._register(f"{ref.label}/{name}", module, role_of(name))
+            self._pipelines[key] = pipe
+            return pipe
+
+    @contextlib.contextmanager
+    def transient_pipeline(self, folder: Path, pipeline_class: str, tag: str, **kwargs):
+        """A pipeline for one job (e.g. quantizing): registered while it lives, never cached or shared."""
+        folder = Path(folder)
+        check_trusted(folder, read_model_index(folder))
+        pipe = self._from_pretrained(folder, pipeline_class, folder.name, **kwargs)
+        names = []
+        with self._lock:
+            for name, module in module_components(pipe).items():
+                names.append(self.register_module(f"{folder.name}~{tag}/{name}", module, role_of(name)))
+        try:
+            yield pipe
+        finally:
+            with self._lock:
+                for module in module_components(pipe).values():
+                    self._names.pop(id(module), None)
+                for name in names:
+                    self.memory.unregister(name)
+
+    @staticmethod
+    def _from_pretrained(folder: Path, cls_name: str, label: str, **kwargs):
+        import diffusers
+
+        cls = getattr(diffusers, cls_name, None)
+        if cls is None or not hasattr(cls, "from_pretrained"):
+            raise ModelLoadError(f"unknown diffusers pipeline class {cls_name!r}")
+        if _uses_sdnq(folder):
+            import sdnq  # noqa: F401  # registers sdnq's quantizer with transformers as well as diffusers
+        try:
+            return cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load {label} as {cls_name}: {_first_line(exc)}") from exc
+
+    def _register(self, name: str, module: torch.nn.Module, role: str) -> None:
+        if id(module) in self._names:  # shared component: one ledger entry
+            return
+        self.memory.register(name, module, role)
+        self._names[id(module)] = name
+
+    def register_module(self, name: str, module: torch.nn.Module, role: str) -> str:
+        """Register a module the store did not load itself (an adapter, a projector)."""
+        with self._lock:
+            self._register(name, module, role)
+            return self._names[id(module)]
+
+    def module_names(self, pipe) -> list[str]:
+        """Ledger names of every weight-holding component of a pipeline."""
+        return [self._names[id(m)] for m in module_components(pipe).values() if id(m) in self._names]
+
+    def loaded_pipelines(self) -> list[Any]:
+        return list(self._pipelines.values())
+
+    def unload_all(self) -> None:
+        with self._lock:
+            for name in set(self._names.values()):
+                self.memory.unregister(name)
+            self._pipelines.clear()
+            self._components.clear()
+            self._names.clear()
+
+
+def _uses_sdnq(folder: Path) -> bool:
+    """True when any component's config.json says it was saved quantized with SDNQ."""
+    for config in folder.glob("*/config.json"):
+        try:
+            quant = json.loads(config.read_text()).get("quantization_config") or {}
+        except (OSError, json.JSONDecodeError):
+            continue
+        if quant.get("quant_method") == "sdnq":
+            return True
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

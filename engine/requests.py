@@ -1,0 +1,412 @@
+"""Typed requests: the contract between the UI, the engine, the exporter and the tests.
+
+Every request is a frozen dataclass that validates itself (``validate()`` raises
+``InputError(field, message)``) and round-trips through JSON (``to_dict`` / ``from_dict``),
+so that a run can be saved, replayed headless and exported to ComfyUI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import InputError
+
+MAX_SEED = 2**64 - 1  # ComfyUI's seed range, so an exported seed is always accepted
+MAX_SIDE = 4096
+MAX_STEPS = 200
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+# ---------------------------------------------------------------- field checks
+def check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(name, f"must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise InputError(name, f"must be between {lo} and {hi}, got {value}")
+
+
+def check_float(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InputError(name, f"must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise InputError(name, f"must be between {lo:g} and {hi:g}, got {value:g}")
+
+
+def check_side(name: str, value: Any, multiple: int = 16) -> None:
+    check_int(name, value, multiple, MAX_SIDE)
+    if value % multiple:
+        lower = value - value % multiple
+        raise InputError(
+            name, f"must be a multiple of {multiple} (try {lower or multiple} or {lower + multiple}), got {value}"
+        )
+
+
+def check_prompt(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(name, "is empty; describe what you want to see")
+
+
+def check_choice(name: str, value: Any, choices: typing.Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise InputError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_image(name: str, path: Any) -> None:
+    """The path must name an image file that Pillow can decode."""
+    if not isinstance(path, str) or not path:
+        raise InputError(name, "no image given; upload one")
+    if not os.path.isfile(path):
+        raise InputError(name, f"image file not found: {path}")
+    from PIL import Image, UnidentifiedImageError  # local: keeps request import light
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(name, f"cannot read {os.path.basename(path)} as an image ({exc})") from None
+
+
+# ---------------------------------------------------------------- base machinery
+class _Serialisable:
+    """JSON round-trip for (nested) frozen dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _encode(getattr(self, f.name))
+        kind = getattr(type(self), "kind", None)
+        if kind:
+            out = {"kind": kind, **out}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], _prefix: str = ""):
+        if not isinstance(data, dict):
+            raise InputError(_prefix or "request", f"expected an object, got {type(data).__name__}")
+        data = dict(data)
+        data.pop("kind", None)
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(_prefix + unknown[0], f"unknown field for {cls.__name__}")
+        kwargs = {k: _decode(hints[k], v, _prefix + k) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a required field is missing
+            raise InputError(_prefix or "request", str(exc)) from None
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, _Serialisable):
+        return value.to_dict()
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, _Serialisable):
+        return hint.from_dict(value, name + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(name, f"expected a list, got {type(value).__name__}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_decode(item, v, f"{name}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+# ---------------------------------------------------------------- shared parts
+@dataclass(frozen=True)
+class ModelRef(_Serialisable):
+    """Where a model lives: a hub repo id (downloaded into the HF cache) or a local folder/file."""
+
+    repo_id: str = ""
+    path: str = ""
+    revision: str = ""
+    subfolder: str = ""
+    dtype: str = "auto"  # auto = bfloat16 on an accelerator, float32 on CPU
+
+    def validate(self, name: str = "model") -> None:
+        if bool(self.repo_id) == bool(self.path):
+            raise InputError(name, "give either a hub repo id (owner/name) or a local path, not both or neither")
+        if self.repo_id and not _REPO_ID.match(self.repo_id):
+            raise InputError(f"{name}.repo_id", f"{self.repo_id!r} is not a hub repo id of the form owner/name")
+        if self.path and not os.path.exists(self.path):
+            raise InputError(f"{name}.path", f"no such file or folder: {self.path}")
+        check_choice(f"{name}.dtype", self.dtype, DTYPES)
+
+    @property
+    def label(self) -> str:
+        return self.repo_id or os.path.basename(os.path.normpath(self.path))
+
+
+@dataclass(frozen=True)
+class LoraSpec(_Serialisable):
+    path: str = ""
+    weight: float = 1.0
+    enabled: bool = True
+    name: str = ""
+
+    def validate(self, name: str = "lora") -> None:
+        if not self.path:
+            raise InputError(f"{name}.path", "no LoRA file given")
+        if not os.path.isfile(self.path):
+            raise InputError(f"{name}.path", f"LoRA file not found: {self.path}")
+        if not self.path.endswith(".safetensors"):
+            raise InputError(f"{name}.path", "only .safetensors LoRA files are loaded (pickles can run code)")
+        check_float(f"{name}.weight", self.weight, -10.0, 10.0)
+
+
+SWAP_MODES = ("none", "model_offload", "block_swap", "adaptive", "chunkwise", "layerwise", "cpu_only")
+
+
+@dataclass(frozen=True)
+class SwapSettings(_Serialisable):
+    mode: str = "none"
+    max_vram_gb: float = 0.0  # 0 = use what the device has
+    blocks_resident: int = 0
+    block_size_mb: int = 100
+    prefetch: int = 1
+    use_streams: bool = True
+
+    def validate(self, name: str = "swap") -> None:
+        check_choice(f"{name}.mode", self.mode, SWAP_MODES)
+        check_float(f"{name}.max_vram_gb", self.max_vram_gb, 0.0, 1024.0)
+        check_int(f"{name}.blocks_resident", self.blocks_resident, 0, 1000)
+        check_int(f"{name}.block_size_mb", self.block_size_mb, 10, 100_000)
+        check_int(f"{name}.prefetch", self.prefetch, 0, 8)
+
+
+# ---------------------------------------------------------------- requests
+REQUEST_TYPES: dict[str, type[Request]] = {}
+
+
+class Request(_Serialisable):
+    kind: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("kind"):
+            REQUEST_TYPES[cls.kind] = cls
+
+    def validate(self) -> None:  # pragma: no cover - every request overrides it
+        raise NotImplementedError
+
+
+def request_from_dict(data: dict[str, Any]) -> Request:
+    """Build the right request type from a saved JSON object (its ``kind`` decides)."""
+    if not isinstance(data, dict):
+        raise InputError("request", "a saved request must be a JSON object")
+    kind = data.get("kind")
+    if kind not in REQUEST_TYPES:
+        raise InputError("kind", f"unknown request kind {kind!r}; known: {', '.join(sorted(REQUEST_TYPES))}")
+    return REQUEST_TYPES[kind].from_dict(data)
+
+
+@dataclass(frozen=True)
+class TextToImageRequest(Request):
+    """A plain prompt-to-image run on a diffusers text-to-image pipeline."""
+
+    kind: ClassVar[str] = "text_to_image"
+    title: ClassVar[str] = "Text to image"
+
+    model: ModelRef = field(default_factory=lambda: ModelRef(repo_id="black-forest-labs/FLUX.1-dev"))
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 28
+    guidance_scale: float = 3.5  # distilled guidance on Flux, CFG scale elsewhere
+    true_cfg_scale: float = 1.0  # real CFG on Flux/Qwen when a negative prompt is given; 1 = off
+    seed: int = 0
+    swap: SwapSettings = field(default_factory=SwapSettings)
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        self.validate_generation()
+
+    def validate_generation(self) -> None:
+        check_prompt("prompt", self.prompt)
+        if not isinstance(self.negative_prompt, str):
+            raise InputError("negative_prompt", "must be text")
+        check_side("width", self.width)
+        check_side("height", self.height)
+        check_int("steps", self.steps, 1, MAX_STEPS)
+        check_float("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        check_float("true_cfg_scale", self.true_cfg_scale, 1.0, 30.0)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        self.swap.validate("swap")
+
+
+SDNQ_DTYPES = ("int8", "int7", "int6", "int5", "uint4", "int4", "uint3", "uint2", "float8_e4m3fn", "float8_e5m2")
+
+
+@dataclass(frozen=True)
+class CatalogRequest(TextToImageRequest):
+    """Generate with an SDNQ-quantized model: a catalog entry, a local folder or a demo model."""
+
+    kind: ClassVar[str] = "sdnq_generate"
+    title: ClassVar[str] = "SDNQ catalog"
+
+    entry: str = ""  # catalog id; when set, it decides the model
+    use_quantized_matmul: bool = False
+    use_torch_compile: bool = False
+
+    def validate(self) -> None:
+        if not self.entry:
+            self.model.validate("model")
+        elif not isinstance(self.entry, str):
+            raise InputError("entry", "must be a catalog id")
+        self.validate_generation()
+
+
+@dataclass(frozen=True)
+class QuantizeRequest(Request):
+    """Quantize a local diffusers model with SDNQ and save a folder that diffusers loads back."""
+
+    kind: ClassVar[str] = "sdnq_quantize"
+    title: ClassVar[str] = "Quantize with SDNQ"
+
+    source: ModelRef = field(default_factory=ModelRef)
+    output_name: str = "my-quantized-model"
+    weights_dtype: str = "int8"
+    group_size: int = 0  # 0 = sdnq's default
+    use_svd: bool = False
+    svd_rank: int = 32
+    components: tuple[str, ...] = ("transformer",)
+
+    def validate(self) -> None:
+        self.source.validate("source")
+        if not isinstance(self.output_name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", self.output_name):
+            raise InputError("output_name", "use letters, digits, '.', '_' or '-' (a folder name), up to 100 characters")
+        check_choice("weights_dtype", self.weights_dtype, SDNQ_DTYPES)
+        check_int("group_size", self.group_size, 0, 4096)
+        if self.group_size and self.group_size & (self.group_size - 1):
+            raise InputError("group_size", f"must be 0 (automatic) or a power of two, got {self.group_size}")
+        check_int("svd_rank", self.svd_rank, 1, 1024)
+        if not self.components:
+            raise InputError("components", "pick at least one component to quantize")
+
+
+@dataclass(frozen=True)
+class IPAdapterRequest(TextToImageRequest):
+    """Flux/Chroma generation guided by a reference image through an InstantX-style IP-Adapter."""
+
+    kind: ClassVar[str] = "ipadapter"
+    title: ClassVar[str] = "IP-Adapter"
+
+    ip_adapter: ModelRef = field(default_factory=lambda: ModelRef(repo_id="InstantX/FLUX.1-dev-IP-Adapter"))
+    image_encoder: ModelRef = field(default_factory=lambda: ModelRef(repo_id="google/siglip-so400m-patch14-384"))
+    reference_image: str = ""
+    weight: float = 1.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    offload_preprocessing: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        self.ip_adapter.validate("ip_adapter")
+        self.image_encoder.validate("image_encoder")
+        check_image("reference_image", self.reference_image)
+        check_float("weight", self.weight, -1.0, 5.0)
+        check_float("start_percent", self.start_percent, 0.0, 1.0)
+        check_float("end_percent", self.end_percent, 0.0, 1.0)
+        if self.start_percent >= self.end_percent:
+            raise InputError("end_percent", "must be greater than start_percent")
+
+
+PERCEPTION_TASKS = ("depth", "normal", "albedo", "pbr", "semantic")
+
+
+@dataclass(frozen=True)
+class PerceptionRequest(Request):
+    """OmniX panorama perception: maps from an equirectangular panorama via Flux + task adapters."""
+
+    kind: ClassVar[str] = "perception"
+    title: ClassVar[str] = "Panorama perception"
+
+    model: ModelRef = field(default_factory=lambda: ModelRef(repo_id="black-forest-labs/FLUX.1-dev"))
+    adapters: ModelRef = field(default_factory=lambda: ModelRef(repo_id="KevinHuang/OmniX"))
+    panorama: str = ""
+    tasks: tuple[str, ...] = ("depth", "normal", "albedo")
+    steps: int = 28
+    guidance_scale: float = 3.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        self.adapters.validate("adapters")
+        check_image("panorama", self.panorama)
+        if not self.tasks:
+            raise InputError("tasks", "pick at least one map to compute")
+        for i, t in enumerate(self.tasks):
+            check_choice(f"tasks[{i}]", t, PERCEPTION_TASKS)
+        check_int("steps", self.steps, 1, MAX_STEPS)
+        check_float("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        check_int("seed", self.seed, 0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class I2VRequest(Request):
+    """Wan 2.2 A14B image-to-video with two experts switched at a boundary."""
+
+    kind: ClassVar[str] = "i2v"
+    title: ClassVar[str] = "Image to video"
+
+    model: ModelRef = field(default_factory=lambda: ModelRef(repo_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers"))
+    image: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 832
+    height: int = 480
+    num_frames: int = 81
+    steps: int = 40
+    guidance_scale: float = 3.5
+    guidance_scale_2: float = 3.5
+    boundary_ratio: float = 0.9
+    fps: int = 16
+    seed: int = 0
+    swap: SwapSettings = field(default_factory=lambda: SwapSettings(mode="block_swap"))
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        check_image("image", self.image)
+        check_prompt("prompt", self.prompt)
+        check_side("width", self.width)
+        check_side("height", self.height)
+        check_int("num_frames", self.num_frames, 1, 241)
+        if (self.num_frames - 1) % 4:
+            raise InputError("num_frames", f"must be 4k+1 (e.g. 49, 81), got {self.num_frames}")
+        check_int("steps", self.steps, 1, MAX_STEPS)
+        check_float("guidance_scale", self.guidance_scale, 0.0, 30.0)
+        check_float("guidance_scale_2", self.guidance_scale_2, 0.0, 30.0)
+        check_float("boundary_ratio", self.boundary_ratio, 0.0, 1.0)
+        check_int("fps", self.fps, 1, 60)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        self.swap.validate("swap")
+
+
+@dataclass(frozen=True)
+class LoraStackRequest(TextToImageRequest):
+    """Qwen-Image generation with an ordered, weighted stack of LoRAs."""
+
+    kind: ClassVar[str] = "lora_stack"
+    title: ClassVar[str] = "LoRA stack"
+
+    model: ModelRef = field(default_factory=lambda: ModelRef(repo_id="Qwen/Qwen-Image"))
+    loras: tuple[LoraSpec, ...] = ()
+
+    def validate(self) -> None:
+        super().validate()
+        for i, lora in enumerate(self.loras):
+            lora.validate(f"loras[{i}]")
