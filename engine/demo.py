@@ -32,10 +32,9 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 DEMO_VERSION = "1"
 MARKER_NAME = ".built-v1"
@@ -136,9 +135,11 @@ def build_demo_models(models_dir: str | os.PathLike, force: bool = False) -> Pat
     with _file_lock(models_dir / ".demo.lock"):
         if not force and is_built(models_dir):  # another process finished while we waited
             return root
-        for stale in models_dir.glob(".demo.tmp-*"):  # left behind by a killed build
-            shutil.rmtree(stale, ignore_errors=True)
+        for pattern in (".demo.tmp-*", ".demo.old-*"):  # left behind by a killed build
+            for stale in models_dir.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".demo.tmp-", dir=models_dir))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder should not be
         try:
             timings = _build_all(tmp)
             (tmp / "build_info.json").write_text(
@@ -181,26 +182,34 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _build_all(root: Path) -> dict[str, float]:
+    """Build everything into ``root``; returns the seconds each part took."""
     import torch
 
-    steps: list[tuple[str, Callable[[], Any]]] = []
-    state: dict[str, Any] = {}
-    steps.append((FLUX_DEV, lambda: state.setdefault("flux", _build_flux(root / FLUX_DEV))))
-    steps.append((CHROMA, lambda: _build_chroma(root / CHROMA)))
-    steps.append((WAN22_I2V, lambda: _build_wan(root / WAN22_I2V)))
-    steps.append((QWEN_IMAGE, lambda: _build_qwen(root / QWEN_IMAGE, root)))
-    steps.append((SIGLIP, lambda: _build_siglip(root / SIGLIP)))
-    steps.append((FLUX_IP_ADAPTER, lambda: _build_ip_adapter(root / FLUX_IP_ADAPTER, state["flux"].transformer)))
-    steps.append((OMNIX, lambda: _build_omnix(root / OMNIX, state["flux"].transformer)))
-    steps.append(
-        (FLUX_DEV_SDNQ_INT8, lambda: _build_flux_sdnq(root / FLUX_DEV_SDNQ_INT8, root / FLUX_DEV, state["flux"]))
-    )
     timings: dict[str, float] = {}
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - t0, 3)
+
     with _quiet(), torch.no_grad():
-        for name, fn in steps:
-            t0 = time.perf_counter()
-            fn()
-            timings[name] = round(time.perf_counter() - t0, 3)
+        with timed(FLUX_DEV):
+            flux = _build_flux(root / FLUX_DEV)
+        with timed(CHROMA):
+            _build_chroma(root / CHROMA)
+        with timed(WAN22_I2V):
+            _build_wan(root / WAN22_I2V)
+        with timed(QWEN_IMAGE):
+            _build_qwen(root / QWEN_IMAGE, root)
+        with timed(SIGLIP):
+            _build_siglip(root / SIGLIP)
+        with timed(FLUX_IP_ADAPTER):
+            _build_ip_adapter(root / FLUX_IP_ADAPTER, flux.transformer)
+        with timed(OMNIX):
+            _build_omnix(root / OMNIX, flux.transformer)
+        with timed(FLUX_DEV_SDNQ_INT8):
+            _build_flux_sdnq(root / FLUX_DEV_SDNQ_INT8, root / FLUX_DEV, flux)
     return timings
 
 
@@ -419,14 +428,16 @@ def _build_flux_sdnq(out: Path, flux_dir: Path, flux) -> None:
     to skip its import-time torch.compile probe on CPU (about 3 s); the quantization itself runs eagerly here.
     """
     import diffusers
+    import sdnq  # noqa: F401 - imported (and its compile decision taken) outside the dynamo patch below
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    with torch._dynamo.config.patch(disable=True):  # one-shot quantization: compiling it costs seconds
+    quantization_config = diffusers.SDNQConfig(weights_dtype="int8")
+    # One-shot quantization: compiling it costs seconds. Patching dynamo only around the call keeps sdnq's
+    # process-wide compile decision (taken at its import) untouched for whoever runs models later.
+    with torch._dynamo.config.patch(disable=True):
         transformer = FluxTransformer2DModel.from_pretrained(
-            flux_dir,
-            subfolder="transformer",
-            quantization_config=diffusers.SDNQConfig(weights_dtype="int8"),
+            flux_dir, subfolder="transformer", quantization_config=quantization_config
         )
     components = {k: v for k, v in flux.components.items() if k != "transformer"}
     FluxPipeline(**components, transformer=transformer).save_pretrained(out, safe_serialization=True)
