@@ -55,11 +55,14 @@ class Engine:
         request.validate()
         runner = jobs.runner_for(request)
         progress = progress or _no_progress
+        prepare = getattr(runner, "prepare", None)
+        if prepare is not None:
+            prepare(self, request, progress, cancel)  # downloads: outside the device lock
         with self._device_lock:  # one job on the accelerator at a time
             reset_peak()
             t0 = time.perf_counter()
             try:
-                result = runner(self, request, progress, cancel)
+                result = runner.run(self, request, progress, cancel)
             except torch.OutOfMemoryError as exc:
                 raise EngineError(
                     "out of GPU memory: pick a swap mode (model offload, block swap, layer streaming), a smaller "

@@ -171,9 +171,11 @@ class ModelStore:
         if _uses_sdnq(folder):
             import sdnq  # noqa: F401  # registers sdnq's quantizer with transformers as well as diffusers
         try:
-            return cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
+            pipe = cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load {label} as {cls_name}: {_first_line(exc)}") from exc
+        pipe.set_progress_bar_config(disable=True)  # progress goes through the engine's callback
+        return pipe
 
     def _register(self, name: str, module: torch.nn.Module, role: str) -> None:
         if id(module) in self._names:  # shared component: one ledger entry

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import CatalogRequest, Engine, InputError, ModelLoadError, ModelRef, QuantizeRequest
+from engine import CatalogRequest, Engine, InputError, ModelLoadError, ModelRef, OutOfBudgetError, QuantizeRequest
 from engine.demo import demo_path
 from engine.jobs import catalog as catalog_job
 from engine.jobs import quantize as quantize_job
@@ -51,8 +51,20 @@ def test_catalog_bad_entries(engine):
         engine.run(CatalogRequest(entry="FLUX.9-ultra", **GEN))
     assert err.value.field == "entry"
     with pytest.raises(InputError, match="tiny stand-in") as err:
+        engine.run(CatalogRequest(entry="Qwen-Image-SDNQ-uint4", **GEN))
+    assert err.value.field == "entry"
+    with pytest.raises(InputError, match="image-to-video model") as err:
         engine.run(CatalogRequest(entry="Wan2.2-I2V-A14B-SDNQ-uint4", **GEN))
     assert err.value.field == "entry"
+    with pytest.raises(InputError, match="no diffusers pipeline"):
+        engine.run(CatalogRequest(entry="HunyuanImage3-SDNQ-uint4", **GEN))
+
+
+def test_model_bigger_than_the_budget_is_refused_before_any_download(models_dir, tmp_path):
+    small = Engine(device="cpu", models_dir=tmp_path, demo=False, outputs_dir=tmp_path, budget_bytes=4 * 2**30)
+    with pytest.raises(OutOfBudgetError, match="needs about 19 GB"):
+        small.run(CatalogRequest(entry="FLUX.1-dev-qint8", **GEN))
+    assert small.memory.names() == []
 
 
 def test_full_precision_folder_warns_that_it_is_not_quantized(engine):

@@ -1,4 +1,9 @@
-"""One runner per request type. A runner is ``run(engine, request, progress, cancel) -> Result``."""
+"""One runner module per request type.
+
+A runner module has ``run(engine, request, progress, cancel) -> Result`` and may have
+``prepare(engine, request, progress, cancel)``, which the engine calls *before* it takes the
+device lock: downloads belong there, so a long download never blocks another user's run.
+"""
 
 from __future__ import annotations
 
@@ -19,4 +24,4 @@ def runner_for(request: Request):
     module = RUNNERS.get(request.kind)
     if module is None:
         raise EngineError(f"{request.title or type(request).__name__} runs are not built yet in this version of the app.")
-    return importlib.import_module(f"{__name__}.{module}").run
+    return importlib.import_module(f"{__name__}.{module}")

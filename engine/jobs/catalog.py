@@ -36,6 +36,9 @@ def resolve_model(engine, req: CatalogRequest) -> tuple[ModelRef, dict]:
              "quantization": entry.quantization, "vram_gb": entry.vram_gb}
     if not entry.supported or not entry.pipeline:
         raise InputError("entry", f"{entry.id} has no diffusers pipeline in this version ({entry.notes})")
+    if entry.task != "text_to_image":
+        raise InputError("entry", f"{entry.id} is a {entry.task.replace('_', '-')} model; this tab makes images "
+                                  "from text (image-to-video models run in the Image to video tab)")
     if engine.demo:
         if not entry.demo:
             raise InputError("entry", f"demo mode has no tiny stand-in for {entry.architecture} models; "
@@ -43,17 +46,18 @@ def resolve_model(engine, req: CatalogRequest) -> tuple[ModelRef, dict]:
         from ..demo import demo_path
 
         return ModelRef(path=str(demo_path(engine.models_dir, entry.demo)), dtype=req.model.dtype), facts
-    check_fits(engine, entry.vram_gb, req)
+    check_fits(engine, entry.vram_bytes, req)
     return ModelRef(repo_id=entry.repo_id, dtype=req.model.dtype), facts
 
 
-def check_fits(engine, vram_gb: float, req: CatalogRequest) -> None:
+def check_fits(engine, vram_bytes: int, req: CatalogRequest) -> None:
     budget = engine.memory.effective_budget()
     if budget is None or req.swap.mode != "none":
         return
-    if vram_gb * 2**30 > budget:
+    if vram_bytes > budget:
         raise OutOfBudgetError(
-            f"{req.entry} needs about {vram_gb:.0f} GB of VRAM and the budget here is {budget / 2**30:.0f} GB; "
+            f"{req.entry} needs about {vram_bytes / 2**30:.0f} GB of VRAM and the budget here is "
+            f"{budget / 2**30:.0f} GB; "
             "pick a swap mode (model offload) or a smaller quantization"
         )
 
@@ -75,6 +79,11 @@ def apply_options(pipe, req: CatalogRequest, device: str, warnings: list[str]) -
         elif not getattr(transformer, "_compiled_by_app", False):
             transformer.compile()
             transformer._compiled_by_app = True
+
+
+def prepare(engine, req: CatalogRequest, progress, cancel) -> None:
+    ref, _ = resolve_model(engine, req)
+    engine.store.resolve(ref, progress=engine.download_progress(progress), cancel=cancel)
 
 
 def run(engine, req: CatalogRequest, progress, cancel) -> Result:

@@ -65,6 +65,10 @@ def output_dir(engine, req: QuantizeRequest) -> Path:
     return engine.models_dir / "sdnq" / req.output_name
 
 
+def prepare(engine, req: QuantizeRequest, progress, cancel) -> None:
+    engine.store.resolve(req.source, progress=engine.download_progress(progress), cancel=cancel)
+
+
 def run(engine, req: QuantizeRequest, progress, cancel) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

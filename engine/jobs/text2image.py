@@ -37,6 +37,10 @@ def generate(engine, pipe, req: TextToImageRequest, progress, cancel, timings: d
     return list(out.images)
 
 
+def prepare(engine, req: TextToImageRequest, progress, cancel) -> None:
+    engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel)
+
+
 def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
