@@ -78,7 +78,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import http_get, repo_folder_name
-from huggingface_hub.utils import WeakFileLock, build_hf_headers, filter_repo_objects
+from huggingface_hub.utils import (
+    HFValidationError,
+    WeakFileLock,
+    build_hf_headers,
+    filter_repo_objects,
+    validate_repo_id,
+)
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from .errors import Cancelled, ModelLoadError
@@ -244,15 +250,26 @@ def _unlinked_blob_bytes(storage: Path) -> int:
     )
 
 
+def _patterns(allow_patterns) -> list[str] | None:
+    if not allow_patterns:
+        return None  # everything
+    return [allow_patterns] if isinstance(allow_patterns, str) else list(allow_patterns)
+
+
 def _select(paths, allow_patterns) -> list[str]:
-    return list(filter_repo_objects(items=list(paths), allow_patterns=list(allow_patterns) if allow_patterns else None))
+    return list(filter_repo_objects(items=list(paths), allow_patterns=_patterns(allow_patterns)))
+
+
+def _sum(sizes) -> int | None:
+    sizes = list(sizes)
+    return None if None in sizes else sum(sizes)
 
 
 def _local_state(env: _Env, repo_id: str, revision: str | None, allow_patterns, remote: dict | None = None):
-    """(CacheState, commit). ``remote``: {"commit": sha, "files": {path: size}} from the hub, when known."""
+    """The CacheState from disk alone. ``remote``: {"commit": sha, "files": {path: size}} from the hub, if known."""
     storage = _storage(env, repo_id)
     if not storage.is_dir():
-        return CacheState("absent", 0, sum(remote["files"].values()) if remote else None, None), None
+        return CacheState("absent", 0, _sum(remote["files"].values()) if remote else None, None)
     commit = remote["commit"] if remote else _cached_commit(storage, revision)
     files: dict[str, int] | None = None
     if remote:
@@ -280,14 +297,14 @@ def _local_state(env: _Env, repo_id: str, revision: str | None, allow_patterns, 
                 present[rel] = size
     partial = _incomplete_bytes(storage)
     on_disk = sum(present.values()) + partial + _unlinked_blob_bytes(storage)
-    expected = sum(files.values()) if files is not None and None not in files.values() else None
+    expected = _sum(files.values()) if files is not None else None
     if files is not None:
         complete = bool(files) and len(present) == len(files)
     else:  # no listing: trust a snapshot with files and no partial download, as huggingface_hub does offline
         complete = bool(present) and partial == 0
     if complete:
-        return CacheState("complete", on_disk, expected, snapshot), commit
-    return CacheState("partial" if on_disk else "absent", on_disk, expected, None), commit
+        return CacheState("complete", on_disk, expected, snapshot)
+    return CacheState("partial" if on_disk else "absent", on_disk, expected, None)
 
 
 def cache_state(
@@ -305,15 +322,16 @@ def cache_state(
     ``expected_bytes`` is known even before a first download); it raises the same errors as ``download``.
     """
     env = _env()
+    _check_repo_id(repo_id)
     remote = None
     if check_remote and not env.offline:
         try:
             info = _model_info(env, repo_id, revision)
-        except Exception as exc:  # noqa: BLE001 - translated below
+        except Exception as exc:
             raise _translate(exc, env, repo_id, revision) from exc
         sizes = {s.rfilename: s.size for s in info.siblings or []}
         remote = {"commit": info.sha, "files": {p: sizes[p] for p in _select(sizes, allow_patterns)}}
-    return _local_state(env, repo_id, revision, allow_patterns, remote)[0]
+    return _local_state(env, repo_id, revision, allow_patterns, remote)
 
 
 # -------------------------------------------------------------------------------- progress, cancel
@@ -337,14 +355,15 @@ class _Transfer:
             raise _Aborted()
 
     def advance(self, n: int, message: str) -> None:
-        with self._lock:
+        with self._lock:  # callbacks under the lock: reports from worker threads arrive in order
             self.done += n
-            done = self.done
-        self.report(message, done)
+            if self._progress is not None:
+                self._progress(self.done, self.total, message)
 
-    def report(self, message: str, done: int | None = None) -> None:
-        if self._progress is not None:
-            self._progress(self.done if done is None else done, self.total, message)
+    def report(self, message: str) -> None:
+        with self._lock:
+            if self._progress is not None:
+                self._progress(self.done, self.total, message)
 
 
 class _Bar:
@@ -355,7 +374,8 @@ class _Bar:
     """
 
     _transfer: _Transfer
-    _count: bool = True  # False for snapshot_download's bars (the bytes there are re-counted by max, see below)
+    _count: bool = True  # False for snapshot_download's bars: it feeds two byte bars with the same bytes
+    _label: str = ""
 
     def __init__(self, *args, **kwargs) -> None:
         self.total = kwargs.get("total")
@@ -370,7 +390,7 @@ class _Bar:
         self._transfer.check()
         self.n += n
         if self.unit == "B" and self._count:
-            self._transfer.advance(n, f"Downloading {self.desc}")
+            self._transfer.advance(n, f"Downloading {self._label or self.desc}")
 
     # the rest of the tqdm surface huggingface_hub touches
     def __enter__(self):
@@ -400,8 +420,8 @@ class _Bar:
         return {"n": self.n, "total": self.total, "rate": None}
 
 
-def _bar_class(transfer: _Transfer, *, count: bool = True) -> type[_Bar]:
-    return type("_CallBar", (_Bar,), {"_transfer": transfer, "_count": count})
+def _bar_class(transfer: _Transfer, *, count: bool = True, label: str = "") -> type[_Bar]:
+    return type("_CallBar", (_Bar,), {"_transfer": transfer, "_count": count, "_label": label})
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -453,6 +473,7 @@ class _Job:
     size: int | None
     expected: str  # sha256 (LFS) or git sha1
     etag: str  # blob name in the cache
+    have: int = 0  # bytes already on disk when the call started (counted as done)
     url: str = ""
     headers: dict | None = None
 
@@ -478,12 +499,24 @@ def _adopt_orphans(blobs: Path, etag: str) -> None:
             orphan.unlink(missing_ok=True)
 
 
+@contextmanager
+def _drop_if_empty(part: Path) -> Iterator[None]:
+    """On failure or cancel keep a partial file only if it holds something worth resuming."""
+    try:
+        yield
+    except BaseException:
+        if _file_size(part) == 0:
+            part.unlink(missing_ok=True)
+        raise
+
+
 def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint: str) -> None:
     """Fetch one file into ``blobs/<etag>``, resuming ``blobs/<etag>.incomplete``; verify before the rename."""
     blobs = storage / "blobs"
     blob, part = blobs / job.etag, _partial_path(blobs, job.etag)
     with _blob_lock(locks / f"{job.etag}.lock", transfer):
         if blob.exists():  # another process finished it while we waited for the lock
+            transfer.advance((job.size or 0) - job.have, job.path)
             return
         _adopt_orphans(blobs, job.etag)
         for attempt in (1, 2):
@@ -492,7 +525,7 @@ def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint:
                 part.unlink()
                 have = 0
             # unbuffered: every chunk handed to write() is on disk, so even SIGKILL leaves a valid prefix
-            with open(part, "r+b" if have else "wb", buffering=0) as f:
+            with _drop_if_empty(part), open(part, "r+b" if have else "wb", buffering=0) as f:
                 f.seek(have)
                 try:
                     http_get(
@@ -502,7 +535,7 @@ def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint:
                         headers=job.headers,
                         expected_size=job.size,
                         displayed_filename=job.path,
-                        tqdm_class=_bar_class(transfer),
+                        tqdm_class=_bar_class(transfer, label=job.path),
                     )
                 except _STREAM_ERRORS as exc:  # the client's 5 in-call retries are spent
                     raise DownloadInterruptedError(
@@ -525,8 +558,8 @@ def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint:
                 os.replace(part, blob)  # atomic: a blob under its final name is always a verified one
                 return
             part.unlink(missing_ok=True)
+            transfer.advance(-(job.size or 0), job.path)  # those bytes are gone again
             if have == 0 or attempt == 2:
-                transfer.advance(-_file_size(blob), job.path)
                 raise ChecksumMismatchError(
                     f"{job.path} from {transfer.repo_id} does not match the hub's checksum ({job.expected[:12]}…): "
                     "it was corrupted in transit or on disk and has been deleted. Run the download again; if it "
@@ -534,7 +567,6 @@ def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint:
                 )
             # the resumed prefix may have been the bad part (written by another tool, a disk error): start over
             logger.warning("%s: resumed file failed its checksum, downloading it again from the start", job.path)
-            transfer.advance(-(job.size or 0), job.path)
 
 
 def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None) -> BaseException:
@@ -588,6 +620,13 @@ def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None
     return exc
 
 
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UnknownRepoError(f"'{repo_id}' is not a valid repo id: expected 'owner/name'. ({exc})") from exc
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
@@ -613,13 +652,14 @@ def download(
     Raises ``Cancelled`` or a ``HubError`` subclass (a ``ModelLoadError``) with a message for the user.
     """
     env = _env()
-    patterns = list(allow_patterns) if allow_patterns else None
+    _check_repo_id(repo_id)
+    patterns = _patterns(allow_patterns)
     transfer = _Transfer(repo_id, expected_bytes or 0, 0, progress, cancel)
     transfer.check()
-    local, _ = _local_state(env, repo_id, revision, patterns)
+    local = _local_state(env, repo_id, revision, patterns)
     # complete, and proven so by a cached tree listing: no request at all
     if local.complete and (local.expected_bytes is not None or env.offline):
-        transfer.total = transfer.done = local.bytes_on_disk
+        transfer.total = transfer.done = local.expected_bytes or local.bytes_on_disk
         transfer.report(f"{repo_id} is already downloaded")
         return local.path  # type: ignore[return-value]
     if env.offline:
@@ -634,13 +674,11 @@ def download(
         constants.DOWNLOAD_CHUNK_SIZE = _SMOOTH_CHUNK
     try:
         return _download_online(env, repo_id, revision, patterns, expected_bytes, transfer, local)
-    except _Aborted:  # pragma: no cover - only raised inside workers
-        raise HubError(f"Downloading '{repo_id}' failed.") from None
     except (HubError, Cancelled):
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure leaves with a user-facing message
-        if isinstance(exc, _STREAM_ERRORS + (LocalEntryNotFoundError,)) and local.complete:
-            logger.warning("hub unreachable (%s); using the cached %s", exc, repo_id)
+    except Exception as exc:  # every failure leaves with a message for the user
+        if local.complete:  # complete on disk, only the hub's listing was missing: as the client, use the cache
+            logger.warning("could not check %s on the hub (%s); using the cached copy", repo_id, _first_line(exc))
             return local.path  # type: ignore[return-value]
         error = _translate(exc, env, repo_id, revision)
         if isinstance(error, HubUnreachableError) and local.state == "partial":
@@ -676,15 +714,18 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
         if expected and _file_size(blobs / expected) == s.size:  # verified earlier, not linked yet
             present += s.size or 0
             continue
+        if any(j.etag == expected for j in jobs):
+            continue  # same content under two names: one blob, snapshot_download links both
         jobs.append(_Job(rel, s.size, expected, expected))
+        jobs[-1].have = _have(blobs, jobs[-1])
 
     sizes = [siblings[rel].size for rel in selected]
     total = sum(sizes) if None not in sizes else (expected_bytes or 0)
-    have = sum(_have(blobs, j) for j in jobs)
+    have = sum(j.have for j in jobs)
     transfer.total, transfer.done = max(total, present + have), present + have
     # Disk space, before any body byte: what is left to fetch against what the cache's disk has free.
     if None not in sizes:
-        remaining = sum((j.size or 0) - _have(blobs, j) for j in jobs)
+        remaining = sum((j.size or 0) - j.have for j in jobs)
     else:
         remaining = max(0, (expected_bytes or 0) - present - have)
     free = _free_bytes(env.cache_dir)
@@ -702,7 +743,13 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
     for job in jobs:
         transfer.check()
         url = hf_hub_url(repo_id, job.path, revision=commit, endpoint=env.endpoint)
-        meta = get_hf_file_metadata(url, token=env.token, endpoint=env.endpoint)
+        try:
+            meta = get_hf_file_metadata(url, token=env.token, endpoint=env.endpoint)
+        except EntryNotFoundError as exc:
+            raise FilesMissingError(
+                f"'{repo_id}' ({revision or 'main'}) lists {job.path} but {env.endpoint} cannot serve it (404): the "
+                "file is missing on the hub. The repository changed or the catalog entry is wrong."
+            ) from exc
         job.etag = meta.etag or job.etag
         job.expected = job.expected or job.etag
         job.size = job.size if job.size is not None else meta.size
@@ -713,6 +760,7 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
 
     if jobs:
         blobs.mkdir(parents=True, exist_ok=True)
+        (storage / "snapshots").mkdir(exist_ok=True)  # scan_cache_dir / `hf cache` call a repo without it corrupted
         _run_jobs(jobs, storage, locks, transfer, env.endpoint)
 
     # Links, refs/<revision> and trees/<commit>.json, by the client itself; every blob is already there.
@@ -730,7 +778,7 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
         )
     )
     _verify_new_blobs(folder, before, transfer)
-    state, _ = _local_state(env, repo_id, revision, patterns)
+    state = _local_state(env, repo_id, revision, patterns)
     if not state.complete:  # pragma: no cover - defensive: never hand out a half folder
         raise HubError(f"'{repo_id}' is still incomplete after downloading; run the download again.")
     transfer.done = max(transfer.done, transfer.total)
@@ -743,11 +791,15 @@ def _run_jobs(jobs: list[_Job], storage: Path, locks: Path, transfer: _Transfer,
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(jobs)), thread_name_prefix="hub-dl") as pool:
         futures = [pool.submit(_fetch, job, storage, locks, transfer, endpoint) for job in jobs]
-        for future in as_completed(futures):
-            exc = future.exception()
-            if exc is not None:
-                transfer.abort.set()  # the others stop at their next chunk; their partial files stay
-                errors.append(exc)
+        try:
+            for future in as_completed(futures):
+                exc = future.exception()
+                if exc is not None:
+                    transfer.abort.set()  # the others stop at their next chunk; their partial files stay
+                    errors.append(exc)
+        except BaseException:  # e.g. Ctrl-C here: do not wait for the workers to finish their files
+            transfer.abort.set()
+            raise
     if not errors:
         return
     if any(isinstance(e, Cancelled) for e in errors):
