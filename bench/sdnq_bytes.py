@@ -60,6 +60,18 @@ def timed_load(path: Path):
     return pipe, time.perf_counter() - t0
 
 
+def part_bytes(transformer) -> dict[str, int]:
+    """Weight bytes of the double blocks, the single blocks and everything else (embedders, norm_out)."""
+    double = sum(module_bytes(b) for b in transformer.transformer_blocks)
+    single = sum(module_bytes(b) for b in transformer.single_transformer_blocks)
+    return {"double": double, "single": single, "rest": module_bytes(transformer) - double - single}
+
+
+def full_flux_bytes(parts: dict[str, int], double: int, single: int) -> float:
+    """The same per-block bytes scaled to FLUX.1-dev's 19 double + 38 single blocks."""
+    return parts["double"] / double * 19 + parts["single"] / single * 38 + parts["rest"]
+
+
 def render(pipe) -> np.ndarray:
     with torch.inference_mode():
         img = pipe(prompt="a lighthouse at dusk", width=128, height=128, num_inference_steps=4, guidance_scale=3.5,
@@ -71,7 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--double", type=int, default=1)
     ap.add_argument("--single", type=int, default=2)
-    ap.add_argument("--dtypes", default="int8,int6,uint4,float8_e4m3fn")
+    ap.add_argument("--dtypes", default="int8,int6,uint4,uint4:128,float8_e4m3fn",
+                    help="comma list; dtype:N sets the group size N (0 = sdnq's automatic choice)")
     args = ap.parse_args()
 
     models_dir = Path(tempfile.mkdtemp(prefix="bench-sdnq-"))
@@ -81,27 +94,33 @@ def main() -> None:
 
     base, base_load = timed_load(src)
     base_bytes = module_bytes(base.transformer)
+    base_full = full_flux_bytes(part_bytes(base.transformer), args.double, args.single)
     base_img = render(base)
     n_params = sum(p.numel() for p in base.transformer.parameters())
     print(f"Flux-shaped transformer: {args.double} double + {args.single} single blocks, inner dim 3072, "
           f"{n_params / 1e6:.0f}M params; 4 steps at 128x128, seed 7; device {engine.device}")
-    rows = [("bf16", base_bytes, 1.0, base_load, 1.0, 0, "-")]
+    rows = [("bf16", base_bytes, 1.0, 1.0, base_load, 1.0, 0, "-")]
     del base
-    for dtype in args.dtypes.split(","):
-        req = QuantizeRequest(source=ModelRef(path=str(src), dtype="bfloat16"), output_name=f"bench-{dtype}",
-                              weights_dtype=dtype, components=("transformer",))
+    for spec in args.dtypes.split(","):
+        dtype, _, group = spec.partition(":")
+        req = QuantizeRequest(source=ModelRef(path=str(src), dtype="bfloat16"), output_name=f"bench-{dtype}-{group or 0}",
+                              weights_dtype=dtype, group_size=int(group or 0), components=("transformer",))
         t0 = time.perf_counter()
         engine.run(req)
         quant_s = time.perf_counter() - t0
         pipe, load_s = timed_load(models_dir / "sdnq" / req.output_name)
         qbytes = module_bytes(pipe.transformer)
+        full = full_flux_bytes(part_bytes(pipe.transformer), args.double, args.single) / base_full
         diff = int(np.abs(render(pipe) - base_img).max())
-        rows.append((dtype, qbytes, qbytes / base_bytes, load_s, load_s / base_load, diff, f"{quant_s:.1f}s"))
+        label = spec if group else f"{dtype}"
+        rows.append((label, qbytes, qbytes / base_bytes, full, load_s, load_s / base_load, diff, f"{quant_s:.1f}s"))
         del pipe
-    print(f"{'dtype':<15}{'weight MiB':>11}{'vs bf16':>9}{'load s':>8}{'load vs bf16':>13}{'max px diff':>12}"
-          f"{'quantize':>10}")
-    for dtype, b, ratio, load_s, load_ratio, diff, q in rows:
-        print(f"{dtype:<15}{b / 2**20:>11.1f}{ratio:>8.3f}x{load_s:>8.2f}{load_ratio:>12.2f}x{diff:>12}{q:>10}")
+    print(f"{'dtype[:group]':<15}{'weight MiB':>11}{'vs bf16':>9}{'19+38 blk':>10}{'load s':>8}{'load vs bf16':>13}"
+          f"{'max px diff':>12}{'quantize':>10}")
+    for label, b, ratio, full, load_s, load_ratio, diff, q in rows:
+        print(f"{label:<15}{b / 2**20:>11.1f}{ratio:>8.3f}x{full:>9.3f}x{load_s:>8.2f}{load_ratio:>12.2f}x{diff:>12}"
+              f"{q:>10}")
+    print("'19+38 blk' scales the measured per-block bytes to FLUX.1-dev's 19 double + 38 single blocks.")
     print("goals: int8 <= 0.52x, uint4 <= 0.30x of bf16 weight bytes")
 
 

@@ -1,0 +1,114 @@
+"""Start the web app: ``python app.py [--demo] [--host H] [--port P] [--share] [--auth user:pass] ...``.
+
+Without ``--demo`` and without real weights on this machine (no model folder in the models dir,
+no Hugging Face cache entry for a text-to-image model), the app starts in demo mode and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REAL_TEXT_TO_IMAGE_REPOS = ("black-forest-labs/FLUX.1-dev", "lodestones/Chroma1-HD", "Qwen/Qwen-Image")
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("expected user:password, e.g. --auth alice:s3cret (both parts non-empty)")
+    return user, password
+
+
+def default_host() -> str:
+    """127.0.0.1, except where the platform says otherwise (a Hugging Face Space listens on 0.0.0.0)."""
+    return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python app.py", description="Diffusion Studio: one web app over one engine.")
+    p.add_argument("--demo", action="store_true", help="tiny random-weight models (no downloads; images are noise)")
+    p.add_argument("--host", default=default_host(), help="address to listen on (0.0.0.0 for all; default %(default)s)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
+                   help="port (default %(default)s)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="local models (default ./models)")
+    p.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default ./outputs)")
+    p.add_argument("--auth", type=parse_auth, default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    args = p.parse_args(argv)
+    if not 0 < args.port < 65536:
+        p.error(f"--port must be between 1 and 65535, got {args.port}")
+    return args
+
+
+def hf_hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    return home / "hub"
+
+
+def has_real_weights(models_dir: Path) -> bool:
+    """True when a real model folder sits in the models dir or the HF cache holds a text-to-image repo."""
+    if models_dir.is_dir():
+        for child in models_dir.iterdir():
+            if child.name != "demo" and (child / "model_index.json").is_file():
+                return True
+    cache = hf_hub_cache()
+    return any((cache / ("models--" + repo.replace("/", "--"))).is_dir() for repo in REAL_TEXT_TO_IMAGE_REPOS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    args = parse_args(argv)
+    demo = args.demo
+    if not demo and not has_real_weights(args.models_dir):
+        demo = True
+        print(
+            f"No real weights found in {args.models_dir} or the Hugging Face cache: starting in DEMO mode "
+            "(tiny random-weight models, images are noise). Download a model or pass --models-dir to use real weights.",
+            flush=True,
+        )
+
+    from engine import Engine
+
+    if demo:
+        from engine.demo import build_demo_models, is_built
+
+        if not is_built(args.models_dir):
+            print(f"Building tiny demo models in {args.models_dir / 'demo'} (once)…", flush=True)
+        build_demo_models(args.models_dir)
+
+    try:
+        engine = Engine(device=args.device, models_dir=args.models_dir, demo=demo, outputs_dir=args.outputs_dir)
+    except (RuntimeError, ValueError) as exc:  # e.g. --device cuda:7 on a one-GPU machine, or a typo
+        print(f"error: cannot use device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    import ui
+
+    app = ui.build_app(engine)
+    app.queue(default_concurrency_limit=1)  # GPU runs one at a time; readouts have their own group
+    _, local_url, share_url = app.launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
+        prevent_thread_lock=True, quiet=True, **ui.launch_options(engine),
+    )
+    mode = "demo mode" if demo else "real weights"
+    print(f"Diffusion Studio ({mode}, device {engine.device}) ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"Open {local_url}", flush=True)
+    if share_url:
+        print(f"Public link: {share_url}", flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

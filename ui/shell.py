@@ -1,0 +1,75 @@
+"""The page: a header (mode, device), the memory panel, and one tab per job."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from . import vram_panel, zerogpu
+from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
+
+TITLE = "Diffusion Studio"
+TABS = (  # (label, module): every module exposes build(engine)
+    ("Text to image", text_to_image),
+    ("IP-Adapter", ipadapter),
+    ("SDNQ catalog", catalog),
+    ("Panorama perception", perception),
+    ("Image to video", i2v),
+    ("LoRA stack", lora_stack),
+)
+DEMO_NOTE = (
+    "Demo mode: tiny random-weight models, so images are noise. "
+    "Start without <code>--demo</code> and with real weights for real pictures."
+)
+CSS = """
+.app-header h1 { margin: 0 0 2px 0; font-size: 1.6em; }
+.app-header .meta { opacity: 0.8; font-size: 0.95em; }
+.app-header .demo-note { margin-top: 6px; padding: 6px 10px; border-radius: 6px;
+  background: rgba(250, 204, 21, 0.18); border: 1px solid rgba(202, 138, 4, 0.45); }
+.vram-tag { font-size: 0.75em; padding: 0 6px; margin-left: 6px; border-radius: 8px;
+  background: rgba(249, 115, 22, 0.2); }
+#vram-updated { text-align: right; opacity: 0.6; font-size: 0.85em; }
+.run-status { min-height: 2.2em; display: flex; align-items: center; }
+.not-built { padding: 12px 0; }
+"""
+
+
+def header_html(engine) -> str:
+    snap = engine.memory.snapshot()
+    compute = snap.get("compute_device", engine.device)
+    name = next((d.get("name", "") for d in snap.get("devices", []) if d.get("device") == compute), "")
+    device = html.escape(f"{compute} ({name})" if name and name != "System RAM" else compute)
+    if compute == "cpu":
+        device += " · no GPU found, runs are slow"
+    mode = "demo" if engine.demo else "real weights"
+    where = " · Hugging Face Spaces (ZeroGPU)" if zerogpu.ON_SPACES else ""
+    note = f"<div class='demo-note'>{DEMO_NOTE}</div>" if engine.demo else ""
+    return (
+        f"<div class='app-header'><h1>{TITLE}</h1>"
+        f"<div class='meta'>Mode: <b>{mode}</b> · Device: <b>{device}</b>{where}</div>{note}</div>"
+    )
+
+
+def build_app(engine) -> gr.Blocks:
+    """The whole page for one engine. GPU events share one concurrency group of size 1 (set per
+    event in the tabs); readouts and cancel buttons run in a group without a limit."""
+    with gr.Blocks(title=TITLE) as app:
+        gr.HTML(header_html(engine), elem_id="app-header")
+        vram_panel.build(engine)
+        with gr.Tabs():
+            for label, module in TABS:
+                with gr.Tab(label, id=module.__name__.rsplit(".", 1)[-1]):
+                    module.build(engine)
+    app.queue(default_concurrency_limit=1)
+    return app
+
+
+def launch_options(engine) -> dict:
+    """``launch()`` arguments the page needs wherever it is served (the app, tests): look and file access."""
+    return {
+        "css": CSS,
+        "theme": gr.themes.Soft(primary_hue="orange"),
+        "allowed_paths": [str(Path(engine.outputs_dir).resolve())],
+    }

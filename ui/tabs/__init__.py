@@ -1,0 +1,1 @@
+"""One module per job; each exposes ``build(engine)`` and holds only its widgets, request and result view."""

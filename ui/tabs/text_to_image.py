@@ -1,0 +1,135 @@
+"""Text to image: the working vertical slice (widgets -> TextToImageRequest -> engine.run -> gallery)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from engine import ModelRef, Result, TextToImageRequest
+
+from .. import zerogpu
+from ..components import (
+    GPU_POOL,
+    CancelSlots,
+    as_int,
+    cancel_button,
+    engine_progress,
+    run_with_feedback,
+    seed_input,
+    size_sliders,
+    status_line,
+    steps_slider,
+)
+
+MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
+    "black-forest-labs/FLUX.1-dev": "FLUX.1-dev",
+    "lodestones/Chroma1-HD": "Chroma1-HD",
+    "Qwen/Qwen-Image": "Qwen-Image",
+}
+LABELS = {  # request field -> widget label, so an error names what the user sees
+    "model": "Model", "prompt": "Prompt", "negative_prompt": "Negative prompt", "width": "Width",
+    "height": "Height", "steps": "Steps", "guidance_scale": "Guidance", "true_cfg_scale": "True CFG",
+    "seed": "Seed", "swap": "Memory mode",
+}
+
+
+def defaults(demo: bool) -> dict:
+    # the tiny demo models get slow fast above 512 px on a CPU (attention grows with the square of the tokens)
+    return {"size": 64, "max_size": 512, "steps": 2} if demo else {"size": 1024, "max_size": 2048, "steps": 28}
+
+
+def build_request(
+    model: str, prompt: str, negative_prompt: str, width, height, steps, guidance_scale, true_cfg_scale, seed
+) -> TextToImageRequest:
+    """The request these widget values describe, validated (raises ``InputError`` naming the field)."""
+    request = TextToImageRequest(
+        model=ModelRef(repo_id=model or ""),
+        prompt=prompt or "",
+        negative_prompt=negative_prompt or "",
+        width=as_int(width),
+        height=as_int(height),
+        steps=as_int(steps),
+        guidance_scale=guidance_scale,
+        true_cfg_scale=true_cfg_scale,
+        seed=as_int(seed),
+    )
+    request.validate()
+    return request
+
+
+def format_result(result: Result) -> str:
+    t = result.timings
+    parts = [f"{label} {t[key]:.2f} s" for key, label in
+             (("load", "load"), ("to_device", "to device"), ("denoise_decode", "denoise + decode")) if key in t]
+    files = ", ".join(f"`{Path(f).name}`" for f in result.files)
+    folder = Path(result.files[0]).parent if result.files else None
+    where = f" in `{folder}`" if folder else ""
+    return f"**{t.get('total', 0.0):.2f} s** ({' · '.join(parts)}) · saved {files}{where}"
+
+
+def _estimate(request: TextToImageRequest, *_args) -> int:
+    return zerogpu.estimate_seconds(request.steps, request.width, request.height)
+
+
+def build(engine) -> None:
+    d = defaults(engine.demo)
+    slots = CancelSlots()
+
+    def generate(request: TextToImageRequest, progress, cancel) -> Result:
+        return engine.run(request, progress, cancel)
+
+    on_gpu = zerogpu.gpu(generate, _estimate)  # on ZeroGPU only this call holds a GPU
+
+    with gr.Row():
+        with gr.Column(scale=5):
+            choices = [(f"{label}{' (tiny demo stand-in)' if engine.demo else ''}", repo) for repo, label in
+                       MODELS.items()]
+            model = gr.Dropdown(choices, value=next(iter(MODELS)), label="Model")
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a lighthouse on a cliff at dusk, oil painting",
+                                elem_id="t2i-prompt")
+            width, height = size_sliders(d["size"], d["max_size"])
+            with gr.Row():
+                steps = steps_slider(d["steps"])
+                guidance = gr.Slider(0, 30, value=3.5, step=0.5, label="Guidance")
+            seed = seed_input(0, elem_id="t2i-seed")
+            with gr.Accordion("Negative prompt", open=False):
+                negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
+                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
+                                     info="real classifier-free guidance with the negative prompt; 1 = off")
+            status = status_line(render=False, elem_id="t2i-status")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", scale=3, elem_id="t2i-run")
+                cancel_button(slots, status, api_name="text_to_image_cancel")
+            status.render()
+        with gr.Column(scale=6):
+            gallery = gr.Gallery(label="Output", columns=1, height=512, object_fit="contain", elem_id="t2i-output",
+                                 buttons=["download", "fullscreen"])
+            info = gr.Markdown("", elem_id="t2i-info")
+            save_json = gr.DownloadButton("Save request JSON", visible=False, size="md",
+                                          elem_id="t2i-save-json")
+
+    def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed,
+                          request: gr.Request, progress=gr.Progress()):
+        req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed)
+        cancel = slots.start(request)
+        try:
+            yield {status: "Running…"}
+            result = on_gpu(req, engine_progress(progress), cancel)
+        finally:
+            slots.finish(request, cancel)
+        images = [f for f in result.files if f.endswith(".png")]
+        saved = next((f for f in result.files if f.endswith(".json")), None)
+        yield {
+            gallery: images,
+            info: format_result(result),
+            save_json: gr.update(value=saved, visible=saved is not None),
+            status: f"Done in {result.timings.get('total', 0.0):.1f} s.",
+        }
+
+    run.click(
+        run_with_feedback(run_text_to_image, status, LABELS),
+        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed],
+        [gallery, info, save_json, status],
+        api_name="text_to_image", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
+    )

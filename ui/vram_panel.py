@@ -1,0 +1,132 @@
+"""The memory panel: per-device bars and the ledger of loaded modules, polled once a second.
+
+The formatting functions are pure (snapshot dict in, HTML/rows out) so that tests check them
+without a browser; ``build`` only wires them to a ``gr.Timer``.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+import gradio as gr
+
+from .components import CONTROLS
+
+MIB = 2**20
+GIB = 2**30
+COLUMNS = ["module", "role", "size MiB", "dtype", "device", "on compute MiB"]
+NO_MODULES = "No models loaded yet: they load on the first run."
+
+
+def human_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "–"
+    if abs(n) >= GIB:
+        return f"{n / GIB:.1f} GiB"
+    return f"{n / MIB:.0f} MiB" if abs(n) >= 10 * MIB else f"{n / MIB:.1f} MiB"
+
+
+def _percent(part: float, whole: float) -> float:
+    return max(0.0, min(100.0, 100.0 * part / whole)) if whole else 0.0
+
+
+def _process_bytes(dev: dict) -> int:
+    """This process' share: the CUDA allocator's reservation, or the resident set for system RAM."""
+    return int(dev.get("reserved") or dev.get("allocated") or 0)
+
+
+def format_devices(snapshot: dict) -> str:
+    """One bar per device: this process' share (dark), other use (light), free (empty)."""
+    rows = []
+    compute = snapshot.get("compute_device")
+    for dev in snapshot.get("devices", []):
+        total, used = int(dev.get("total") or 0), int(dev.get("used") or 0)
+        mine = min(_process_bytes(dev), used) if used else _process_bytes(dev)
+        other = max(used - mine, 0)
+        name = html.escape(f"{dev.get('device', '?')} · {dev.get('name', '')}".strip(" ·"))
+        tag = " <span class='vram-tag'>compute</span>" if dev.get("device") == compute else ""
+        peak = f" · peak {human_bytes(dev['peak'])}" if dev.get("peak") else ""
+        rows.append(
+            "<div class='vram-device' style='margin:2px 0 8px 0'>"
+            f"<div style='display:flex;justify-content:space-between;gap:12px;font-size:0.9em'>"
+            f"<span><b>{name}</b>{tag}</span>"
+            f"<span>{human_bytes(used)} / {human_bytes(total)} used · this process {human_bytes(mine)}{peak}</span>"
+            "</div>"
+            "<div class='vram-bar' style='display:flex;height:12px;border-radius:6px;overflow:hidden;"
+            "background:rgba(127,127,127,0.18);margin-top:3px'>"
+            f"<div title='this process' style='width:{_percent(mine, total):.2f}%;background:#f97316'></div>"
+            f"<div title='other processes' style='width:{_percent(other, total):.2f}%;background:#fdba74'></div>"
+            "</div></div>"
+        )
+    if not rows:
+        return "<div class='vram-panel'>No device readout available.</div>"
+    return "<div class='vram-panel'>" + "".join(rows) + "</div>"
+
+
+def module_rows(snapshot: dict) -> list[list]:
+    """The ledger as table rows: name, role, size MiB, dtype, device, MiB on the compute device."""
+    return [
+        [
+            m.get("name", ""),
+            m.get("role", ""),
+            round((m.get("bytes") or 0) / MIB, 1),
+            m.get("dtype", ""),
+            m.get("device", ""),
+            round((m.get("bytes_on_compute") or 0) / MIB, 1),
+        ]
+        for m in snapshot.get("modules", [])
+    ]
+
+
+def format_summary(snapshot: dict) -> str:
+    modules = snapshot.get("modules", [])
+    if not modules:
+        return NO_MODULES
+    budget = snapshot.get("budget")
+    budget_text = f"budget {human_bytes(budget)}" if budget else "no budget limit"
+    in_use = sum(1 for m in modules if m.get("in_use"))
+    busy = f" · {in_use} in use" if in_use else ""
+    return (
+        f"{len(modules)} module(s) registered · {human_bytes(snapshot.get('resident', 0))} resident on "
+        f"`{snapshot.get('compute_device', '?')}` · {budget_text}{busy}"
+    )
+
+
+def format_updated(now: float | None = None) -> str:
+    return "updated " + time.strftime("%H:%M:%S", time.localtime(now))
+
+
+def readout(engine) -> tuple:
+    """The panel's outputs for the current snapshot (what the timer returns)."""
+    snap = engine.memory.snapshot()
+    rows = module_rows(snap)
+    return (
+        format_devices(snap),
+        format_summary(snap),
+        rows,
+        format_updated(),
+    )
+
+
+def build(engine, interval: float = 1.0) -> gr.Timer:
+    snap = engine.memory.snapshot()
+    rows = module_rows(snap)
+    with gr.Accordion("Memory", open=True, elem_id="vram-panel"):
+        devices = gr.HTML(format_devices(snap), elem_id="vram-devices")
+        with gr.Row(equal_height=True):
+            summary = gr.Markdown(format_summary(snap), elem_id="vram-summary")
+            updated = gr.Markdown(format_updated(), elem_id="vram-updated", elem_classes=["vram-updated"])
+        with gr.Accordion("Loaded modules", open=False, elem_id="vram-modules-accordion"):
+            table = gr.Dataframe(
+                value=rows, headers=COLUMNS, type="array", interactive=False,
+                datatype=["str", "str", "number", "str", "str", "number"], elem_id="vram-modules", max_height=260,
+                show_label=False,
+            )
+    timer = gr.Timer(interval)
+    # Readouts never queue behind a run: no concurrency limit and a group of their own.
+    timer.tick(
+        lambda: readout(engine), None, [devices, summary, table, updated],
+        concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden", api_name="vram",
+    )
+    return timer
