@@ -49,15 +49,21 @@ class Engine:
     def busy(self) -> bool:
         return self._device_lock.locked()
 
-    def run(self, request: Request, progress=None, cancel: threading.Event | None = None) -> Result:
+    def prepare(self, request: Request, progress=None, cancel: threading.Event | None = None):
+        """Validate and fetch what the run needs (downloads), without the device lock. ``run`` calls it
+        too; a UI on a shared GPU (ZeroGPU) calls it first so that downloads never hold a GPU."""
         if not isinstance(request, Request):
             raise InputError("request", f"expected a request object, got {type(request).__name__}")
         request.validate()
         runner = jobs.runner_for(request)
-        progress = progress or _no_progress
         prepare = getattr(runner, "prepare", None)
         if prepare is not None:
-            prepare(self, request, progress, cancel)  # downloads: outside the device lock
+            prepare(self, request, progress or _no_progress, cancel)
+        return runner
+
+    def run(self, request: Request, progress=None, cancel: threading.Event | None = None) -> Result:
+        progress = progress or _no_progress
+        runner = self.prepare(request, progress, cancel)
         with self._device_lock:  # one job on the accelerator at a time
             reset_peak()
             t0 = time.perf_counter()

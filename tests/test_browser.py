@@ -98,6 +98,8 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
         panel = page.get_by_role("tabpanel").filter(visible=True)
         if label == "Text to image":
             expect(page.locator("#t2i-run")).to_be_visible()
+        elif label == "SDNQ catalog":
+            expect(page.locator("#catalog-run")).to_be_visible()
         else:
             expect(panel).to_contain_text("not built yet")
 

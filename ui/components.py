@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import random
@@ -71,13 +72,28 @@ def not_built(text: str) -> gr.Markdown:
 
 
 # ---------------------------------------------------------------- progress and cancel
+def threadsafe(fn: Callable) -> Callable:
+    """``fn`` callable from any thread. ``gr.Progress`` finds its event through context variables, which the
+    hub's download worker threads do not inherit: there, the call runs in a copy of the handler's context."""
+    context = contextvars.copy_context()
+    owner = threading.get_ident()
+
+    def call(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return fn(*args, **kwargs)
+        return context.copy().run(fn, *args, **kwargs)
+
+    return call
+
+
 def engine_progress(progress: gr.Progress) -> Callable[[float, str], None]:
-    """The engine's ``progress(fraction, message)`` shown on a ``gr.Progress`` bar."""
+    """The engine's ``progress(fraction, message)`` shown on a ``gr.Progress`` bar (downloads report from
+    worker threads, hence ``threadsafe``)."""
 
     def report(fraction: float, message: str) -> None:
         progress(max(0.0, min(1.0, fraction)), desc=message)
 
-    return report
+    return threadsafe(report)
 
 
 class CancelSlots:

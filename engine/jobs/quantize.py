@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import InputError, ModelLoadError
+from ..errors import Cancelled, InputError, ModelLoadError
 from ..models import check_trusted, read_model_index
 from ..requests import QuantizeRequest
 from ..result import Result
@@ -87,6 +87,8 @@ def run(engine, req: QuantizeRequest, progress, cancel) -> Result:
         raise ModelLoadError(f"not enough disk space in {out.parent}: need about {need / 2**30:.1f} GiB, "
                              f"{free / 2**30:.1f} GiB free")
 
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
     progress(0.1, f"quantizing {', '.join(req.components)} to {req.weights_dtype}")
     # Written under a temporary name and renamed at the end, so a failed or killed run
     # never leaves a half-written folder that looks like a finished model.
@@ -96,6 +98,8 @@ def run(engine, req: QuantizeRequest, progress, cancel) -> Result:
         with engine.store.transient_pipeline(source, index["_class_name"], tag="quantize",
                                              quantization_config=config) as pipe:
             timings["quantize"] = time.perf_counter() - t0
+            if cancel is not None and cancel.is_set():  # between quantizing and saving: nothing written yet
+                raise Cancelled()
             progress(0.7, "saving")
             pipe.save_pretrained(str(partial), safe_serialization=True)
         os.replace(partial, out)

@@ -17,12 +17,13 @@ def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
         "height": req.height,
         "num_inference_steps": req.steps,
         "guidance_scale": req.guidance_scale,
+        # always explicit: Qwen-Image defaults to 4.0 and warns on every call without a negative prompt
+        "true_cfg_scale": req.true_cfg_scale,
         "generator": generator_for(req.seed),
         "output_type": "pil",
     }
     if req.negative_prompt.strip():
         kwargs["negative_prompt"] = req.negative_prompt
-        kwargs["true_cfg_scale"] = req.true_cfg_scale
     return accepted_kwargs(pipe, kwargs)
 
 

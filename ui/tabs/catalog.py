@@ -16,10 +16,7 @@ Everything that turns widget values into text or requests is a pure function (te
 
 from __future__ import annotations
 
-import contextvars
-import random
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,14 +32,15 @@ from .. import zerogpu
 from ..components import (
     CONTROLS,
     GPU_POOL,
-    SEED_MAX,
     CancelSlots,
     as_int,
     cancel_button,
     engine_progress,
     run_with_feedback,
+    seed_input,
     status_line,
     steps_slider,
+    threadsafe,
 )
 
 DOWNLOADS = "downloads"  # concurrency group of the download button: never the GPU pool
@@ -95,10 +93,10 @@ def bytes_text(n: int | float | None) -> str:
 
 
 def progress_text(done: int, total: int | None) -> str:
-    """``12.3 MB / 17.40 GB (0%)``: the text under the download bar."""
+    """``12.3 MB / 17.40 GB``: the text on the download bar (the bar itself shows the percentage)."""
     if not total:
         return f"{bytes_text(done)} so far"
-    return f"{bytes_text(done)} / {bytes_text(total)} ({min(done / total, 1.0):.0%})"
+    return f"{bytes_text(done)} / {bytes_text(total)}"
 
 
 def capacity_text(limit_bytes: int, source: str) -> str:
@@ -206,17 +204,24 @@ def format_result(result: Result) -> str:
     return text
 
 
+def size_change(before: int, after: int) -> str:
+    """``7.0 MB → 2.5 MB (35%)``."""
+    ratio = f" ({after / before:.0%})" if before else ""
+    return f"{bytes_text(before)} → {bytes_text(after)}{ratio}"
+
+
 def format_quantize_result(result: Result) -> str:
     """Sizes before and after, per component and in total, and the folder written."""
     meta = result.metadata
-    before, after = meta.get("total_before") or 0, meta.get("total_after") or 0
-    ratio = f" ({after / before:.0%})" if before else ""
     lines = [f"**Saved** `{meta.get('output', '')}`",
-             f"Whole model: {bytes_text(before)} → {bytes_text(after)}{ratio}"]
-    summary = (meta.get("summary") or "").strip()
-    if summary:
-        lines.append("Quantized components:\n" + "\n".join(f"- {line}" for line in summary.splitlines()))
-    seconds = sum(result.timings.get(k, 0.0) for k in ("quantize", "save"))
+             f"Whole model: {size_change(meta.get('total_before') or 0, meta.get('total_after') or 0)}"]
+    sizes = meta.get("sizes") or {}
+    if sizes:
+        lines.append("Quantized components:\n" + "\n".join(
+            f"- {name}: {size_change(s.get('before') or 0, s.get('after') or 0)}" for name, s in sizes.items()))
+    elif (meta.get("summary") or "").strip():
+        lines.append("Quantized components:\n" + "\n".join(f"- {x}" for x in meta["summary"].strip().splitlines()))
+    seconds = result.timings.get("total") or sum(result.timings.get(k, 0.0) for k in ("quantize", "save"))
     lines.append(f"Took {seconds:.1f} s. The folder is now the **Local folder** under *Generate*: press Run to try it.")
     return "\n\n".join(lines)
 
@@ -297,20 +302,6 @@ def quantized_names(engine) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-def threadsafe(fn: Callable) -> Callable:
-    """``fn`` callable from any thread. ``gr.Progress`` finds its event through context variables, which the
-    hub's download worker threads do not inherit: there, the call runs in a copy of the handler's context."""
-    context = contextvars.copy_context()
-    owner = threading.get_ident()
-
-    def call(*args, **kwargs):
-        if threading.get_ident() == owner:
-            return fn(*args, **kwargs)
-        return context.copy().run(fn, *args, **kwargs)
-
-    return call
-
-
 def byte_progress(progress: gr.Progress) -> Callable[[int, int, str], None]:
     """The hub's ``progress(done_bytes, total_bytes, message)`` on a ``gr.Progress`` bar, in bytes."""
 
@@ -322,14 +313,6 @@ def byte_progress(progress: gr.Progress) -> Callable[[int, int, str], None]:
 
 
 # ---------------------------------------------------------------- widgets
-def seed_box(value: int = 0, elem_id: str = "catalog-seed") -> gr.Number:
-    """``components.seed_input`` with its own elem_id (that one is fixed to ``seed``, already used by text to image)."""
-    dice = gr.Button("random", size="sm")
-    seed = gr.Number(value=value, label="Seed", precision=0, minimum=None, buttons=[dice], elem_id=elem_id)
-    dice.click(lambda: random.randint(0, SEED_MAX), None, seed, queue=False, api_visibility="private")
-    return seed
-
-
 def _estimate(request: CatalogRequest, *_args) -> int:
     return zerogpu.estimate_seconds(request.steps, request.width, request.height, load=60.0)
 
@@ -356,19 +339,19 @@ def build(engine) -> None:
                 "machine's Hugging Face cache.")
     if engine.demo:
         gr.Markdown(DEMO_NOTE, elem_id="catalog-demo-note")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         arch = gr.Dropdown([ALL, *architectures(catalog)], value=ALL, label="Architecture", scale=2, min_width=140)
         quant = gr.Dropdown([ALL, *quantizations(catalog)], value=ALL, label="Quantization", scale=2, min_width=140)
         search = gr.Textbox(label="Search", placeholder="e.g. flux schnell", scale=3, min_width=160,
                             elem_id="catalog-search")
-        fits = gr.Checkbox(label="Fits my GPU", info=capacity_text(limit, limit_source), scale=2, min_width=180,
+        fits = gr.Checkbox(label="Fits my GPU", info=capacity_text(limit, limit_source), scale=3, min_width=220,
                            elem_id="catalog-fits")
-        refresh = gr.Button("↻ Refresh", size="sm", scale=1, min_width=90)
+        refresh = gr.Button("↻ Refresh", size="sm", scale=0, min_width=100)
     initial = table_rows(engine, ALL, ALL, False, "")
     table = gr.Dataframe(
         value=initial, headers=COLUMNS, datatype=DATATYPES, interactive=False, wrap=True, max_height=420,
         label=table_label(len(initial), len(catalog)), show_label=True, elem_id="catalog-table",
-        column_widths=["22%", "9%", "9%", "8%", "8%", "22%", "11%", "11%"],
+        column_widths=["20%", "10%", "10%", "8%", "7%", "22%", "12%", "11%"],
     )
     filters = [arch, quant, fits, search]
 
@@ -379,7 +362,9 @@ def build(engine) -> None:
                                 info="click a row above, or type an entry id or repo id")
             details = gr.Markdown(entry_details(first, cache_of(first), engine.demo), elem_id="catalog-details")
         with gr.Column(scale=3):
-            download_status = status_line(render=False, elem_id="catalog-download-status")
+            # taller than a status line: the byte progress bar is drawn over it
+            download_status = gr.Markdown("", elem_classes=["run-status"], elem_id="catalog-download-status",
+                                          min_height=72, render=False)
             with gr.Row():
                 download = gr.Button("Download", variant="secondary", scale=3, elem_id="catalog-download")
                 download_cancel = gr.Button("Cancel download", variant="stop", scale=2, min_width=90,
@@ -406,7 +391,7 @@ def build(engine) -> None:
             with gr.Row():
                 steps = steps_slider(d["steps"])
                 guidance = gr.Slider(0, 30, value=d["guidance"], step=0.5, label="Guidance")
-            seed = seed_box(0)
+            seed = seed_input(0, elem_id="catalog-seed")
             with gr.Row():
                 use_qmm = gr.Checkbox(label="int8 quantized matmul", value=False,
                                       info="faster int8 matmul on a CUDA GPU with Triton")
@@ -444,7 +429,7 @@ def build(engine) -> None:
                                 info="0 = automatic; else a power of two")
             q_svd = gr.Checkbox(label="SVD correction", value=False, min_width=120,
                                 info="low-rank fix-up: better quality at 4 bits and below")
-            q_rank = gr.Slider(1, 512, value=32, step=1, label="SVD rank", min_width=160)
+            q_rank = gr.Slider(1, 512, value=32, step=1, label="SVD rank", min_width=160, interactive=False)
         q_components = gr.CheckboxGroup(list(COMPONENTS), value=list(DEFAULT_COMPONENTS), label="Components",
                                         info="which parts to quantize (the model must have them)")
         q_status = status_line(render=False, elem_id="catalog-q-status")
@@ -496,10 +481,10 @@ def build(engine) -> None:
         cancel = download_slots.start(request)
         t0 = time.perf_counter()
         try:
-            yield {download_status: f"Downloading **{e.id}** (≈{e.download_gb:g} GB) from `{e.repo_id}`…"}
+            # no status text while it runs: the byte progress bar is drawn over the status line
             progress(0.0, desc=f"Checking {e.repo_id}")
             try:
-                folder = catalog_service.download(e.id, byte_progress(progress), cancel)
+                catalog_service.download(e.id, byte_progress(progress), cancel)
             except Cancelled:
                 cache = cache_of(e)
                 kept = bytes_text(cache.bytes_on_disk if cache else 0)
@@ -516,7 +501,7 @@ def build(engine) -> None:
         cache = cache_of(e)
         size = bytes_text(cache.bytes_on_disk if cache else 0)
         yield {
-            download_status: f"✅ **{e.id}** is downloaded ({size}, {time.perf_counter() - t0:.1f} s) in `{folder}`.",
+            download_status: f"✅ **{e.id}** is downloaded ({size} in {time.perf_counter() - t0:.1f} s).",
             table: refresh_table(architecture, quantization, fits_gpu, text),
             details: entry_details(e, cache, engine.demo),
         }
@@ -545,7 +530,9 @@ def build(engine) -> None:
         cancel = run_slots.start(request)
         try:
             yield {status: "Running…"}
-            result = generate(req, threadsafe(engine_progress(progress)), cancel)
+            report = engine_progress(progress)
+            engine.prepare(req, report, cancel)  # downloads first: on ZeroGPU they must not hold the GPU
+            result = generate(req, report, cancel)
         finally:
             run_slots.finish(request, cancel)
         for warning in result.metadata.get("warnings") or []:
@@ -573,7 +560,7 @@ def build(engine) -> None:
     def run_quantize(src, name, dtype, group, svd, rank, comps, request: gr.Request, progress=gr.Progress()):
         req = build_quantize_request(src, name, dtype, group, svd, rank, comps)
         yield {q_status: f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…", q_result: ""}
-        result = quantize(req, threadsafe(engine_progress(progress)), None)
+        result = quantize(req, engine_progress(progress), None)
         output = result.metadata.get("output") or (result.files[0] if result.files else "")
         gr.Info(f"Saved {Path(output).name}: it is now the local folder under Generate.")
         yield {
@@ -594,5 +581,6 @@ def build(engine) -> None:
     def rename(src, dtype):
         return suggest_output_name(src, dtype, quantized_names(engine))
 
+    q_svd.change(lambda on: gr.update(interactive=bool(on)), q_svd, q_rank, queue=False, api_visibility="private")
     for trigger in (q_source.change, q_dtype.change):
         trigger(rename, [q_source, q_dtype], q_name, queue=False, api_visibility="private")

@@ -115,7 +115,9 @@ def build(engine) -> None:
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
-            result = on_gpu(req, engine_progress(progress), cancel)
+            report = engine_progress(progress)
+            engine.prepare(req, report, cancel)  # downloads first: on ZeroGPU they must not hold the GPU
+            result = on_gpu(req, report, cancel)
         finally:
             slots.finish(request, cancel)
         images = [f for f in result.files if f.endswith(".png")]
