@@ -54,6 +54,16 @@ def test_format_devices_shows_each_device_with_used_total_and_process_share():
     assert out.count("vram-tag") == 1  # only the compute device is tagged
 
 
+def test_compute_bar_shows_each_module_that_holds_weights_there():
+    out = vram_panel.format_devices(SNAPSHOT)
+    gpu = out.split("class='vram-device'")[1]
+    assert "title='flux/transformer: 12.0 GiB'" in gpu  # its own segment, named on hover
+    assert "vram-legend" in gpu and "flux/transformer 12.0 GiB" in gpu
+    assert "text_encoder_2" not in out  # on the CPU: no share of the GPU bar
+    cpu = out.split("class='vram-device'")[2]
+    assert "vram-legend" not in cpu
+
+
 def test_format_devices_without_devices_says_so():
     assert "No device readout" in vram_panel.format_devices({"devices": []})
 

@@ -36,17 +36,44 @@ def _process_bytes(dev: dict) -> int:
     return int(dev.get("reserved") or dev.get("allocated") or 0)
 
 
+PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#4b5563")
+
+
+def _module_segments(snapshot: dict, device: str) -> list[tuple[str, int, str]]:
+    """(name, bytes on this device, colour) per registered module that holds weights here, biggest first."""
+    if device != snapshot.get("compute_device"):
+        return []
+    held = [(m.get("name", "?"), int(m.get("bytes_on_compute") or 0)) for m in snapshot.get("modules", [])]
+    held = sorted((h for h in held if h[1] > 0), key=lambda h: -h[1])
+    return [(name, n, PALETTE[i % len(PALETTE)]) for i, (name, n) in enumerate(held)]
+
+
+def _segment(width: float, colour: str, title: str) -> str:
+    return f"<div title='{html.escape(title, quote=True)}' style='width:{width:.2f}%;background:{colour}'></div>"
+
+
 def format_devices(snapshot: dict) -> str:
-    """One bar per device: this process' share (dark), other use (light), free (empty)."""
+    """One bar per device. On the compute device every registered module is its own coloured segment
+    (hover for its name), then the rest of this process, then other processes; a legend names them."""
     rows = []
     compute = snapshot.get("compute_device")
     for dev in snapshot.get("devices", []):
         total, used = int(dev.get("total") or 0), int(dev.get("used") or 0)
         mine = min(_process_bytes(dev), used) if used else _process_bytes(dev)
         other = max(used - mine, 0)
+        modules = _module_segments(snapshot, dev.get("device"))
+        in_modules = sum(n for _, n, _ in modules)
         name = html.escape(f"{dev.get('device', '?')} · {dev.get('name', '')}".strip(" ·"))
         tag = " <span class='vram-tag'>compute</span>" if dev.get("device") == compute else ""
         peak = f" · peak {human_bytes(dev['peak'])}" if dev.get("peak") else ""
+        bar = "".join(_segment(_percent(n, total), c, f"{m}: {human_bytes(n)}") for m, n, c in modules)
+        bar += _segment(_percent(max(mine - in_modules, 0), total), "#fdba74", "this process, outside the models")
+        bar += _segment(_percent(other, total), "#d6d3d1", "other processes")
+        legend = "".join(
+            f"<span style='margin-right:12px;white-space:nowrap'><span style='color:{c}'>■</span> "
+            f"{html.escape(m)} {human_bytes(n)}</span>"
+            for m, n, c in modules
+        )
         rows.append(
             "<div class='vram-device' style='margin:2px 0 8px 0'>"
             f"<div style='display:flex;justify-content:space-between;gap:12px;font-size:0.9em'>"
@@ -54,10 +81,9 @@ def format_devices(snapshot: dict) -> str:
             f"<span>{human_bytes(used)} / {human_bytes(total)} used · this process {human_bytes(mine)}{peak}</span>"
             "</div>"
             "<div class='vram-bar' style='display:flex;height:12px;border-radius:6px;overflow:hidden;"
-            "background:rgba(127,127,127,0.18);margin-top:3px'>"
-            f"<div title='this process' style='width:{_percent(mine, total):.2f}%;background:#f97316'></div>"
-            f"<div title='other processes' style='width:{_percent(other, total):.2f}%;background:#fdba74'></div>"
-            "</div></div>"
+            f"background:rgba(127,127,127,0.18);margin-top:3px'>{bar}</div>"
+            + (f"<div class='vram-legend' style='font-size:0.8em;margin-top:3px'>{legend}</div>" if legend else "")
+            + "</div>"
         )
     if not rows:
         return "<div class='vram-panel'>No device readout available.</div>"
