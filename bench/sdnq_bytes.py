@@ -83,8 +83,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--double", type=int, default=1)
     ap.add_argument("--single", type=int, default=2)
-    ap.add_argument("--dtypes", default="int8,int6,uint4,uint4:128,float8_e4m3fn",
-                    help="comma list; dtype:N sets the group size N (0 = sdnq's automatic choice)")
+    ap.add_argument("--dtypes", default="int8,int6,uint4,uint4:128,float8_e4m3fn,int8:0:all,uint4:128:all",
+                    help="comma list of dtype[:group[:all]]: group size N (0 = sdnq's automatic choice); "
+                         "'all' also quantizes the layers sdnq keeps at 16 bit by default")
     args = ap.parse_args()
 
     models_dir = Path(tempfile.mkdtemp(prefix="bench-sdnq-"))
@@ -102,9 +103,11 @@ def main() -> None:
     rows = [("bf16", base_bytes, 1.0, 1.0, base_load, 1.0, 0, "-")]
     del base
     for spec in args.dtypes.split(","):
-        dtype, _, group = spec.partition(":")
-        req = QuantizeRequest(source=ModelRef(path=str(src), dtype="bfloat16"), output_name=f"bench-{dtype}-{group or 0}",
-                              weights_dtype=dtype, group_size=int(group or 0), components=("transformer",))
+        dtype, group, scope = (spec.split(":") + ["", ""])[:3]
+        req = QuantizeRequest(source=ModelRef(path=str(src), dtype="bfloat16"),
+                              output_name=f"bench-{dtype}-{group or 0}-{scope or 'default'}", weights_dtype=dtype,
+                              group_size=int(group or 0), components=("transformer",),
+                              keep_sensitive_layers=scope != "all")
         t0 = time.perf_counter()
         engine.run(req)
         quant_s = time.perf_counter() - t0
@@ -112,7 +115,7 @@ def main() -> None:
         qbytes = module_bytes(pipe.transformer)
         full = full_flux_bytes(part_bytes(pipe.transformer), args.double, args.single) / base_full
         diff = int(np.abs(render(pipe) - base_img).max())
-        label = spec if group else f"{dtype}"
+        label = spec
         rows.append((label, qbytes, qbytes / base_bytes, full, load_s, load_s / base_load, diff, f"{quant_s:.1f}s"))
         del pipe
     print(f"{'dtype[:group]':<15}{'weight MiB':>11}{'vs bf16':>9}{'19+38 blk':>10}{'load s':>8}{'load vs bf16':>13}"
@@ -120,6 +123,7 @@ def main() -> None:
     for label, b, ratio, full, load_s, load_ratio, diff, q in rows:
         print(f"{label:<15}{b / 2**20:>11.1f}{ratio:>8.3f}x{full:>9.3f}x{load_s:>8.2f}{load_ratio:>12.2f}x{diff:>12}"
               f"{q:>10}")
+    print("dtype:group:all = every large Linear quantized (keep_sensitive_layers off).")
     print("'19+38 blk' scales the measured per-block bytes to FLUX.1-dev's 19 double + 38 single blocks.")
     print("goals: int8 <= 0.52x, uint4 <= 0.30x of bf16 weight bytes")
 

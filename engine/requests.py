@@ -284,6 +284,9 @@ class QuantizeRequest(Request):
     use_svd: bool = False
     svd_rank: int = 32
     components: tuple[str, ...] = ("transformer",)
+    # sdnq keeps embedders, final norms and some modulation (AdaLN) layers at 16 bit by default: they are
+    # small but sensitive (grid artifacts when quantized at 4 bit). Off: every large Linear is quantized.
+    keep_sensitive_layers: bool = True
 
     def validate(self) -> None:
         self.source.validate("source")

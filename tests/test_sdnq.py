@@ -116,6 +116,18 @@ def test_quantize_save_reload_matches_in_memory(engine, dtype, max_ratio):
     assert diff <= 1, diff  # the reload is the same quantized weights (≤1/255 from float round-off)
 
 
+def test_quantizing_sensitive_layers_too_makes_a_smaller_model(engine):
+    src = ModelRef(path=str(demo_path(engine.models_dir, "flux-dev")))
+    kept = engine.run(QuantizeRequest(source=src, output_name="flux-keep", weights_dtype="int8"))
+    every = engine.run(QuantizeRequest(source=src, output_name="flux-all", weights_dtype="int8",
+                                       keep_sensitive_layers=False))
+    assert every.metadata["sizes"]["transformer"]["after"] < kept.metadata["sizes"]["transformer"]["after"]
+    config = json.loads((quantize_job.output_dir(engine, every.request) / "transformer" / "config.json").read_text())
+    assert config["quantization_config"]["add_skip_keys"] is False
+    result = engine.run(CatalogRequest(model=ModelRef(path=every.metadata["output"]), **GEN))
+    assert len(result.images) == 1
+
+
 def test_quantize_text_encoder_too(engine):
     src = demo_path(engine.models_dir, "flux-dev")
     req = QuantizeRequest(source=ModelRef(path=str(src)), output_name="flux-te-int8",

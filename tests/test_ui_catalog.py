@@ -331,7 +331,7 @@ def test_api_quantize_the_demo_flux_then_generate_with_the_folder(client, served
     created.append(folder)
     source = str(demo_path(models_dir, "flux-dev"))
     status, result, local_path, source_kind, next_name = client.predict(
-        source, name, "int8", 0, False, 32, ["transformer"], api_name="/catalog_quantize")
+        source, name, "int8", 0, False, 32, ["transformer"], True, api_name="/catalog_quantize")
     assert status.startswith("Done") and name in status
     assert "→" in result and "transformer:" in result and str(folder) in result
     assert (folder / "model_index.json").is_file()
@@ -344,7 +344,7 @@ def test_api_quantize_the_demo_flux_then_generate_with_the_folder(client, served
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="Output name"):  # the folder exists now
-        client.predict(source, name, "int8", 0, False, 32, ["transformer"], api_name="/catalog_quantize")
+        client.predict(source, name, "int8", 0, False, 32, ["transformer"], True, api_name="/catalog_quantize")
 
 
 def test_api_download_from_the_hub_completes_the_cache_state(client, hub):

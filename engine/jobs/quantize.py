@@ -39,6 +39,7 @@ def sdnq_config(library: str, req: QuantizeRequest):
         "group_size": req.group_size,
         "use_svd": req.use_svd,
         "svd_rank": req.svd_rank,
+        "add_skip_keys": req.keep_sensitive_layers,
     }
     if library == "diffusers":
         import diffusers

@@ -257,7 +257,7 @@ def build_generate_request(
 
 def build_quantize_request(
     source: str, output_name: str, weights_dtype: str, group_size, use_svd: bool, svd_rank,
-    components: Iterable[str] | None,
+    components: Iterable[str] | None, keep_sensitive_layers: bool = True,
 ) -> QuantizeRequest:
     """The ``QuantizeRequest`` these widget values describe, validated (raises ``InputError`` naming the field)."""
     path = (source or "").strip()
@@ -267,6 +267,7 @@ def build_quantize_request(
         source=ModelRef(path=path), output_name=(output_name or "").strip(), weights_dtype=weights_dtype,
         group_size=as_int(group_size) if group_size not in (None, "") else 0, use_svd=bool(use_svd),
         svd_rank=as_int(svd_rank), components=tuple(components or ()),
+        keep_sensitive_layers=bool(keep_sensitive_layers),
     )
     request.validate()
     if not (Path(path) / "model_index.json").is_file():
@@ -430,8 +431,11 @@ def build(engine) -> None:
             q_svd = gr.Checkbox(label="SVD correction", value=False, min_width=120,
                                 info="low-rank fix-up: better quality at 4 bits and below")
             q_rank = gr.Slider(1, 512, value=32, step=1, label="SVD rank", min_width=160, interactive=False)
-        q_components = gr.CheckboxGroup(list(COMPONENTS), value=list(DEFAULT_COMPONENTS), label="Components",
-                                        info="which parts to quantize (the model must have them)")
+        with gr.Row():
+            q_components = gr.CheckboxGroup(list(COMPONENTS), value=list(DEFAULT_COMPONENTS), label="Components",
+                                            info="which parts to quantize (the model must have them)", scale=3)
+            q_keep = gr.Checkbox(label="Keep sensitive layers at 16 bit", value=True, scale=2,
+                                 info="embedders, final norm, some modulation layers: better quality, bigger files")
         q_status = status_line(render=False, elem_id="catalog-q-status")
         q_run = gr.Button("Quantize", variant="primary", elem_id="catalog-q-run")
         q_status.render()
@@ -557,8 +561,8 @@ def build(engine) -> None:
     )
 
     # ------------------------------------------------------------ handlers: quantize
-    def run_quantize(src, name, dtype, group, svd, rank, comps, request: gr.Request, progress=gr.Progress()):
-        req = build_quantize_request(src, name, dtype, group, svd, rank, comps)
+    def run_quantize(src, name, dtype, group, svd, rank, comps, keep, request: gr.Request, progress=gr.Progress()):
+        req = build_quantize_request(src, name, dtype, group, svd, rank, comps, keep)
         yield {q_status: f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…", q_result: ""}
         result = quantize(req, engine_progress(progress), None)
         output = result.metadata.get("output") or (result.files[0] if result.files else "")
@@ -573,7 +577,7 @@ def build(engine) -> None:
 
     q_run.click(
         run_with_feedback(run_quantize, q_status, QUANTIZE_LABELS),
-        [q_source, q_name, q_dtype, q_group, q_svd, q_rank, q_components],
+        [q_source, q_name, q_dtype, q_group, q_svd, q_rank, q_components, q_keep],
         [q_status, q_result, local_path, source, q_name],
         api_name="catalog_quantize", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[q_result],
     )
