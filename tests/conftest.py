@@ -29,3 +29,57 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models")
     build_demo_models(path)
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(models_dir, tmp_path_factory):
+    """The real Gradio app over one demo engine, on a free loopback port: (engine, url)."""
+    from engine import Engine
+    from ui import build_app, launch_options
+
+    engine = Engine(demo=True, models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("app-outputs"))
+    app = build_app(engine)
+    _, url, _ = app.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+        **launch_options(engine),
+    )
+    try:
+        yield engine, url
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[1], verbose=False)
+
+
+SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-qint8"  # the repo of catalog entry FLUX.1-dev-qint8
+
+
+@pytest.fixture
+def sdnq_hub(models_dir, tmp_path, monkeypatch):
+    """A local fake hub serving the tiny SDNQ Flux under the catalog entry's real repo id, and an
+    empty HF cache for this test only."""
+    from tests.fakehub import FakeHub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    from engine.demo import demo_path
+
+    with FakeHub() as fake:
+        fake.add_repo(SDNQ_ENTRY_REPO, demo_path(models_dir, "flux-dev-sdnq-int8"))
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        yield fake

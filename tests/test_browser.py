@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parent.parent
 TABS = ("Text to image", "IP-Adapter", "SDNQ catalog", "Panorama perception", "Image to video", "LoRA stack")
 TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"chromium not found at {CHROMIUM}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> float:
@@ -46,7 +41,7 @@ def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> f
 
 @pytest.fixture(scope="module")
 def app_url(models_dir, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("browser") / "app.log"
     cmd = [sys.executable, "app.py", "--demo", "--port", str(port), "--models-dir", str(models_dir),
            "--outputs-dir", str(log_path.parent / "outputs")]

@@ -8,24 +8,14 @@ import pytest
 
 from engine import CatalogRequest, Engine
 from engine import catalog_service as catalog
-from engine.demo import demo_path
-from tests.fakehub import FakeHub
 
 ENTRY = "FLUX.1-dev-qint8"
 GEN = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 42}
 
 
 @pytest.fixture
-def hub(models_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    with FakeHub() as fake:
-        # the hub serves the tiny SDNQ model under the catalog entry's real repo id
-        fake.add_repo(catalog.entry(ENTRY).repo_id, demo_path(models_dir, "flux-dev-sdnq-int8"))
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        yield fake
+def hub(sdnq_hub):
+    return sdnq_hub
 
 
 def row_for(engine, entry_id):

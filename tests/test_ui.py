@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -222,36 +221,6 @@ def test_cancel_slots_are_per_session():
 
 
 # ---------------------------------------------------------------- the app over HTTP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(models_dir, tmp_path_factory):
-    from engine import Engine
-    from ui import build_app, launch_options
-
-    engine = Engine(demo=True, models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("ui-outputs"))
-    app = build_app(engine)
-    _, url, _ = app.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-        **launch_options(engine),
-    )
-    try:
-        yield engine, url
-    finally:
-        app.close()
-
-
-@pytest.fixture
-def client(served):
-    from gradio_client import Client
-
-    return Client(served[1], verbose=False)
-
-
 def _t2i(client, **change):
     args = {**GOOD, **change}
     return client.predict(

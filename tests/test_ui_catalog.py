@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextvars
 import json
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -19,12 +18,13 @@ from engine import CatalogRequest, InputError, QuantizeRequest, request_from_dic
 from engine import catalog_service as catalog
 from engine.demo import demo_path
 from engine.presets import ALL, load_catalog
-from tests.fakehub import FakeHub
+from tests.conftest import SDNQ_ENTRY_REPO, free_port
 from ui.components import field_label
 from ui.tabs import catalog as tab
 
 ENTRY = "FLUX.1-dev-qint8"
-REPO = "Disty0/FLUX.1-dev-qint8"
+REPO = SDNQ_ENTRY_REPO
+
 BIG_FILE = "transformer/diffusion_pytorch_model.safetensors"
 GEN = dict(source=tab.SOURCE_ENTRY, entry=ENTRY, local_path="", prompt="a lighthouse at dusk", negative_prompt="",
            width=64, height=48, steps=2, guidance_scale=3.5, seed=7, use_quantized_matmul=False,
@@ -220,50 +220,18 @@ def test_build_quantize_request_wants_a_diffusers_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- the app over HTTP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def hub(sdnq_hub):
+    return sdnq_hub
 
 
 @pytest.fixture(scope="module")
-def served(models_dir, tmp_path_factory):
-    from engine import Engine
-    from ui import build_app, launch_options
-
-    engine = Engine(demo=True, models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("catalog-ui-outputs"))
-    app = build_app(engine)
-    _, url, _ = app.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-        **launch_options(engine),
-    )
-    created: list[Path] = []
-    try:
-        yield engine, url, created
-    finally:
-        app.close()
-        for folder in created:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def client(served):
-    from gradio_client import Client
-
-    return Client(served[1], verbose=False)
-
-
-@pytest.fixture
-def hub(models_dir, tmp_path, monkeypatch):
-    """A fake hub serving the tiny SDNQ Flux as the entry's real repo, and an empty HF cache for this test."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    with FakeHub() as fake:
-        fake.add_repo(REPO, demo_path(models_dir, "flux-dev-sdnq-int8"))
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        yield fake
+def created():
+    """Folders a test quantized into the shared app's models dir: removed when the module ends."""
+    folders: list[Path] = []
+    yield folders
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _generate(client, **change):
@@ -324,8 +292,8 @@ def test_api_generate_bad_input_names_the_field_and_the_server_keeps_working(cli
     assert _generate(client, seed=8)[-1].startswith("Done")
 
 
-def test_api_quantize_the_demo_flux_then_generate_with_the_folder(client, served, models_dir):
-    engine, _, created = served
+def test_api_quantize_the_demo_flux_then_generate_with_the_folder(client, served, created, models_dir):
+    engine, _ = served
     name = f"ui-test-{uuid.uuid4().hex[:8]}"
     folder = Path(engine.models_dir) / "sdnq" / name
     created.append(folder)
@@ -396,7 +364,7 @@ def test_api_download_with_the_hub_unreachable_is_a_message_and_the_server_keeps
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(AppError) as info:
         _download(client).result(timeout=60)
     assert "Cannot reach the Hugging Face hub" in str(info.value) and "Traceback" not in str(info.value)
@@ -404,7 +372,7 @@ def test_api_download_with_the_hub_unreachable_is_a_message_and_the_server_keeps
 
 
 def test_api_a_download_does_not_wait_behind_a_gpu_run(client, served, hub):
-    engine, _, _ = served
+    engine, _ = served
     original = engine.run
     started = threading.Event()
 

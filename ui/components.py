@@ -96,6 +96,22 @@ def engine_progress(progress: gr.Progress) -> Callable[[float, str], None]:
     return threadsafe(report)
 
 
+def run_on_engine(engine, on_gpu: Callable, req, progress: gr.Progress, cancel: threading.Event):
+    """Fetch what the run needs first (on ZeroGPU a download must not hold the GPU), then run it through
+    ``on_gpu`` (the engine call, wrapped in ``spaces.GPU`` on Spaces)."""
+    report = engine_progress(progress)
+    engine.prepare(req, report, cancel)
+    return on_gpu(req, report, cancel)
+
+
+def image_run_updates(result, info_text: str) -> tuple:
+    """(gallery files, info line, "Save request JSON" button update, status) after an image run."""
+    images = [f for f in result.files if f.endswith(".png")]
+    saved = next((f for f in result.files if f.endswith(".json")), None)
+    return (images, info_text, gr.update(value=saved, visible=saved is not None),
+            f"Done in {result.timings.get('total', 0.0):.1f} s.")
+
+
 class CancelSlots:
     """One ``threading.Event`` per browser session's current run.
 

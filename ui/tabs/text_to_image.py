@@ -14,7 +14,8 @@ from ..components import (
     CancelSlots,
     as_int,
     cancel_button,
-    engine_progress,
+    image_run_updates,
+    run_on_engine,
     run_with_feedback,
     seed_input,
     size_sliders,
@@ -115,19 +116,10 @@ def build(engine) -> None:
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
-            report = engine_progress(progress)
-            engine.prepare(req, report, cancel)  # downloads first: on ZeroGPU they must not hold the GPU
-            result = on_gpu(req, report, cancel)
+            result = run_on_engine(engine, on_gpu, req, progress, cancel)
         finally:
             slots.finish(request, cancel)
-        images = [f for f in result.files if f.endswith(".png")]
-        saved = next((f for f in result.files if f.endswith(".json")), None)
-        yield {
-            gallery: images,
-            info: format_result(result),
-            save_json: gr.update(value=saved, visible=saved is not None),
-            status: f"Done in {result.timings.get('total', 0.0):.1f} s.",
-        }
+        yield dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result))))
 
     run.click(
         run_with_feedback(run_text_to_image, status, LABELS),
