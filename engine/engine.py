@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from . import jobs
 from .errors import EngineError, InputError
 from .memory import MemoryManager, reset_peak
-from .memory.devices import default_compute_device
+from .memory.devices import default_compute_device, free_cached
 from .models import ModelStore
 from .outputs import save_images
 from .requests import Request
@@ -80,6 +81,20 @@ class Engine:
             result.memory = self.memory.snapshot()
             progress(1.0, "done")
             return result
+
+    def unload_all(self) -> int:
+        """Drop every loaded model (frees VRAM and RAM); refused while a run holds the device.
+        Returns how many modules were released."""
+        if not self._device_lock.acquire(blocking=False):
+            raise EngineError("a run is in progress; unload the models when it has finished")
+        try:
+            count = len(self.memory.names())
+            self.store.unload_all()
+            gc.collect()
+            free_cached()
+            return count
+        finally:
+            self._device_lock.release()
 
     @staticmethod
     def download_progress(progress):

@@ -200,3 +200,28 @@ def test_headless_run_of_a_saved_request(models_dir, tmp_path, engine):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2 and "steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unload_all_frees_the_ledger_and_is_refused_during_a_run(engine):
+    engine.run(flux_request())
+    assert engine.memory.names()
+    started, release = threading.Event(), threading.Event()
+
+    def progress(fraction, message):
+        if message.startswith("step"):
+            started.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=engine.run, args=(flux_request(steps=3),), kwargs={"progress": progress})
+    worker.start()
+    try:
+        assert started.wait(60)
+        with pytest.raises(EngineError, match="in progress"):
+            engine.unload_all()
+        assert engine.memory.names()
+    finally:
+        release.set()
+        worker.join()
+    assert engine.unload_all() > 0
+    assert engine.memory.names() == [] and engine.store.loaded_pipelines() == []
+    assert len(engine.run(flux_request()).images) == 1  # loads again on the next run

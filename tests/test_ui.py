@@ -302,6 +302,14 @@ def test_api_cancel_stops_a_long_run_and_readouts_do_not_wait_behind_it(client, 
     assert client.predict(api_name="/text_to_image_cancel").startswith("Nothing to cancel")
 
 
+def test_api_unload_all_empties_the_memory_panel(client, served):
+    _t2i(client)
+    devices, summary, table, _ = client.predict(api_name="/unload_all")
+    assert summary == vram_panel.NO_MODULES
+    assert served[0].memory.names() == []
+    assert len(_t2i(client)[0]) == 1  # and the next run loads again
+
+
 def _is_running(job) -> bool:
     from gradio_client.utils import Status
 

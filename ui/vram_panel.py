@@ -11,6 +11,8 @@ import time
 
 import gradio as gr
 
+from engine import EngineError
+
 from .components import CONTROLS
 
 MIB = 2**20
@@ -149,10 +151,24 @@ def build(engine, interval: float = 1.0) -> gr.Timer:
                 datatype=["str", "str", "number", "str", "str", "number"], elem_id="vram-modules", max_height=260,
                 show_label=False,
             )
+            unload = gr.Button("Unload all models", size="sm", variant="secondary", elem_id="vram-unload")
     timer = gr.Timer(interval)
+    outputs = [devices, summary, table, updated]
+
+    def unload_all():
+        try:
+            count = engine.unload_all()
+        except EngineError as exc:  # a run holds the device
+            gr.Warning(str(exc))
+        else:
+            gr.Info(f"Unloaded {count} module(s); they load again on the next run.")
+        return readout(engine)
+
+    unload.click(unload_all, None, outputs, concurrency_limit=None, concurrency_id=CONTROLS,
+                 show_progress="hidden", api_name="unload_all")
     # Readouts never queue behind a run: no concurrency limit and a group of their own.
     timer.tick(
-        lambda: readout(engine), None, [devices, summary, table, updated],
+        lambda: readout(engine), None, outputs,
         concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden", api_name="vram",
     )
     return timer

@@ -327,7 +327,7 @@ def build(engine) -> None:
                  catalog[0])
     d = entry_defaults(first, engine.demo)
     limit, limit_source = catalog_service.capacity(engine)
-    run_slots, download_slots = CancelSlots(), CancelSlots()
+    run_slots, download_slots, q_slots = CancelSlots(), CancelSlots(), CancelSlots()
     generate = zerogpu.gpu(lambda request, progress, cancel: engine.run(request, progress, cancel), _estimate)
     quantize = zerogpu.gpu(lambda request, progress, cancel: engine.run(request, progress, cancel), 240)
 
@@ -439,7 +439,9 @@ def build(engine) -> None:
             q_keep = gr.Checkbox(label="Keep sensitive layers at 16 bit", value=True, scale=2,
                                  info="embedders, final norm, some modulation layers: better quality, bigger files")
         q_status = status_line(render=False, elem_id="catalog-q-status")
-        q_run = gr.Button("Quantize", variant="primary", elem_id="catalog-q-run")
+        with gr.Row():
+            q_run = gr.Button("Quantize", variant="primary", scale=3, elem_id="catalog-q-run")
+            cancel_button(q_slots, q_status, api_name="catalog_quantize_cancel")
         q_status.render()
         q_result = gr.Markdown("", elem_id="catalog-q-result")
 
@@ -556,8 +558,12 @@ def build(engine) -> None:
     # ------------------------------------------------------------ handlers: quantize
     def run_quantize(src, name, dtype, group, svd, rank, comps, keep, request: gr.Request, progress=gr.Progress()):
         req = build_quantize_request(src, name, dtype, group, svd, rank, comps, keep)
-        yield {q_status: f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…", q_result: ""}
-        result = quantize(req, engine_progress(progress), None)
+        cancel = q_slots.start(request)
+        try:
+            yield {q_status: f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…", q_result: ""}
+            result = quantize(req, engine_progress(progress), cancel)
+        finally:
+            q_slots.finish(request, cancel)
         output = result.metadata.get("output") or (result.files[0] if result.files else "")
         gr.Info(f"Saved {Path(output).name}: it is now the local folder under Generate.")
         yield {
