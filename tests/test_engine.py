@@ -202,6 +202,25 @@ def test_headless_run_of_a_saved_request(models_dir, tmp_path, engine):
     assert proc.returncode == 2 and "steps" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_ram_stays_flat_across_runs(engine):
+    """No per-run leak (the anchors' tools grow RAM run after run): after warm-up, 20 more runs of two
+    pipelines must not grow the process."""
+    import psutil
+
+    from engine import CatalogRequest
+
+    sdnq = CatalogRequest(entry="FLUX.1-dev-qint8", prompt="x", width=64, height=64, steps=2)
+    proc = psutil.Process()
+    for _ in range(3):
+        engine.run(flux_request())
+        engine.run(sdnq)
+    before = proc.memory_info().rss
+    for _ in range(10):
+        engine.run(flux_request())
+        engine.run(sdnq)
+    assert proc.memory_info().rss - before < 16 * 2**20
+
+
 def test_unload_all_frees_the_ledger_and_is_refused_during_a_run(engine):
     engine.run(flux_request())
     assert engine.memory.names()
