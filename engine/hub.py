@@ -91,16 +91,17 @@ from .errors import Cancelled, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-# What a diffusers folder needs. Pickled weights (*.bin, *.pt, *.pth, *.ckpt) are left out on purpose:
-# loading them can run arbitrary code, and every catalog model ships safetensors; leaving them out also
-# avoids downloading the same weights twice in two formats.
+# What a diffusers pipeline folder needs: model_index.json and the component folders. Root-level weights are
+# left out on purpose: repos such as FLUX.1-dev also ship a 24 GB single-file checkpoint (and ae.safetensors)
+# at the root that from_pretrained never reads. Pickled weights (*.bin, *.pt, *.pth, *.ckpt) are left out too:
+# loading them can run arbitrary code, every catalog model ships safetensors, and fetching both formats would
+# download the same weights twice. (fnmatch's "*" crosses "/", so "*/x" means "in any subfolder".)
 DIFFUSERS_PATTERNS: tuple[str, ...] = (
     "model_index.json",
-    "*/config.json",
-    "*.json",
-    "*.txt",
-    "*.model",
-    "*.safetensors",
+    "*/*.json",
+    "*/*.txt",
+    "*/*.model",
+    "*/*.safetensors",
 )
 
 MAX_WORKERS = 4  # files fetched in parallel

@@ -86,6 +86,7 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text_encoder").mkdir()
     (root / "text_encoder/pytorch_model.bin").write_bytes(b"\x80\x02pickle, never fetched" * 100)
     (root / "README.md").write_text("# tiny\n")
+    (root / "flux1-dev.safetensors").write_bytes(_safetensors(4096))  # root single-file checkpoint: never fetched
     return root
 
 
@@ -134,6 +135,7 @@ def _assert_files(folder: Path, model_folder: Path) -> None:
         assert (folder / rel).read_bytes() == data, rel
     assert not (folder / "text_encoder/pytorch_model.bin").exists()  # pickles are never fetched
     assert not (folder / "README.md").exists()
+    assert not (folder / "flux1-dev.safetensors").exists()  # nor the root single-file checkpoint
 
 
 def _free_port() -> int:
