@@ -169,3 +169,28 @@ def test_ledger_true_on_a_real_diffusers_transformer(mm):
     mm.ensure_loaded("flux/transformer")
     assert_ledger_true(mm)
     assert all(torch.equal(ref[k], v) for k, v in t.state_dict().items())
+
+
+def test_snapshot_never_waits_for_a_module_being_moved(mm):
+    import threading
+    import time
+
+    mm.register("a", mlp(16, 0), "transformer")
+    holding, release = threading.Event(), threading.Event()
+
+    def mover():  # stands for a long .to() inside ensure_loaded, which holds the ledger lock
+        with mm._lock:
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=mover)
+    t.start()
+    try:
+        assert holding.wait(10)
+        t0 = time.monotonic()
+        snap = mm.snapshot()
+        assert time.monotonic() - t0 < 1.0
+        assert [m["name"] for m in snap["modules"]] == ["a"]
+    finally:
+        release.set()
+        t.join()

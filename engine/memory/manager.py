@@ -260,18 +260,19 @@ class MemoryManager:
 
     # ------------------------------------------------------------ readout
     def snapshot(self) -> dict:
-        """Per-device totals and per-module residency, read from the real tensors."""
-        with self._lock:
-            modules = []
-            for e in self._entries.values():
-                placed = bytes_by_device(e.module)
-                on_compute = placed.get(self.compute_device, 0)
-                modules.append({
-                    **e.as_row(),
-                    "device": DISK if e.device == DISK else real_device(e.module),
-                    "bytes_on_compute": on_compute,
-                    "in_use": e.name in self._in_use,
-                })
+        """Per-device totals and per-module residency, read from the real tensors.
+
+        Takes no lock: the UI polls this every second and must not wait while a large module is being
+        moved (seconds on a slow bus). A module caught mid-move shows as "mixed", which is the truth."""
+        modules = []
+        for e in list(self._entries.values()):  # a copy: the ledger may change meanwhile
+            placed = bytes_by_device(e.module)
+            modules.append({
+                **e.as_row(),
+                "device": DISK if e.device == DISK else real_device(e.module),
+                "bytes_on_compute": placed.get(self.compute_device, 0),
+                "in_use": e.name in self._in_use,
+            })
         return {
             "compute_device": self.compute_device,
             "offload_device": self.offload_device,
