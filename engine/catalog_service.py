@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import hub
+from .memory import device_stats
 from .presets import CatalogEntry, catalog_entry, filter_catalog, load_catalog
 
 STATE_LABELS = {"absent": "not downloaded", "partial": "partial", "complete": "complete"}
@@ -24,14 +25,13 @@ class CatalogRow:
 
 def capacity(engine) -> tuple[int, str]:
     """Bytes a model may use on this machine's compute device, and where that figure comes from."""
-    snap = engine.memory.snapshot()
     if engine.memory.budget_bytes is not None:
         return engine.memory.budget_bytes, "memory budget"
-    compute = next((d for d in snap["devices"] if d["device"].startswith(engine.memory.compute_device)), None)
+    stats = device_stats()  # accelerators first, system RAM last
+    compute = next((d for d in stats if d["device"].startswith(engine.memory.compute_device)), None)
     if compute is not None and compute["device"] != "cpu":
         return compute["total"], f"{compute['name']} VRAM"
-    cpu = snap["devices"][-1]
-    return cpu["total"], "system RAM (no GPU found)"
+    return stats[-1]["total"], "system RAM (no GPU found)"
 
 
 def rows(engine, architecture=None, quantization=None, fits: bool = False, text: str = "") -> list[CatalogRow]:
