@@ -346,3 +346,31 @@ def test_two_clients_runs_are_serialised_on_the_engine(served):
     finally:
         engine.run = original
     assert overlaps and max(overlaps) == 1
+
+
+# ---------------------------------------------------------------- Hugging Face Spaces
+def test_spaces_gpu_wrapper_is_transparent_off_zerogpu(served):
+    """With Hugging Face's own ``spaces`` package installed but no ZeroGPU, the wrapped engine call (with a
+    callable duration estimate) runs and returns the engine's result unchanged."""
+    pytest.importorskip("spaces")
+    from ui import zerogpu
+    from ui.tabs import text_to_image as t2i
+
+    engine, _ = served
+    wrapped = zerogpu.gpu(lambda request, progress, cancel: engine.run(request, progress, cancel), t2i._estimate)
+    req = t2i.build_request(**GOOD)
+    result = wrapped(req, None, None)
+    assert len(result.images) == 1
+    assert 0 < t2i._estimate(req) <= zerogpu.MAX_DURATION
+
+
+def test_spaces_label_comes_from_the_environment_not_the_package(monkeypatch):
+    from ui import zerogpu
+
+    for name in ("SPACE_ID", "SPACES_ZERO_GPU"):
+        monkeypatch.delenv(name, raising=False)
+    assert zerogpu.where() == ""
+    monkeypatch.setenv("SPACE_ID", "someone/studio")
+    assert zerogpu.where() == "Hugging Face Spaces"
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert zerogpu.where() == "Hugging Face Spaces (ZeroGPU)"

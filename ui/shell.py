@@ -44,7 +44,7 @@ def header_html(engine) -> str:
     if compute == "cpu":
         device += " · no GPU found, runs are slow"
     mode = "demo" if engine.demo else "real weights"
-    where = " · Hugging Face Spaces (ZeroGPU)" if zerogpu.ON_SPACES else ""
+    where = f" · {zerogpu.where()}" if zerogpu.where() else ""
     note = f"<div class='demo-note'>{DEMO_NOTE}</div>" if engine.demo else ""
     return (
         f"<div class='app-header'><h1>{TITLE}</h1>"

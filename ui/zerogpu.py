@@ -6,14 +6,22 @@ the engine call and nothing else: VRAM readouts and the cancel button keep worki
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-try:  # the package exists on Spaces; ``spaces.GPU`` is itself a no-op outside ZeroGPU
+try:  # preinstalled on Spaces; ``spaces.GPU`` is itself a no-op outside ZeroGPU
     import spaces
 except ImportError:  # pragma: no cover - depends on the host
     spaces = None
 
-ON_SPACES = spaces is not None
+
+def where() -> str:
+    """"" locally, else which Hugging Face hardware this runs on. Read from the environment Spaces sets:
+    having the ``spaces`` package installed does not make a machine a Space."""
+    if not os.environ.get("SPACE_ID"):
+        return ""
+    return "Hugging Face Spaces (ZeroGPU)" if os.environ.get("SPACES_ZERO_GPU") else "Hugging Face Spaces"
+
 MAX_DURATION = 300  # ZeroGPU refuses longer requests
 
 
