@@ -70,6 +70,7 @@ LABELS = {  # request field -> widget label, so an error names what the user see
 QUANTIZE_LABELS = {
     "source": "Source folder", "output_name": "Output name", "weights_dtype": "Weights dtype",
     "group_size": "Group size", "use_svd": "SVD", "svd_rank": "SVD rank", "components": "Components",
+    "keep_sensitive_layers": "Keep sensitive layers at 16 bit",
 }
 DOWNLOAD_LABELS = {"entry": "Catalog entry"}
 
@@ -119,10 +120,6 @@ def pipeline_text(entry: CatalogEntry, demo: bool = False) -> str:
     return text
 
 
-def state_text(cache: engine_hub.CacheState) -> str:
-    return catalog_service.STATE_LABELS.get(cache.state, cache.state)
-
-
 def catalog_table(rows: Iterable[catalog_service.CatalogRow], demo: bool = False) -> list[list]:
     """One list per ``CatalogRow``, in :data:`COLUMNS` order."""
     return [
@@ -163,7 +160,7 @@ def entry_details(entry: CatalogEntry, cache: engine_hub.CacheState | None, demo
     if cache is not None:
         where = f" in `{cache.path}`" if cache.complete and cache.path else ""
         kept = f" ({bytes_text(cache.bytes_on_disk)} on disk; Download resumes)" if cache.state == "partial" else ""
-        lines.append(f"Cache: **{state_text(cache)}**{kept}{where}")
+        lines.append(f"Cache: **{catalog_service.STATE_LABELS[cache.state]}**{kept}{where}")
     if not entry.supported or not entry.pipeline:
         lines.append("⚠️ Not supported in this version: it cannot be generated with here.")
     elif entry.task != "text_to_image":
