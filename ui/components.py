@@ -66,6 +66,25 @@ def status_line(render: bool = True, elem_id: str | None = None) -> gr.Markdown:
     return gr.Markdown("", elem_classes=["run-status"], elem_id=elem_id, render=render)
 
 
+def run_row(slots: CancelSlots, prefix: str, cancel_api: str) -> tuple[gr.Markdown, gr.Button]:
+    """Run and Cancel side by side with the status line under them (ids ``<prefix>-run``/``-status``)."""
+    status = status_line(render=False, elem_id=f"{prefix}-status")
+    with gr.Row():
+        run = gr.Button("Run", variant="primary", scale=3, elem_id=f"{prefix}-run")
+        cancel_button(slots, status, api_name=cancel_api)
+    status.render()
+    return status, run
+
+
+def image_output(prefix: str) -> tuple[gr.Gallery, gr.Markdown, gr.DownloadButton]:
+    """The output column of an image tab: gallery, timings/files line, and the "Save request JSON" button."""
+    gallery = gr.Gallery(label="Output", columns=1, height=512, object_fit="contain", elem_id=f"{prefix}-output",
+                         buttons=["download", "fullscreen"])
+    info = gr.Markdown("", elem_id=f"{prefix}-info")
+    save_json = gr.DownloadButton("Save request JSON", visible=False, size="md", elem_id=f"{prefix}-save-json")
+    return gallery, info, save_json
+
+
 def not_built(text: str) -> gr.Markdown:
     """The one line a tab shows while its job is not built yet."""
     return gr.Markdown(text, elem_classes=["not-built"])

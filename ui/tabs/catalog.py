@@ -36,8 +36,10 @@ from ..components import (
     as_int,
     cancel_button,
     engine_progress,
+    image_output,
     image_run_updates,
     run_on_engine,
+    run_row,
     run_with_feedback,
     seed_input,
     status_line,
@@ -399,16 +401,9 @@ def build(engine) -> None:
                                           info="faster after a slow first run; needs a compiler")
             with gr.Accordion("Negative prompt", open=False):
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
-            status = status_line(render=False, elem_id="catalog-status")
-            with gr.Row():
-                run = gr.Button("Run", variant="primary", scale=3, elem_id="catalog-run")
-                cancel_button(run_slots, status, api_name="catalog_cancel")
-            status.render()
+            status, run = run_row(run_slots, "catalog", cancel_api="catalog_cancel")
         with gr.Column(scale=6):
-            gallery = gr.Gallery(label="Output", columns=1, height=512, object_fit="contain",
-                                 elem_id="catalog-output", buttons=["download", "fullscreen"])
-            info = gr.Markdown("", elem_id="catalog-info")
-            save_json = gr.DownloadButton("Save request JSON", visible=False, size="md", elem_id="catalog-save-json")
+            gallery, info, save_json = image_output("catalog")
 
     # ------------------------------------------------------------ quantize your own
     sources = quantize_sources(engine)

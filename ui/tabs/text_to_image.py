@@ -13,13 +13,13 @@ from ..components import (
     GPU_POOL,
     CancelSlots,
     as_int,
-    cancel_button,
+    image_output,
     image_run_updates,
     run_on_engine,
+    run_row,
     run_with_feedback,
     seed_input,
     size_sliders,
-    status_line,
     steps_slider,
 )
 
@@ -98,17 +98,9 @@ def build(engine) -> None:
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
                 true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
                                      info="real classifier-free guidance with the negative prompt; 1 = off")
-            status = status_line(render=False, elem_id="t2i-status")
-            with gr.Row():
-                run = gr.Button("Run", variant="primary", scale=3, elem_id="t2i-run")
-                cancel_button(slots, status, api_name="text_to_image_cancel")
-            status.render()
+            status, run = run_row(slots, "t2i", cancel_api="text_to_image_cancel")
         with gr.Column(scale=6):
-            gallery = gr.Gallery(label="Output", columns=1, height=512, object_fit="contain", elem_id="t2i-output",
-                                 buttons=["download", "fullscreen"])
-            info = gr.Markdown("", elem_id="t2i-info")
-            save_json = gr.DownloadButton("Save request JSON", visible=False, size="md",
-                                          elem_id="t2i-save-json")
+            gallery, info, save_json = image_output("t2i")
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed,
                           request: gr.Request, progress=gr.Progress()):
