@@ -61,3 +61,19 @@ def call_pipeline(pipe, kwargs: dict, steps: int, progress: Progress, cancel: th
     if cancel.is_set():
         raise Cancelled()
     return out
+
+
+def run_denoise(engine, pipe, kwargs: dict, steps: int, swap, progress: Progress,
+                cancel: threading.Event | None, timings: dict):
+    """Every diffusion runner calls its pipeline through here, so the request's memory mode (``swap``, a
+    ``SwapSettings``) is applied in one place and never branched on in a runner."""
+    import time
+
+    names = engine.store.module_names(pipe)
+    t0 = time.perf_counter()
+    with engine.memory.use(names):
+        timings["to_device"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        out = call_pipeline(pipe, kwargs, steps, progress, cancel)
+        timings["denoise_decode"] = time.perf_counter() - t1
+    return out

@@ -6,7 +6,7 @@ import time
 
 from ..requests import TextToImageRequest
 from ..result import Result
-from .common import accepted_kwargs, call_pipeline, generator_for
+from .common import accepted_kwargs, generator_for, run_denoise
 
 
 def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
@@ -28,13 +28,7 @@ def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
 
 
 def generate(engine, pipe, req: TextToImageRequest, progress, cancel, timings: dict) -> list:
-    names = engine.store.module_names(pipe)
-    t0 = time.perf_counter()
-    with engine.memory.use(names):
-        timings["to_device"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        out = call_pipeline(pipe, pipeline_kwargs(pipe, req), req.steps, progress, cancel)
-        timings["denoise_decode"] = time.perf_counter() - t1
+    out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
     return list(out.images)
 
 
