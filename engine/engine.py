@@ -45,6 +45,7 @@ class Engine:
         self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
         self.store = ModelStore(self.memory, self.models_dir, demo=demo)
         self._device_lock = threading.Lock()
+        self._memory_notes: list[dict] = []  # what each memory session of the current run reported
 
     @property
     def busy(self) -> bool:
@@ -62,11 +63,45 @@ class Engine:
             prepare(self, request, progress or _no_progress, cancel)
         return runner
 
+    def plan(self, request: Request):
+        """What the run will do with the compute device (mode, resident blocks, group size, predicted peak and a
+        one-line explanation), from configs and safetensors headers only: nothing is loaded."""
+        from .plan import plan_request
+
+        if not isinstance(request, Request):
+            raise InputError("request", f"expected a request object, got {type(request).__name__}")
+        swap = getattr(request, "swap", None)
+        if swap is not None:
+            swap.validate("swap")
+        return plan_request(self, request)
+
+    def run_device(self, swap) -> str:
+        """Where a run with these memory settings computes (cpu_only keeps it off the GPU)."""
+        return "cpu" if swap is not None and swap.mode == "cpu_only" else self.device
+
+    def note_memory_session(self, info, stats: dict, trace) -> None:
+        """Called by ``run_denoise`` after each pipeline call: the figures go into the run's result."""
+        note = {"mode": info.mode, "device": info.device, "reused_hooks": info.reused, "notes": info.notes,
+                "layouts": {k: {"resident": v.resident, "groups": len(v.groups)} for k, v in info.layouts.items()},
+                **stats}
+        if trace is not None:
+            path = self.outputs_dir / "traces" / f"swap-trace-{time.strftime('%Y%m%d-%H%M%S')}-{len(self._memory_notes)}.csv"
+            note["trace_csv"] = str(trace.write_csv(path))
+            note["trace_summary"] = trace.summary()
+        self._memory_notes.append(note)
+
     def run(self, request: Request, progress=None, cancel: threading.Event | None = None) -> Result:
         progress = progress or _no_progress
         runner = self.prepare(request, progress, cancel)
+        plan = None
+        if getattr(request, "swap", None) is not None:
+            from .plan import check_budget
+
+            plan = self.plan(request)
+            check_budget(self, request, plan)
         with self._device_lock:  # one job on the accelerator at a time
             reset_peak()
+            self._memory_notes = []
             t0 = time.perf_counter()
             try:
                 result = runner.run(self, request, progress, cancel)
@@ -79,8 +114,31 @@ class Engine:
                 result.files.extend(save_images(result.images, self.outputs_dir, request))
             result.timings["total"] = time.perf_counter() - t0
             result.memory = self.memory.snapshot()
+            self._attach_memory_notes(result, plan)
             progress(1.0, "done")
             return result
+
+    def _attach_memory_notes(self, result: Result, plan) -> None:
+        notes = self._memory_notes
+        if not notes and plan is None:
+            return
+        summary = {
+            "mode": notes[-1]["mode"] if notes else getattr(plan, "mode", ""),
+            "bytes_moved": sum(n["bytes_moved"] for n in notes),
+            "peak_compute_bytes": max((n["peak_compute_bytes"] for n in notes), default=0),
+            "sessions": notes,
+        }
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            summary["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+        if plan is not None:
+            summary["plan"] = plan.as_dict()
+        result.metadata["memory"] = summary
+        warnings = [w for n in notes for w in n["notes"]]
+        if warnings:
+            result.metadata.setdefault("warnings", []).extend(dict.fromkeys(warnings))
+        for n in notes:
+            if "trace_csv" in n:
+                result.files.append(n["trace_csv"])
 
     def unload_all(self) -> int:
         """Drop every loaded model (frees VRAM and RAM); refused while a run holds the device.

@@ -104,6 +104,22 @@ class ModelStore:
                 raise ModelLoadError(f"{ref.label} has no subfolder {ref.subfolder!r}")
         return folder
 
+    def resolve_local(self, ref: ModelRef) -> Path | None:
+        """The folder for this reference if it is already on this machine (never downloads), else None."""
+        try:
+            if ref.path or self.demo or (self.models_dir / ref.repo_id.split("/")[-1]).exists():
+                return self.resolve(ref)
+        except (InputError, ModelLoadError):
+            return None
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(ref.repo_id, revision=ref.revision or None, local_files_only=True,
+                                            allow_patterns=["model_index.json"]))
+        except Exception:  # not cached (or a broken cache): the plan says so
+            return None
+        return folder / ref.subfolder if ref.subfolder else folder
+
     def _resolve_repo(self, ref: ModelRef, progress, cancel) -> Path:
         if self.demo:
             from .presets import demo_for_repo
@@ -193,11 +209,23 @@ class ModelStore:
         """Ledger names of every weight-holding component of a pipeline."""
         return [self._names[id(m)] for m in module_components(pipe).values() if id(m) in self._names]
 
+    def components_of(self, pipe) -> list:
+        """The pipeline's registered weight-holding components, as the memory strategies see them."""
+        from .memory.strategies import Component
+
+        out = []
+        for attr, module in module_components(pipe).items():
+            name = self._names.get(id(module))
+            if name is not None:
+                out.append(Component(name, attr, module, self.memory.entry(name).role))
+        return out
+
     def loaded_pipelines(self) -> list[Any]:
         return list(self._pipelines.values())
 
     def unload_all(self) -> None:
         with self._lock:
+            self.memory.swap.remove()
             for name in set(self._names.values()):
                 self.memory.unregister(name)
             self._pipelines.clear()

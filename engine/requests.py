@@ -177,6 +177,7 @@ class SwapSettings(_Serialisable):
     block_size_mb: int = 100
     prefetch: int = 1
     use_streams: bool = True
+    trace: bool = False  # per-block copy/compute/wait times, written as CSV beside the output
 
     def validate(self, name: str = "swap") -> None:
         check_choice(f"{name}.mode", self.mode, SWAP_MODES)
@@ -184,6 +185,9 @@ class SwapSettings(_Serialisable):
         check_int(f"{name}.blocks_resident", self.blocks_resident, 0, 1000)
         check_int(f"{name}.block_size_mb", self.block_size_mb, 10, 100_000)
         check_int(f"{name}.prefetch", self.prefetch, 0, 8)
+        for flag in ("use_streams", "trace"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InputError(f"{name}.{flag}", f"must be true or false, got {getattr(self, flag)!r}")
 
 
 # ---------------------------------------------------------------- requests

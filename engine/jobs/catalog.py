@@ -80,6 +80,10 @@ def apply_options(pipe, req: CatalogRequest, device: str, warnings: list[str]) -
             transformer._compiled_by_app = True
 
 
+def plan_ref(engine, req: CatalogRequest) -> ModelRef:
+    return resolve_model(engine, req)[0]
+
+
 def prepare(engine, req: CatalogRequest, progress, cancel) -> None:
     ref, _ = resolve_model(engine, req)
     engine.store.resolve(ref, progress=engine.download_progress(progress), cancel=cancel)
@@ -95,7 +99,7 @@ def run(engine, req: CatalogRequest, progress, cancel) -> Result:
     transformer = getattr(pipe, "transformer", None)
     if transformer is not None and not any(type(m).__name__.startswith("SDNQ") for m in transformer.modules()):
         warnings.append(f"{ref.label} is not SDNQ-quantized; it runs at full precision")
-    apply_options(pipe, req, engine.device, warnings)
+    apply_options(pipe, req, engine.run_device(req.swap), warnings)
     timings["load"] = time.perf_counter() - t0
     try:
         images = text2image.generate(engine, pipe, req, progress, cancel, timings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -40,11 +41,14 @@ def accepted_kwargs(pipe, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def call_pipeline(pipe, kwargs: dict, steps: int, progress: Progress, cancel: threading.Event | None):
+def call_pipeline(pipe, kwargs: dict, steps: int, progress: Progress, cancel: threading.Event | None,
+                  on_step: Callable[[int], None] | None = None):
     """Run ``pipe(**kwargs)`` with progress and cancel wired through ``callback_on_step_end``."""
     cancel = cancel or threading.Event()
 
     def on_step_end(p, step: int, timestep, callback_kwargs):
+        if on_step is not None:
+            on_step(step)
         progress((step + 1) / steps, f"step {step + 1}/{steps}")
         if cancel.is_set():
             p._interrupt = True
@@ -67,13 +71,20 @@ def run_denoise(engine, pipe, kwargs: dict, steps: int, swap, progress: Progress
                 cancel: threading.Event | None, timings: dict):
     """Every diffusion runner calls its pipeline through here, so the request's memory mode (``swap``, a
     ``SwapSettings``) is applied in one place and never branched on in a runner."""
-    import time
+    from ..memory.strategies import SwapContext
+    from ..memory.trace import SwapTrace
+    from ..plan import activation_bytes
 
-    names = engine.store.module_names(pipe)
+    components = engine.store.components_of(pipe)
+    trace = SwapTrace(engine.memory.compute_device) if getattr(swap, "trace", False) else None
+    ctx = SwapContext(activations=activation_bytes(pipe, kwargs), trace=trace)
     t0 = time.perf_counter()
-    with engine.memory.use(names):
-        timings["to_device"] = time.perf_counter() - t0
+    with engine.memory.swap.session(components, swap, ctx) as info:
+        timings["to_device"] = timings.get("to_device", 0.0) + time.perf_counter() - t0
         t1 = time.perf_counter()
-        out = call_pipeline(pipe, kwargs, steps, progress, cancel)
-        timings["denoise_decode"] = time.perf_counter() - t1
+        try:
+            out = call_pipeline(pipe, kwargs, steps, progress, cancel, on_step=trace.end_step if trace else None)
+        finally:
+            timings["denoise_decode"] = timings.get("denoise_decode", 0.0) + time.perf_counter() - t1
+            engine.note_memory_session(info, engine.memory.run_stats(), trace)
     return out

@@ -2,8 +2,9 @@
 
 from .devices import device_stats, reset_peak
 from .manager import DISK, ROLES, MemoryManager, ModuleEntry, bytes_by_device, module_bytes, real_device
+from .planner import ComponentSize, Plan, plan_swap
 
 __all__ = [
     "DISK", "ROLES", "MemoryManager", "ModuleEntry", "bytes_by_device", "device_stats", "module_bytes",
-    "real_device", "reset_peak",
+    "real_device", "reset_peak", "ComponentSize", "Plan", "plan_swap",
 ]

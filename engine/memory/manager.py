@@ -14,12 +14,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import OutOfBudgetError
 from . import devices
+from .transfer import collect_slots, set_tensor
+from .transfer import held_tensor as _held
 
 ROLES = ("transformer", "text_encoder", "image_encoder", "projector", "vae", "adapter", "lora", "other")
 DISK = "disk"
@@ -79,6 +83,8 @@ class ModuleEntry:
     device: str
     last_used: float = 0.0
     disk_file: Path | None = None
+    # a swap strategy that owns this module's placement at block granularity (see block_stream.py)
+    residency: Any = field(default=None, repr=False)
 
     def as_row(self) -> dict:
         return {"name": self.name, "role": self.role, "bytes": self.bytes, "dtype": self.dtype, "device": self.device}
@@ -108,6 +114,12 @@ class MemoryManager:
         self._entries: dict[str, ModuleEntry] = {}
         self._in_use: set[str] = set()
         self._lock = threading.RLock()
+        self.session_budget: int | None = None  # a run's max_vram_gb, while it runs
+        self.bytes_moved = 0
+        self.peak_compute = 0
+        from .session import SwapController  # noqa: PLC0415  (session imports the strategies, which import us)
+
+        self.swap = SwapController(self)
 
     # ------------------------------------------------------------ registry
     def register(self, name: str, module: torch.nn.Module, role: str = "other") -> ModuleEntry:
@@ -122,6 +134,9 @@ class MemoryManager:
 
     def unregister(self, name: str) -> None:
         with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and entry.residency is not None:
+                self.detach_residency(name)
             entry = self._entries.pop(name, None)
             if entry and entry.disk_file:
                 entry.disk_file.unlink(missing_ok=True)
@@ -140,6 +155,8 @@ class MemoryManager:
         with self._lock:
             for name in names or list(self._entries):
                 e = self._entries[name]
+                if e.residency is not None:  # the strategy keeps its own books
+                    continue
                 dev = real_device(e.module)
                 e.device = DISK if dev == "meta" and e.disk_file else dev
                 if dev != "meta":
@@ -147,6 +164,8 @@ class MemoryManager:
 
     # ------------------------------------------------------------ budget
     def effective_budget(self) -> int | None:
+        if self.session_budget is not None:
+            return self.session_budget
         if self.budget_bytes is not None:
             return self.budget_bytes
         if self.compute_device.startswith("cuda"):
@@ -154,8 +173,92 @@ class MemoryManager:
             return int(stats["total"] * 0.9)  # headroom for activations and the allocator
         return None
 
+    def compute_bytes(self, e: ModuleEntry) -> int:
+        """Bytes of this module on the compute device now (partial for a streamed transformer)."""
+        if e.residency is not None:
+            return e.residency.on_compute
+        return e.bytes if e.device == self.compute_device else 0
+
     def resident_bytes(self) -> int:
-        return sum(e.bytes for e in self._entries.values() if e.device == self.compute_device)
+        return sum(self.compute_bytes(e) for e in list(self._entries.values()))
+
+    def _need(self, e: ModuleEntry) -> int:
+        return e.residency.resident_need() if e.residency is not None else e.bytes
+
+    # ------------------------------------------------------------ run statistics
+    def reset_run_stats(self) -> None:
+        self.bytes_moved = 0
+        self.peak_compute = self.resident_bytes()
+
+    def _note(self, copied: int = 0) -> None:
+        self.bytes_moved += copied
+        self.peak_compute = max(self.peak_compute, self.resident_bytes())
+
+    def run_stats(self) -> dict:
+        return {"bytes_moved": self.bytes_moved, "peak_compute_bytes": self.peak_compute}
+
+    # ------------------------------------------------------------ block-level residency
+    def attach_residency(self, name: str, make, in_ram: bool = False) -> Any:
+        """Hand this module's placement to a strategy: ``make(module, place, disk_file)`` builds it (a
+        ``BlockStreamer``) with the module's tensors at their host place (``in_ram``: in RAM, whatever the
+        place)."""
+        with self._lock:
+            e = self._entries[name]
+            if e.residency is not None:
+                self.detach_residency(name)
+            disk_file = None
+            if in_ram:
+                self.to_host([name])
+            elif self.offload_device == DISK:
+                disk_file = e.disk_file if e.device == DISK else None
+                if disk_file is None:  # the weights are in memory: a file left from an earlier life is stale
+                    disk_file = self._disk_path(name)
+                    disk_file.unlink(missing_ok=True)
+                e.disk_file = None  # the strategy owns the file while it lives
+            elif e.device == DISK:
+                self._load_from_disk(e)
+            e.residency = make(e.module, self.offload_device, disk_file)
+            e.device = self.offload_device
+            self._note()
+            return e.residency
+
+    def detach_residency(self, name: str) -> None:
+        """Take the strategy off: its hooks go, the tensors wait at the host place as before."""
+        with self._lock:
+            e = self._entries[name]
+            residency, e.residency = e.residency, None
+            if residency is None:
+                return
+            residency.remove()
+            disk_file = getattr(residency, "disk_file", None)
+            if disk_file is not None:
+                e.disk_file = disk_file
+                e.device = DISK
+            else:
+                e.device = real_device(e.module)
+            self._note()
+
+    def to_host(self, names: list[str]) -> None:
+        """Weights into RAM (from the compute device or from disk), e.g. for a run on the CPU."""
+        with self._lock:
+            for name in names:
+                e = self._entries[name]
+                if e.residency is not None:
+                    self.detach_residency(name)
+                if e.device == DISK:
+                    self._load_from_disk(e)
+                elif e.device != "cpu":
+                    e.module.to("cpu")
+                    e.device = real_device(e.module)
+            self._note()
+
+    def disk_dir(self, name: str) -> Path:
+        """A folder of its own for a module's streaming files."""
+        return self._disk_path(name).with_suffix(".groups")
+
+    def residency_changed(self, copied: int) -> None:
+        """Called by a streamer after every group move (no lock: it runs inside a forward pass)."""
+        self._note(copied)
 
     def _can_evict(self) -> bool:
         return self.offload_device != self.compute_device
@@ -172,7 +275,7 @@ class MemoryManager:
                 e = self._entries[name]
                 if e.device != self.compute_device:
                     if budget is not None and self._can_evict():
-                        self._make_room(e.bytes, budget, keep=set(names))
+                        self._make_room(self._need(e), budget, keep=set(names))
                     self._move(e, self.compute_device)
                 e.last_used = time.monotonic()
 
@@ -185,7 +288,7 @@ class MemoryManager:
         while self.resident_bytes() + need > budget:
             victims = [
                 e for e in self._entries.values()
-                if e.device == self.compute_device and e.name not in keep and e.name not in self._in_use and e.bytes
+                if self.compute_bytes(e) and e.name not in keep and e.name not in self._in_use
             ]
             if not victims:
                 held = ", ".join(sorted(keep | self._in_use))
@@ -227,6 +330,14 @@ class MemoryManager:
 
     # ------------------------------------------------------------ moves
     def _move(self, e: ModuleEntry, target: str) -> None:
+        if e.residency is not None:
+            if target == self.compute_device:
+                e.residency.load_resident()
+            else:
+                e.residency.evict_all()
+            e.device = target
+            return
+        copied = e.bytes if target != e.device else 0
         if e.device == DISK:
             self._load_from_disk(e)
         if target == DISK:
@@ -234,6 +345,7 @@ class MemoryManager:
         else:
             e.module.to(target)
         e.device = target if target == DISK else real_device(e.module)
+        self._note(copied)
 
     def _disk_path(self, name: str) -> Path:
         if self._disk_dir is None:
@@ -242,18 +354,20 @@ class MemoryManager:
         return self._disk_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".safetensors")
 
     def _save_to_disk(self, e: ModuleEntry) -> None:
-        tensors = {k: t.detach().to("cpu").contiguous() for k, t in _named_tensors(e.module).items()}
+        # tied weights (T5's shared embedding) are one tensor with several owners: saved once, restored tied
+        slots = collect_slots(e.module)
+        tensors = {k: _held(s).detach().to("cpu").contiguous() for k, s in slots.items()}
         e.disk_file = self._disk_path(e.name)
         save_file(tensors, str(e.disk_file))
-        e.module.to("meta")
+        del tensors
+        for slot in slots.values():
+            set_tensor(slot, torch.empty(slot.shape, dtype=slot.dtype, device="meta"))
 
     def _load_from_disk(self, e: ModuleEntry) -> None:
         assert e.disk_file is not None
-        stored = load_file(str(e.disk_file))
-        e.module.to_empty(device="cpu")
-        with torch.no_grad():
-            for k, t in _named_tensors(e.module).items():
-                t.copy_(stored[k])
+        with safe_open(str(e.disk_file), framework="pt") as f:
+            for key, slot in collect_slots(e.module).items():
+                set_tensor(slot, f.get_tensor(key))
         e.disk_file.unlink(missing_ok=True)
         e.disk_file = None
         e.device = "cpu"
@@ -267,11 +381,13 @@ class MemoryManager:
         modules = []
         for e in list(self._entries.values()):  # a copy: the ledger may change meanwhile
             placed = bytes_by_device(e.module)
+            residency = e.residency
             modules.append({
                 **e.as_row(),
                 "device": DISK if e.device == DISK else real_device(e.module),
                 "bytes_on_compute": placed.get(self.compute_device, 0),
                 "in_use": e.name in self._in_use,
+                "blocks": residency.describe() if residency is not None else "",
             })
         return {
             "compute_device": self.compute_device,

@@ -1,0 +1,236 @@
+"""Partial residency for one transformer: the first N blocks stay on the compute device, the others stream.
+
+diffusers' group offloading streams every block (no "N blocks stay"), so this is our own ``ModelHook`` in the
+same style: a hook on the transformer starts each call and prefetches, a hook on every block waits for its
+group's copy, prefetches ``prefetch`` groups ahead, and sends its group away when the group's last block is
+done. At every block transition at most ``prefetch + 1`` streamed groups are on the device.
+
+The streamer is the ledger's ``residency`` for the module: the memory manager asks it to load the resident
+part, to evict everything, and how many bytes and blocks are on the compute device right now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from .planner import Layout
+from .trace import SwapTrace
+from .transfer import TensorStore
+
+ROOT_HOOK = "app_block_stream_root"
+BLOCK_HOOK = "app_block_stream"
+
+
+def find_blocks(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The transformer blocks in execution order: the items of every ModuleList that is a direct child
+    (Flux: 19 double then 38 single blocks; Wan: 40; Qwen-Image: 60), in the order the model declares them."""
+    out = []
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            out.extend((f"{name}.{i}", block) for i, block in enumerate(child)
+                       if any(True for _ in block.parameters()))
+    return out
+
+
+class _RootHook(ModelHook):
+    def __init__(self, streamer: BlockStreamer):
+        super().__init__()
+        self.streamer = streamer
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.streamer.begin_call()
+        return args, kwargs
+
+
+class _BlockHook(ModelHook):
+    def __init__(self, streamer: BlockStreamer, index: int):
+        super().__init__()
+        self.streamer = streamer
+        self.index = index
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.streamer.enter_block(self.index)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.streamer.leave_block(self.index)
+        return output
+
+
+class BlockStreamer:
+    def __init__(self, name: str, module: torch.nn.Module, store: TensorStore, layout: Layout,
+                 on_change: Callable[[int, int], None], trace: SwapTrace | None = None):
+        self.name = name
+        self.module = module
+        self.store = store
+        self.layout = layout
+        self.on_change = on_change  # (bytes now on the compute device, bytes copied) -> ledger
+        self.trace = trace
+        self.blocks = find_blocks(module)
+        self.block_keys = [store.keys_under(prefix + ".") for prefix, _ in self.blocks]
+        in_blocks = {k for keys in self.block_keys for k in keys}
+        self.kept_keys = [k for k in store.slots if k not in in_blocks]  # embedders, norms, proj_out
+        for i in range(layout.resident):
+            self.kept_keys.extend(self.block_keys[i])
+        self.group_of = {b: g for g, blocks in enumerate(layout.groups) for b in blocks}
+        self.group_keys = [[k for b in blocks for k in self.block_keys[b]] for blocks in layout.groups]
+        self.group_bytes = [store.bytes_of(keys) for keys in self.group_keys]
+        self.kept_bytes = store.bytes_of(self.kept_keys)
+        self._loaded_groups: set[int] = set()
+        self._events: dict[int, object] = {}
+        self._kept_loaded = False
+        self.on_compute = 0
+        self.max_groups_seen = 0
+        self._hooks: list[tuple[torch.nn.Module, str]] = []
+        self._install()
+
+    # ------------------------------------------------------------ hooks
+    def _install(self) -> None:
+        HookRegistry.check_if_exists_or_initialize(self.module).register_hook(_RootHook(self), ROOT_HOOK)
+        self._hooks.append((self.module, ROOT_HOOK))
+        for i, (_, block) in enumerate(self.blocks):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(_BlockHook(self, i), BLOCK_HOOK)
+            self._hooks.append((block, BLOCK_HOOK))
+
+    def remove(self) -> None:
+        """Take the hooks off and leave every tensor at its host place (the store's ``restore``)."""
+        for module, hook in self._hooks:
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(hook) is not None:
+                registry.remove_hook(hook, recurse=False)
+        self._hooks.clear()
+        self.store.restore()
+        self._loaded_groups.clear()
+        self._kept_loaded = False
+        self._changed(0)
+
+    # ------------------------------------------------------------ residency (asked by the ledger)
+    @property
+    def disk_file(self):
+        return self.store.disk_file if self.store.place == "disk" else None
+
+    @property
+    def blocks_total(self) -> int:
+        return len(self.blocks)
+
+    def blocks_on_compute(self) -> int:
+        kept = self.layout.resident if self._kept_loaded else 0
+        return kept + sum(len(self.layout.groups[g]) for g in self._loaded_groups)
+
+    def resident_need(self) -> int:
+        """Bytes this transformer needs on the device while it computes (kept part plus the streaming window)."""
+        window = sorted(self.group_bytes, reverse=True)[: self.layout.prefetch + 1]
+        return self.kept_bytes + sum(window)
+
+    def describe(self) -> str:
+        return f"{self.blocks_on_compute()} of {self.blocks_total} blocks"
+
+    def load_resident(self) -> None:
+        if not self._kept_loaded:
+            before = self.store.moved_bytes
+            self.store.load(self.kept_keys)
+            self._kept_loaded = True
+            self._changed(self.store.moved_bytes - before)
+
+    def evict_streamed(self) -> None:
+        for g in list(self._loaded_groups):
+            self._evict_group(g)
+
+    def evict_all(self) -> None:
+        self.evict_streamed()
+        if self._kept_loaded:
+            self.store.evict(self.kept_keys)
+            self._kept_loaded = False
+            self._changed(0)
+
+    # ------------------------------------------------------------ streaming
+    def begin_call(self) -> None:
+        self.load_resident()
+        if self.trace is not None:
+            self.trace.begin_call(self.name)
+        if self.layout.groups:
+            self._prefetch_from(0)
+
+    def enter_block(self, index: int) -> None:
+        g = self.group_of.get(index)
+        nbytes = self.store.bytes_of(self.block_keys[index])
+        if g is None:  # a resident block
+            if self.trace is not None:
+                self.trace.block_start(self.name, index, -1, True, nbytes)
+                self.trace.compute_started(self.name, index)
+            return
+        first = self.layout.groups[g][0] == index
+        if first:
+            if g not in self._loaded_groups:  # not prefetched (prefetch 0, or a cache skipped blocks)
+                self._load_group(g)
+            self._drop_outside_window(g)
+            self._prefetch_from(g + 1)
+        if self.trace is not None:
+            self.trace.block_start(self.name, index, g, False, nbytes)
+        if first:
+            self._wait(g, index)
+        if self.trace is not None:
+            self.trace.compute_started(self.name, index)
+
+    def leave_block(self, index: int) -> None:
+        if self.trace is not None:
+            self.trace.block_end(self.name, index)
+        g = self.group_of.get(index)
+        if g is not None and self.layout.groups[g][-1] == index:
+            self._evict_group(g)
+
+    def _window(self, g: int) -> list[int]:
+        n = len(self.layout.groups)
+        return [(g + i) % n for i in range(min(n, self.layout.prefetch + 1))]
+
+    def _prefetch_from(self, start: int) -> None:
+        n = len(self.layout.groups)
+        for i in range(self.layout.prefetch):
+            g = (start + i) % n
+            if g == (start - 1) % n and i > 0:
+                break
+            if g not in self._loaded_groups:
+                self._load_group(g)
+
+    def _drop_outside_window(self, g: int) -> None:
+        """Groups left loaded by an interrupted pattern (a step cache skipping blocks) must not pile up."""
+        keep = set(self._window(g))
+        for other in list(self._loaded_groups):
+            if other not in keep:
+                self._evict_group(other)
+
+    def _load_group(self, g: int) -> None:
+        started = self.trace.copy_started(self.name, g, self.store.stream) if self.trace else None
+        before = self.store.moved_bytes
+        self.store.load(self.group_keys[g])
+        moved = self.store.moved_bytes - before
+        self._events[g] = self.store.ready()
+        if self.trace is not None:
+            self.trace.copy_done(self.name, g, started, self.store.stream)
+        self._loaded_groups.add(g)
+        self.max_groups_seen = max(self.max_groups_seen, len(self._loaded_groups))
+        self._changed(moved)
+
+    def _wait(self, g: int, index: int) -> None:
+        event = self._events.pop(g, None)
+        if event is None:
+            return
+        started = self.trace.wait_started(self.name, index) if self.trace else None
+        torch.cuda.current_stream(self.store.compute).wait_event(event)  # a GPU-side wait: the host runs on
+        if self.trace is not None:
+            self.trace.wait_done(self.name, index, started)
+
+    def _evict_group(self, g: int) -> None:
+        if g in self._loaded_groups:
+            self.store.evict(self.group_keys[g])
+            self._loaded_groups.discard(g)
+            self._events.pop(g, None)
+            self._changed(0)
+
+    def _changed(self, copied: int) -> None:
+        kept = self.kept_bytes if self._kept_loaded else 0
+        self.on_compute = kept + sum(self.group_bytes[g] for g in self._loaded_groups)
+        self.on_change(self.on_compute, copied)

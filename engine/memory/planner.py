@@ -1,0 +1,265 @@
+"""Memory plans: how a run will use the compute device, worked out from sizes alone (no weights loaded).
+
+The same functions lay out a real run (from the loaded module's tensors) and predict one (from configs and
+safetensors headers), so the plan shown before a run is the layout the run then uses.
+
+Pure arithmetic on byte counts: no torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 2**20
+GiB = 2**30
+# Copies below a few tens of MB do not reach full PCIe bandwidth (launch and sync overhead per copy):
+# adaptive groups consecutive small blocks until a group moves at least this much.
+EFFICIENT_COPY_BYTES = 32 * MiB
+STREAMING_MODES = ("block_swap", "adaptive", "chunkwise")
+
+
+@dataclass(frozen=True)
+class ComponentSize:
+    """One pipeline component: its bytes, and for a transformer the bytes of each block in execution order."""
+
+    name: str
+    role: str
+    total: int
+    blocks: tuple[int, ...] = ()
+    largest_leaf: int = 0  # biggest single layer: what leaf-level streaming must hold at once
+
+    @property
+    def rest(self) -> int:
+        """Bytes outside the blocks (embedders, norms, output projection): resident whenever it computes."""
+        return self.total - sum(self.blocks)
+
+    @property
+    def streams(self) -> bool:
+        return self.role == "transformer" and len(self.blocks) > 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one transformer streams: the first ``resident`` blocks stay, the rest move in ``groups``."""
+
+    resident: int
+    groups: tuple[tuple[int, ...], ...]
+    prefetch: int
+
+    @property
+    def streamed_blocks(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    def group_bytes(self, blocks: tuple[int, ...]) -> list[int]:
+        return [sum(blocks[i] for i in g) for g in self.groups]
+
+    def window_bytes(self, blocks: tuple[int, ...]) -> int:
+        """Most streamed bytes on the device at once: the group computing plus ``prefetch`` groups ahead."""
+        sizes = self.group_bytes(blocks)
+        if not sizes:
+            return 0
+        k = min(len(sizes), self.prefetch + 1)
+        # groups wrap around (the next call's first group is prefetched during the last one)
+        ring = sizes + sizes[: k - 1]
+        return max(sum(ring[i:i + k]) for i in range(len(sizes)))
+
+    def need(self, comp: ComponentSize) -> int:
+        """Bytes of this transformer on the device while it computes."""
+        return comp.rest + sum(comp.blocks[: self.resident]) + self.window_bytes(comp.blocks)
+
+    def kept(self, comp: ComponentSize) -> int:
+        """Bytes that stay on the device between its calls (and between runs)."""
+        return comp.rest + sum(comp.blocks[: self.resident])
+
+
+def block_swap_layout(n_blocks: int, resident: int, prefetch: int) -> Layout:
+    resident = max(0, min(resident, n_blocks))
+    return Layout(resident, tuple((i,) for i in range(resident, n_blocks)), prefetch)
+
+
+def chunk_layout(blocks: tuple[int, ...], resident: int, group_bytes: int, prefetch: int) -> Layout:
+    """Consecutive streamed blocks grouped while a group stays within ``group_bytes`` (at least one block each)."""
+    resident = max(0, min(resident, len(blocks)))
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    size = 0
+    for i in range(resident, len(blocks)):
+        if current and size + blocks[i] > group_bytes:
+            groups.append(tuple(current))
+            current, size = [], 0
+        current.append(i)
+        size += blocks[i]
+    if current:
+        groups.append(tuple(current))
+    return Layout(resident, tuple(groups), prefetch)
+
+
+def adaptive_layout(comp: ComponentSize, budget: int, prefetch: int) -> Layout | None:
+    """The most resident blocks that fit ``budget`` (bytes for this transformer's weights), streaming the rest in
+    groups big enough to copy efficiently. None when not even full streaming fits."""
+    blocks = comp.blocks
+    if not blocks:
+        return None
+    typical = sorted(blocks)[len(blocks) // 2]
+    per_group = max(1, -(-EFFICIENT_COPY_BYTES // max(typical, 1)))
+    for group_blocks in range(per_group, 0, -1):
+        group_bytes = max(blocks) * group_blocks
+        best = None
+        for resident in range(len(blocks), -1, -1):
+            layout = chunk_layout(blocks, resident, group_bytes, prefetch)
+            if layout.need(comp) <= budget:
+                best = layout
+                break
+        if best is not None:
+            return best
+    return None
+
+
+@dataclass
+class Plan:
+    """What a run will do with the compute device, said before it runs."""
+
+    mode: str
+    device: str
+    budget: int | None
+    weights_peak: int  # weights on the compute device at the worst moment
+    activations: int  # estimate for the same moment
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    fits: bool = True
+    explanation: str = ""
+    suggestion: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predicted_peak(self) -> int:
+        return self.weights_peak + self.activations
+
+    def as_dict(self) -> dict:
+        return {
+            "mode": self.mode, "device": self.device, "budget": self.budget, "weights_peak": self.weights_peak,
+            "activations": self.activations, "predicted_peak": self.predicted_peak, "fits": self.fits,
+            "explanation": self.explanation, "suggestion": self.suggestion, "notes": list(self.notes),
+            "layouts": {k: {"resident": v.resident, "groups": len(v.groups),
+                            "group_blocks": max((len(g) for g in v.groups), default=0)}
+                        for k, v in self.layouts.items()},
+        }
+
+
+def gib(n: int | float) -> str:
+    return f"{n / GiB:.1f}" if n >= GiB / 10 else f"{n / GiB:.3f}"
+
+
+def human(n: int | float) -> str:
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    if n >= MiB:
+        return f"{n / MiB:.0f} MB"
+    return f"{n / 1024:.0f} KB"
+
+
+def layout_for(mode: str, comp: ComponentSize, settings, budget: int | None, activations: int) -> Layout | None:
+    """The streaming layout a mode gives one transformer (None for modes that do not stream blocks)."""
+    n = len(comp.blocks)
+    prefetch = int(settings.prefetch)
+    if mode == "block_swap":
+        return block_swap_layout(n, int(settings.blocks_resident), prefetch)
+    if mode == "chunkwise":
+        return chunk_layout(comp.blocks, int(settings.blocks_resident), int(settings.block_size_mb) * MiB, prefetch)
+    if mode == "adaptive":
+        if budget is None:  # nothing to fit (CPU): keep every block
+            return block_swap_layout(n, n, prefetch)
+        return adaptive_layout(comp, budget - activations, prefetch)
+    return None
+
+
+def minimum_bytes(components: list[ComponentSize]) -> int:
+    """What the leanest mode (layerwise) needs on the device: a couple of layers, or a whole VAE while it decodes
+    (the VAE is model-offloaded, not streamed, in every mode)."""
+    leaf = max((c.largest_leaf for c in components if c.role != "vae"), default=0)
+    vae = max((c.total for c in components if c.role == "vae"), default=0)
+    return max(2 * leaf, vae)
+
+
+def plan_swap(components: list[ComponentSize], settings, device: str, budget: int | None,
+              activations: int) -> Plan:
+    """Work out the layout and peak of a run in ``settings.mode`` on ``device`` with ``budget`` bytes."""
+    mode = settings.mode
+    if mode == "cpu_only":
+        return _plan_on_cpu(mode, components, device, activations)
+    plan = Plan(mode=mode, device=device, budget=budget, weights_peak=0, activations=activations)
+    transformers = [c for c in components if c.streams]
+    others = [c for c in components if not c.streams]
+    if mode == "none":
+        plan.weights_peak = sum(c.total for c in components)
+    elif mode == "model_offload":
+        plan.weights_peak = max((c.total for c in components), default=0)
+    elif mode == "layerwise":
+        plan.weights_peak = minimum_bytes(components)
+    else:
+        for comp in transformers:
+            layout = layout_for(mode, comp, settings, budget, activations)
+            if layout is None:
+                plan.fits = False
+                plan.layouts.clear()
+                break
+            if mode in ("block_swap", "chunkwise") and settings.blocks_resident > len(comp.blocks):
+                plan.notes.append(f"{comp.name}: {settings.blocks_resident} resident blocks asked, it has "
+                                  f"{len(comp.blocks)}; all of them stay")
+            plan.layouts[comp.name] = layout
+        kept = max((plan.layouts[c.name].kept(c) for c in transformers if c.name in plan.layouts), default=0)
+        denoise = max((plan.layouts[c.name].need(c) for c in transformers if c.name in plan.layouts), default=0)
+        # encoders and the VAE come in one at a time; the last expert's resident blocks stay unless they must go
+        other_phase = max((c.total + (kept if budget is None or c.total + kept <= budget else 0)
+                           for c in others), default=0)
+        plan.weights_peak = max(denoise, other_phase)
+    if budget is not None and plan.predicted_peak > budget:
+        plan.fits = False
+    plan.explanation = _explain(plan, components)
+    if not device.startswith("cuda"):
+        plan.notes.append("no GPU here: the run computes on the CPU; the mode's hooks still run, so a GPU machine "
+                          "gives the same pixels")
+    if not plan.fits:
+        plan.suggestion = _suggest(plan, components)
+    return plan
+
+
+def _plan_on_cpu(mode: str, components: list[ComponentSize], device: str, activations: int) -> Plan:
+    total = sum(c.total for c in components)
+    plan = Plan(mode=mode, device="cpu", budget=None, weights_peak=0 if device.startswith("cuda") else total,
+                activations=activations)
+    plan.explanation = f"cpu_only: the run computes on the CPU with about {human(total)} of weights in RAM" + (
+        "; the GPU stays free" if device.startswith("cuda") else "")
+    return plan
+
+
+def _explain(plan: Plan, components: list[ComponentSize]) -> str:
+    of = f" of {gib(plan.budget)} GiB" if plan.budget else ""
+    peak = f"predicted peak {gib(plan.predicted_peak)} GiB{of}"
+    if plan.mode == "none":
+        return f"none: every component resident ({human(plan.weights_peak)} of weights); {peak}"
+    if plan.mode == "model_offload":
+        return f"model_offload: one component on the GPU at a time, largest {human(plan.weights_peak)}; {peak}"
+    if plan.mode == "layerwise":
+        return f"layerwise: every layer streams in as it computes; {peak} (lowest memory, slowest)"
+    if not plan.layouts:
+        return f"{plan.mode}: the transformer does not fit even with every block streaming; {peak}"
+    parts = []
+    for comp in components:
+        layout = plan.layouts.get(comp.name)
+        if layout is None:
+            continue
+        sizes = layout.group_bytes(comp.blocks)
+        group = f", {human(max(sizes))} groups" if sizes else ""
+        parts.append(f"{layout.resident} of {len(comp.blocks)} blocks resident{group}")
+    unique = list(dict.fromkeys(parts))
+    return f"{plan.mode}: {'; '.join(unique)}; {peak}"
+
+
+def _suggest(plan: Plan, components: list[ComponentSize]) -> str:
+    need = minimum_bytes(components) + plan.activations
+    if plan.budget is not None and need > plan.budget:
+        return (f"nothing fits in {gib(plan.budget)} GiB: even layer streaming needs about {gib(need)} GiB; "
+                "pick a smaller size or fewer frames, or a quantized catalog entry")
+    if plan.mode in ("none", "model_offload"):
+        return "try adaptive (block swap sized to this GPU) or layerwise, or a quantized catalog entry"
+    return "try layerwise (streams every layer), a smaller size, or a quantized catalog entry"

@@ -1,0 +1,9 @@
+"""chunkwise: consecutive blocks grouped up to ``block_size_mb`` move together (fewer, larger copies)."""
+
+from __future__ import annotations
+
+from .streaming import Streaming
+
+
+class Chunkwise(Streaming):
+    mode = "chunkwise"

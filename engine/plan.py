@@ -1,0 +1,166 @@
+"""``Engine.plan``: what a run will do with the compute device, worked out before anything loads.
+
+Sizes come from the safetensors headers of the model folder (names, shapes, dtypes: a few KB read per file,
+no weights) and the activation estimate from the configs, so the plan can be shown as the user moves a
+slider. The layout arithmetic is ``engine.memory.planner``'s, the same the run then uses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+from .errors import InputError
+from .memory.planner import ComponentSize, GiB, Plan, minimum_bytes, plan_swap
+from .models import role_of
+
+# bytes per element of the safetensors dtypes
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
+_FLOATS = {"F64", "F32", "F16", "BF16"}
+# Block lists in the order the models run them (a safetensors header is sorted by name, so order is not in it)
+_LIST_ORDER = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
+_BLOCK_KEY = re.compile(r"^([A-Za-z_]\w*)\.(\d+)\.")
+HEADER_LIMIT = 100 * 2**20
+
+
+def read_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a safetensors file (name -> dtype, shape), without reading any weights."""
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path.name} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > HEADER_LIMIT:
+            raise ValueError(f"{path.name}: header of {n} bytes is not plausible")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _nbytes(info: dict, load_bytes: int) -> int:
+    numel = 1
+    for d in info["shape"]:
+        numel *= d
+    dtype = info["dtype"]
+    per = load_bytes if dtype in _FLOATS and load_bytes else _DTYPE_BYTES.get(dtype, 1)
+    return numel * per
+
+
+def component_size(name: str, folder: Path, load_bytes: int) -> ComponentSize | None:
+    """Sizes of one component folder: total, blocks in execution order, largest layer."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    blocks: dict[tuple[str, int], int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for file in files:
+        for key, info in read_header(file).items():
+            n = _nbytes(info, load_bytes)
+            total += n
+            leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
+            m = _BLOCK_KEY.match(key)
+            if m and role_of(name) == "transformer":
+                blocks[(m.group(1), int(m.group(2)))] = blocks.get((m.group(1), int(m.group(2))), 0) + n
+
+    def order(item):
+        (list_name, index), _ = item
+        rank = _LIST_ORDER.index(list_name) if list_name in _LIST_ORDER else len(_LIST_ORDER)
+        return rank, list_name, index
+
+    ordered = tuple(n for _, n in sorted(blocks.items(), key=order))
+    return ComponentSize(name, role_of(name), total, ordered, max(leaves.values(), default=0))
+
+
+def folder_sizes(folder: Path, load_bytes: int) -> list[ComponentSize]:
+    index = json.loads((folder / "model_index.json").read_text())
+    out = []
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None or not (folder / name).is_dir():
+            continue
+        size = component_size(name, folder / name, load_bytes)
+        if size is not None:
+            out.append(size)
+    return out
+
+
+def _config(folder: Path, name: str) -> dict:
+    try:
+        return json.loads((folder / name / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def activation_estimate(tcfg: dict, vcfg: dict, width: int, height: int, frames: int, elem: int) -> int:
+    """Rough activation bytes at the busiest moment of a run (a transformer block, or the VAE decode).
+
+    Tokens: the VAE divides each side by 8 and the transformer patches 2x2 (Flux, Chroma, Qwen-Image, Wan);
+    Wan also folds 4 frames into one latent frame. A block holds about a dozen hidden-sized tensors at once
+    (residual, q/k/v, attention output, the MLP's wide hidden) with flash/memory-efficient attention; the VAE
+    decoder's widest stage is full resolution at its widest channel count, a few tensors at a time."""
+    inner = int(tcfg.get("num_attention_heads", 24)) * int(tcfg.get("attention_head_dim", 128))
+    latent_frames = (frames - 1) // 4 + 1 if frames > 1 else 1
+    tokens = (width // 16) * (height // 16) * latent_frames + 512
+    denoise = 12 * tokens * inner * elem
+    channels = max(vcfg.get("block_out_channels") or [vcfg.get("base_dim", 96) * 4])
+    decode = 4 * width * height * int(channels) * elem * (4 if frames > 1 else 1)
+    return max(denoise, decode)
+
+
+def activation_bytes(pipe, kwargs: dict) -> int:
+    """The estimate for a loaded pipeline and the call about to be made."""
+    transformer = getattr(pipe, "transformer", None)
+    vae = getattr(pipe, "vae", None)
+    if transformer is None:
+        return 0
+    param = next(transformer.parameters(), None)
+    elem = param.element_size() if param is not None and param.is_floating_point() else 2
+    return activation_estimate(dict(transformer.config), dict(getattr(vae, "config", {}) or {}),
+                               int(kwargs.get("width") or 1024), int(kwargs.get("height") or 1024),
+                               int(kwargs.get("num_frames") or 1), elem)
+
+
+def load_elem_bytes(dtype: str, device: str) -> int:
+    if dtype == "auto":
+        return 2 if device.startswith("cuda") else 4
+    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2)
+
+
+def plan_request(engine, request) -> Plan:
+    """The plan for ``request`` on ``engine`` (requests without a memory mode plan as ``none``)."""
+    from . import jobs
+    from .requests import SwapSettings
+
+    settings = getattr(request, "swap", None) or SwapSettings()
+    runner = jobs.runner_for(request)
+    ref = runner.plan_ref(engine, request) if hasattr(runner, "plan_ref") else request.model
+    device = engine.memory.compute_device
+    budget = int(settings.max_vram_gb * GiB) if settings.max_vram_gb else engine.memory.effective_budget()
+    folder = engine.store.resolve_local(ref)
+    if folder is None or not (folder / "model_index.json").is_file():
+        return Plan(mode=settings.mode, device=device, budget=budget, weights_peak=0, activations=0, fits=True,
+                    explanation=f"{settings.mode}: {ref.label} is not downloaded yet, so its sizes are unknown; "
+                                "the plan appears once it is here")
+    elem = load_elem_bytes(ref.dtype, device)
+    sizes = folder_sizes(folder, elem)
+    act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
+                              int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
+                              int(getattr(request, "num_frames", 1)), elem)
+    return plan_swap(sizes, settings, device, budget, act)
+
+
+def check_budget(engine, request, plan: Plan) -> None:
+    """Refuse a ``max_vram_gb`` below what even the leanest mode needs, naming the minimum."""
+    settings = getattr(request, "swap", None)
+    if settings is None or not settings.max_vram_gb or settings.mode == "cpu_only" or not plan.weights_peak:
+        return
+    if plan.budget is not None and not plan.fits and plan.suggestion.startswith("nothing fits"):
+        raise InputError("swap.max_vram_gb", f"{settings.max_vram_gb:g} GB is below what this run needs in any "
+                                             f"mode: {plan.suggestion}")
+
+
+def minimum_gb(sizes: list[ComponentSize], activations: int) -> float:
+    return (minimum_bytes(sizes) + activations) / GiB
