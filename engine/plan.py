@@ -12,8 +12,8 @@ import re
 import struct
 from pathlib import Path
 
-from .errors import InputError
-from .memory.planner import ComponentSize, GiB, Plan, minimum_bytes, plan_swap
+from .errors import InputError, OutOfBudgetError
+from .memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, minimum_bytes, plan_swap
 from .models import role_of
 
 # bytes per element of the safetensors dtypes
@@ -153,13 +153,16 @@ def plan_request(engine, request) -> Plan:
 
 
 def check_budget(engine, request, plan: Plan) -> None:
-    """Refuse a ``max_vram_gb`` below what even the leanest mode needs, naming the minimum."""
+    """Refuse, before anything loads, a run the plan says cannot work: a ``max_vram_gb`` below what even the
+    leanest mode needs (the message names the minimum), or a streaming mode with no layout that fits."""
     settings = getattr(request, "swap", None)
-    if settings is None or not settings.max_vram_gb or settings.mode == "cpu_only" or not plan.weights_peak:
+    if settings is None or settings.mode == "cpu_only" or plan.fits or not plan.weights_peak:
         return
-    if plan.budget is not None and not plan.fits and plan.suggestion.startswith("nothing fits"):
+    if settings.max_vram_gb and plan.suggestion.startswith("nothing fits"):
         raise InputError("swap.max_vram_gb", f"{settings.max_vram_gb:g} GB is below what this run needs in any "
                                              f"mode: {plan.suggestion}")
+    if settings.mode in STREAMING_MODES and not plan.layouts:
+        raise OutOfBudgetError(f"{plan.explanation}; {plan.suggestion}")
 
 
 def minimum_gb(sizes: list[ComponentSize], activations: int) -> float:

@@ -183,7 +183,7 @@ class SwapSettings(_Serialisable):
         check_choice(f"{name}.mode", self.mode, SWAP_MODES)
         check_float(f"{name}.max_vram_gb", self.max_vram_gb, 0.0, 1024.0)
         check_int(f"{name}.blocks_resident", self.blocks_resident, 0, 1000)
-        check_int(f"{name}.block_size_mb", self.block_size_mb, 10, 100_000)
+        check_int(f"{name}.block_size_mb", self.block_size_mb, 1, 100_000)
         check_int(f"{name}.prefetch", self.prefetch, 0, 8)
         for flag in ("use_streams", "trace"):
             if not isinstance(getattr(self, flag), bool):

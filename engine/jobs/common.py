@@ -79,12 +79,16 @@ def run_denoise(engine, pipe, kwargs: dict, steps: int, swap, progress: Progress
     trace = SwapTrace(engine.memory.compute_device) if getattr(swap, "trace", False) else None
     ctx = SwapContext(activations=activation_bytes(pipe, kwargs), trace=trace)
     t0 = time.perf_counter()
-    with engine.memory.swap.session(components, swap, ctx) as info:
-        timings["to_device"] = timings.get("to_device", 0.0) + time.perf_counter() - t0
-        t1 = time.perf_counter()
-        try:
-            out = call_pipeline(pipe, kwargs, steps, progress, cancel, on_step=trace.end_step if trace else None)
-        finally:
-            timings["denoise_decode"] = timings.get("denoise_decode", 0.0) + time.perf_counter() - t1
+    info = None
+    try:
+        with engine.memory.swap.session(components, swap, ctx) as info:
+            timings["to_device"] = timings.get("to_device", 0.0) + time.perf_counter() - t0
+            t1 = time.perf_counter()
+            try:
+                out = call_pipeline(pipe, kwargs, steps, progress, cancel, on_step=trace.end_step if trace else None)
+            finally:
+                timings["denoise_decode"] = timings.get("denoise_decode", 0.0) + time.perf_counter() - t1
+    finally:  # after the session: what the mode moved back once the call was done counts too
+        if info is not None:
             engine.note_memory_session(info, engine.memory.run_stats(), trace)
     return out

@@ -50,13 +50,13 @@ class DeviceMarker:
 
 
 def bring(ledger, name: str, conflicts: list[str]) -> None:
-    """Make ``name`` resident, first offloading whichever of ``conflicts`` is on the compute device."""
-    if ledger.entry(name).device == ledger.compute_device:
-        return  # the common case (every block of every step): nothing to do
+    """Make ``name`` resident, first offloading whichever of ``conflicts`` is on the compute device (also when
+    ``name`` already is: the text encoders must leave when a transformer kept from the last run starts)."""
     away = [n for n in conflicts if n != name and n in ledger and ledger.compute_bytes(ledger.entry(n))]
     if away:
         ledger.offload(away)
-    ledger.ensure_loaded([name])
+    if ledger.entry(name).device != ledger.compute_device:
+        ledger.ensure_loaded([name])
 
 
 def entry_points(module: torch.nn.Module, whole: bool) -> list[torch.nn.Module]:

@@ -373,22 +373,28 @@ class MemoryManager:
         e.device = "cpu"
 
     # ------------------------------------------------------------ readout
+    def snapshot_row(self, name: str) -> dict:
+        """One module's readout row (what ``snapshot`` lists for it), without the device totals."""
+        e = self._entries[name]
+        return self._row(e)
+
+    def _row(self, e: ModuleEntry) -> dict:
+        placed = bytes_by_device(e.module)
+        residency = e.residency
+        return {
+            **e.as_row(),
+            "device": DISK if e.device == DISK else real_device(e.module),
+            "bytes_on_compute": placed.get(self.compute_device, 0),
+            "in_use": e.name in self._in_use,
+            "blocks": residency.describe() if residency is not None else "",
+        }
+
     def snapshot(self) -> dict:
         """Per-device totals and per-module residency, read from the real tensors.
 
         Takes no lock: the UI polls this every second and must not wait while a large module is being
         moved (seconds on a slow bus). A module caught mid-move shows as "mixed", which is the truth."""
-        modules = []
-        for e in list(self._entries.values()):  # a copy: the ledger may change meanwhile
-            placed = bytes_by_device(e.module)
-            residency = e.residency
-            modules.append({
-                **e.as_row(),
-                "device": DISK if e.device == DISK else real_device(e.module),
-                "bytes_on_compute": placed.get(self.compute_device, 0),
-                "in_use": e.name in self._in_use,
-                "blocks": residency.describe() if residency is not None else "",
-            })
+        modules = [self._row(e) for e in list(self._entries.values())]  # a copy: the ledger may change meanwhile
         return {
             "compute_device": self.compute_device,
             "offload_device": self.offload_device,

@@ -172,12 +172,12 @@ def layout_for(mode: str, comp: ComponentSize, settings, budget: int | None, act
     return None
 
 
-def minimum_bytes(components: list[ComponentSize]) -> int:
-    """What the leanest mode (layerwise) needs on the device: a couple of layers, or a whole VAE while it decodes
-    (the VAE is model-offloaded, not streamed, in every mode)."""
+def minimum_bytes(components: list[ComponentSize], layers_at_once: int = 2) -> int:
+    """What the leanest mode (layerwise) needs on the device: the layer computing (and, with a side stream, the
+    next one), or a whole VAE while it decodes (the VAE is model-offloaded, not streamed, in every mode)."""
     leaf = max((c.largest_leaf for c in components if c.role != "vae"), default=0)
     vae = max((c.total for c in components if c.role == "vae"), default=0)
-    return max(2 * leaf, vae)
+    return max(layers_at_once * leaf, vae)
 
 
 def plan_swap(components: list[ComponentSize], settings, device: str, budget: int | None,
@@ -194,24 +194,28 @@ def plan_swap(components: list[ComponentSize], settings, device: str, budget: in
     elif mode == "model_offload":
         plan.weights_peak = max((c.total for c in components), default=0)
     elif mode == "layerwise":
-        plan.weights_peak = minimum_bytes(components)
+        streams = device.startswith("cuda") and bool(settings.use_streams)
+        plan.weights_peak = minimum_bytes(components, 2 if streams else 1)
     else:
         for comp in transformers:
             layout = layout_for(mode, comp, settings, budget, activations)
-            if layout is None:
+            if layout is None:  # show what full streaming would need, and say it does not fit
                 plan.fits = False
                 plan.layouts.clear()
+                plan.weights_peak = max(chunk_layout(t.blocks, 0, 0, int(settings.prefetch)).need(t)
+                                        for t in transformers)
                 break
             if mode in ("block_swap", "chunkwise") and settings.blocks_resident > len(comp.blocks):
                 plan.notes.append(f"{comp.name}: {settings.blocks_resident} resident blocks asked, it has "
                                   f"{len(comp.blocks)}; all of them stay")
             plan.layouts[comp.name] = layout
-        kept = max((plan.layouts[c.name].kept(c) for c in transformers if c.name in plan.layouts), default=0)
-        denoise = max((plan.layouts[c.name].need(c) for c in transformers if c.name in plan.layouts), default=0)
-        # encoders and the VAE come in one at a time; the last expert's resident blocks stay unless they must go
-        other_phase = max((c.total + (kept if budget is None or c.total + kept <= budget else 0)
-                           for c in others), default=0)
-        plan.weights_peak = max(denoise, other_phase)
+        if plan.layouts:
+            kept = max(plan.layouts[c.name].kept(c) for c in transformers)
+            denoise = max(plan.layouts[c.name].need(c) for c in transformers)
+            # encoders and the VAE come in one at a time; the last expert's resident blocks stay unless they must go
+            other_phase = max((c.total + (kept if budget is None or c.total + kept <= budget else 0)
+                               for c in others), default=0)
+            plan.weights_peak = max(denoise, other_phase)
     if budget is not None and plan.predicted_peak > budget:
         plan.fits = False
     plan.explanation = _explain(plan, components)

@@ -99,11 +99,16 @@ class TensorStore:
         self.moved_bytes = 0
         self.copy_seconds = 0.0
         self._noop = self.compute.type == "cpu" and place == "cpu"
-        want_pin = (self.compute.type == "cuda" and stream) if want_pin is None else want_pin
+        want_pin = self.wants_pin(self.compute, stream) if want_pin is None else want_pin
         self.stream = torch.cuda.Stream(self.compute) if stream and self.compute.type == "cuda" else None
         self._init_host(want_pin)
 
     # ------------------------------------------------------------ setup
+    @staticmethod
+    def wants_pin(compute: torch.device, stream: bool) -> bool:
+        """Pinned host memory is what lets a copy run asynchronously; only worth it with a side stream."""
+        return compute.type == "cuda" and stream
+
     def _init_host(self, want_pin: bool) -> None:
         """Give every tensor its host copy (or file key) and leave it there, off the compute device."""
         if self.place == "disk":
@@ -113,7 +118,7 @@ class TensorStore:
             t = _current(slot.owners[0])
             if t.device.type == "meta":
                 raise RuntimeError(f"{slot.key} has no data (meta tensor); load the module before streaming it")
-            if self._noop:  # the CPU is both places: share the storage, move nothing, only keep the books
+            if self._noop and not want_pin:  # the CPU is both places: share the storage, only keep the books
                 slot.host = t
                 continue
             host = t.detach().to("cpu") if t.device.type != "cpu" else t.detach()

@@ -16,6 +16,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, apply_group_offloading
 from safetensors import safe_open
 
+from ..component_offload import add_onload_hooks
 from .base import Applied, Strategy, hook_components, others
 
 METER_HOOK = "app_layer_meter"
@@ -141,6 +142,8 @@ class Layerwise(Strategy):
 
             ledger.attach_residency(c.name, make, in_ram=True)
             applied.removers.append(lambda name=c.name: ledger.detach_residency(name))
+            # what was model-offloaded (encoders, VAE) leaves when a streamed component starts
+            applied.removers.append(add_onload_hooks(ledger, c.name, c.module, lambda: [o.name for o in whole]))
             note = _pin_note(c) if use_stream else ""
             if note:
                 applied.notes.append(note)

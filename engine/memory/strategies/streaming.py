@@ -5,11 +5,15 @@ Each mode only says how a transformer's blocks are laid out (``layout``); this m
 
 from __future__ import annotations
 
+import logging
+
 from ...errors import OutOfBudgetError
 from ..block_stream import BlockStreamer, find_blocks
 from ..planner import ComponentSize, Layout, layout_for
 from ..transfer import TensorStore
 from .base import Applied, Strategy, hook_components, others
+
+log = logging.getLogger(__name__)
 
 
 def measured_size(c) -> ComponentSize:
@@ -57,7 +61,8 @@ class Streaming(Strategy):
             streamer = ledger.attach_residency(c.name, make)
             applied.removers.append(lambda name=c.name: ledger.detach_residency(name))
             note = streamer.store.pins.message(c.name)
-            if note:
+            if note:  # never a silent fallback: the log, the result and the UI all say it
+                log.warning(note)
                 applied.notes.append(note)
             applied.layouts[c.name] = layout
         # registered after the streamers so that they run first: the other expert leaves before this one arrives
