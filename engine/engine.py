@@ -75,6 +75,24 @@ class Engine:
             swap.validate("swap")
         return plan_request(self, request)
 
+    def default_swap(self, job: str):
+        """The memory settings to start with for ``job`` ("text_to_image", "i2v") on this machine, from
+        ``presets/vram_profiles.json`` for the detected GPU, and a line saying why."""
+        from .presets import load_vram_profiles, profile_for_vram
+        from .requests import SwapSettings
+
+        if not self.memory.compute_device.startswith("cuda"):
+            return SwapSettings(), ("CPU only: no GPU found, runs compute on the CPU; the modes still work (and give "
+                                    "the same pixels) but only save memory on a GPU")
+        total = next((d["total"] for d in self.memory.snapshot()["devices"] if d["device"] == self.memory.compute_device), 0)
+        profile = profile_for_vram(load_vram_profiles(), total)
+        kind = job if job in ("text_to_image", "i2v") else "text_to_image"
+        try:
+            settings = profile.swap_for(kind)
+        except InputError:
+            settings = SwapSettings()
+        return settings, f"GPU with {total / 2**30:.0f} GiB: the {profile.label} profile"
+
     def run_device(self, swap) -> str:
         """Where a run with these memory settings computes (cpu_only keeps it off the GPU)."""
         return "cpu" if swap is not None and swap.mode == "cpu_only" else self.device

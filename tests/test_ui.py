@@ -221,12 +221,29 @@ def test_cancel_slots_are_per_session():
 
 
 # ---------------------------------------------------------------- the app over HTTP
-def _t2i(client, **change):
+def _t2i(client, swap=(), outputs=4, **change):
+    """A text-to-image call over HTTP; the memory-mode values are optional (their widget defaults apply)."""
     args = {**GOOD, **change}
-    return client.predict(
+    out = client.predict(
         args["model"], args["prompt"], args["negative_prompt"], args["width"], args["height"], args["steps"],
-        args["guidance_scale"], args["true_cfg_scale"], args["seed"], api_name="/text_to_image",
+        args["guidance_scale"], args["true_cfg_scale"], args["seed"], *swap, api_name="/text_to_image",
     )
+    return out[:outputs]
+
+
+def test_api_run_in_a_memory_mode_reports_plan_and_measured_peak(client, served):
+    engine, _ = served
+    gallery, _, _, status, plan, plot = _t2i(client, swap=("block_swap", 0, 1, 100, 1, True, True), outputs=6)
+    assert Path(gallery[0]["image"]).is_file() and status.startswith("Done")
+    assert "block_swap: 1 of 4 blocks resident" in plan and "Measured" in plan and "moved" in plan
+    table = plot["value"]
+    assert table["columns"] == ["block", "kind", "ms"]
+    assert {kind for _, kind, _ in table["data"]} == {"copy", "compute", "wait"}
+    assert {block for block, _, _ in table["data"]} == {0, 1, 2, 3}
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Memory mode"):
+        _t2i(client, swap=("turbo", 0, 1, 100, 1, True, False))
 
 
 def test_api_text_to_image_returns_an_image_file_and_the_request_json(client, served):

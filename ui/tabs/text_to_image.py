@@ -22,6 +22,7 @@ from ..components import (
     size_sliders,
     steps_slider,
 )
+from ..memory_mode import measured_text, memory_mode_widget, plan_text, swap_settings, trace_plot_update, wire_plan
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
     "black-forest-labs/FLUX.1-dev": "FLUX.1-dev",
@@ -41,9 +42,11 @@ def defaults(demo: bool) -> dict:
 
 
 def build_request(
-    model: str, prompt: str, negative_prompt: str, width, height, steps, guidance_scale, true_cfg_scale, seed
+    model: str, prompt: str, negative_prompt: str, width, height, steps, guidance_scale, true_cfg_scale, seed,
+    *swap_values,
 ) -> TextToImageRequest:
-    """The request these widget values describe, validated (raises ``InputError`` naming the field)."""
+    """The request these widget values describe, validated (raises ``InputError`` naming the field).
+    ``swap_values`` are the memory-mode widget's (none: the default mode)."""
     request = TextToImageRequest(
         model=ModelRef(repo_id=model or ""),
         prompt=prompt or "",
@@ -54,9 +57,15 @@ def build_request(
         guidance_scale=guidance_scale,
         true_cfg_scale=true_cfg_scale,
         seed=as_int(seed),
+        **({"swap": swap_settings(*swap_values)} if swap_values else {}),
     )
     request.validate()
     return request
+
+
+def plan_request(model, width, height, steps, *swap_values) -> TextToImageRequest:
+    """What the plan line needs (no prompt yet is fine: the plan does not depend on it)."""
+    return build_request(model, "plan", "", width, height, steps, 3.5, 1.0, 0, *swap_values)
 
 
 def format_result(result: Result) -> str:
@@ -98,24 +107,34 @@ def build(engine) -> None:
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
                 true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
                                      info="real classifier-free guidance with the negative prompt; 1 = off")
+            memory = memory_mode_widget(engine, "text_to_image", "t2i")
             status, run = run_row(slots, "t2i", cancel_api="text_to_image_cancel")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("t2i")
+            memory.trace_plot.render()
 
-    def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed,
-                          request: gr.Request, progress=gr.Progress()):
-        req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed)
+    plan_inputs = [model, width, height, steps, *memory.inputs]
+    wire_plan(engine, memory, plan_request, plan_inputs)
+
+    def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
+                          resident, block_mb, prefetch, streams, trace, request: gr.Request, progress=gr.Progress()):
+        swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
+        req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *swap_values)
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
             result = run_on_engine(engine, on_gpu, req, progress, cancel)
         finally:
             slots.finish(request, cancel)
-        yield dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result))))
+        for warning in result.metadata.get("warnings") or []:
+            gr.Warning(warning, title="Note")
+        plan_line = plan_text(engine, plan_request, model, width, height, steps, *swap_values)
+        yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
+               memory.plan: f"{plan_line}  \n{measured_text(result)}", memory.trace_plot: trace_plot_update(result)}
 
     run.click(
         run_with_feedback(run_text_to_image, status, LABELS),
-        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed],
-        [gallery, info, save_json, status],
+        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs],
+        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="text_to_image", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
