@@ -115,6 +115,10 @@ def fakehub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_folder: Path)
         # 64 KiB steps: smooth progress and a cancel that lands mid-file (the real default is 10 MiB)
         monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
         monkeypatch.setattr(hf_file_download, "time", _NoSleep())
+        # fault tests stay fast: short waits between retries, short timeouts for a hub that stops answering
+        monkeypatch.setenv("STUDIO_HUB_RETRY_WAIT", "0.01")
+        monkeypatch.setenv("STUDIO_HUB_READ_TIMEOUT", "2")
+        monkeypatch.setenv("STUDIO_HUB_CONNECT_TIMEOUT", "2")
         yield server
 
 
