@@ -64,7 +64,7 @@ def client(served):
     return Client(served[1], verbose=False)
 
 
-SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-qint8"  # the repo of catalog entry FLUX.1-dev-qint8
+SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-SDNQ-uint4-svd-r32"  # the repo of catalog entry FLUX.1-dev-SDNQ-uint4
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from tests.conftest import SDNQ_ENTRY_REPO, free_port
 from ui.components import field_label
 from ui.tabs import catalog as tab
 
-ENTRY = "FLUX.1-dev-qint8"
+ENTRY = "FLUX.1-dev-SDNQ-uint4"
 REPO = SDNQ_ENTRY_REPO
 
 BIG_FILE = "transformer/diffusion_pytorch_model.safetensors"
@@ -46,8 +46,8 @@ def test_catalog_table_has_one_row_per_entry_in_column_order(plain_engine):
     assert len(table) == len(rows) == len(load_catalog())
     assert all(len(row) == len(tab.COLUMNS) == len(tab.DATATYPES) for row in table)
     first = dict(zip(tab.COLUMNS, table[0], strict=True))
-    assert first["entry"] == ENTRY and first["architecture"] == "Flux" and first["quantization"] == "int8"
-    assert first["download ≈GB"] == pytest.approx(17.4) and first["VRAM ≈GB"] == pytest.approx(19.2)
+    assert first["entry"] == ENTRY and first["architecture"] == "Flux" and first["quantization"] == "uint4"
+    assert first["download ≈GB"] == pytest.approx(10.4) and first["VRAM ≈GB"] == pytest.approx(12.7)
     assert first["pipeline / supported"] == "FluxPipeline"
     assert first["cache"] == "not downloaded" and first["on disk"] == "–"  # empty HF cache for this session
     pipelines = {row[0]: row[5] for row in table}
@@ -156,7 +156,7 @@ def test_build_generate_request_for_an_entry_and_a_local_folder(tmp_path):
         ({"steps": 0}, "steps", "between 1 and"),
         ({"prompt": ""}, "prompt", "empty"),
         ({"prompt": None}, "prompt", "empty"),
-        ({"entry": "FLUX.1-dev-qint9"}, "entry", "unknown catalog entry"),
+        ({"entry": "FLUX.1-dev-SDNQ-uint5"}, "entry", "unknown catalog entry"),
         ({"entry": ""}, "entry", "pick an entry"),
         ({"source": "Somewhere"}, "source", "must be one of"),
         ({"source": tab.SOURCE_FOLDER}, "model.path", "enter the folder"),
