@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
 import shutil
 import threading
 import time
@@ -356,6 +357,25 @@ def test_api_download_cancel_keeps_a_partial_and_the_next_download_resumes(clien
     assert hub.body_bytes() < sum(f.size for f in hub.repos[REPO].files.values())  # resumed, not restarted
     assert sent_before > 0
     assert client.predict(api_name="/catalog_download_cancel").startswith("Nothing to cancel")
+
+
+def test_api_verify_names_a_bad_file_and_refetches_it(client, hub):
+    status, _, _ = _download(client).result(timeout=60)
+    assert status.startswith("✅")
+    from engine import hub as engine_hub
+
+    folder = engine_hub.cache_state(REPO).path
+    blob = Path(os.path.realpath(folder / BIG_FILE))
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # same size: only a checksum can tell
+    blob.write_bytes(bytes(data))
+    status, table, _ = client.predict(ENTRY, False, ALL, ALL, False, "", api_name="/catalog_verify")
+    assert status.startswith("⚠️") and BIG_FILE in status and "re-fetch" in status
+    hub.reset_counters()
+    status, table, _ = client.predict(ENTRY, True, ALL, ALL, False, "", api_name="/catalog_verify")
+    assert status.startswith("✅") and "Fetched again and verified" in status
+    assert hub.body_bytes() == hub.body_bytes(BIG_FILE) > 0
+    assert _rows(table)[ENTRY][6] == "complete"
 
 
 def test_api_download_with_the_hub_unreachable_is_a_message_and_the_server_keeps_working(
