@@ -417,3 +417,16 @@ def test_api_a_download_does_not_wait_behind_a_gpu_run(client, served, hub):
     finally:
         engine.run = original
     assert _rows(table)[ENTRY][6] == "complete" and download_s < 5
+
+
+def test_byte_progress_says_why_when_it_retries_or_restarts():
+    seen = []
+
+    def bar(fraction, desc=""):
+        seen.append((fraction, desc))
+
+    report = tab.byte_progress(bar)
+    report(1_000_000, 4_000_000, "Downloading transformer/x.safetensors")
+    report(1_000_000, 4_000_000, "x.safetensors: the hub answered HTTP 503, retrying (2/5) in 1 s")
+    assert seen[0] == (0.25, "1.0 MB / 4.0 MB")
+    assert seen[1][1] == "1.0 MB / 4.0 MB · x.safetensors: the hub answered HTTP 503, retrying (2/5) in 1 s"

@@ -309,7 +309,10 @@ def byte_progress(progress: gr.Progress) -> Callable[[int, int, str], None]:
 
     def report(done: int, total: int | None, message: str = "") -> None:
         fraction = min(done / total, 1.0) if total else 0.0
-        progress(fraction, desc=progress_text(done, total))
+        text = progress_text(done, total)
+        if message and not message.startswith(("Downloading", "Verifying")):  # "retrying (2/5)", a restart: say why
+            text += f" · {message}"
+        progress(fraction, desc=text)
 
     return threadsafe(report)
 
