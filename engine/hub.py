@@ -807,13 +807,15 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
         (storage / "snapshots").mkdir(exist_ok=True)  # scan_cache_dir / `hf cache` call a repo without it corrupted
         _run_jobs(jobs, storage, locks, transfer, env.endpoint)
 
-    # Links, refs/<revision> and trees/<commit>.json, by the client itself; every blob is already there.
+    # Links and trees/<commit>.json, by the client itself; every blob is already there. Asked for the commit the
+    # model info named (not the branch): it then makes no repo_info call (which takes no timeout) and links exactly
+    # what was fetched and checksummed, even if the branch moved meanwhile; refs/<branch> is written below.
     transfer.check()
     before = {p.name for p in blobs.iterdir()} if blobs.is_dir() else set()
     link = functools.partial(
         snapshot_download,
         repo_id,
-        revision=revision,
+        revision=commit,
         cache_dir=env.cache_dir,
         endpoint=env.endpoint,
         token=env.token,
@@ -821,9 +823,14 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
         etag_timeout=lim.read,
         tqdm_class=_bar_class(transfer, count=False),
     )
-    # its repo_info and tree calls take no timeout: the deadline bounds them, and a cancel is seen while it waits
-    folder = Path(hub_http.request(link, transfer, f"Linking {repo_id}", lim, deadline=3 * lim.deadline))
+    # its tree listing call takes no timeout: the deadline bounds it, and a cancel is seen while it waits
+    folder = Path(hub_http.request(link, transfer, f"Linking {repo_id}", lim, deadline=lim.deadline))
     _verify_new_blobs(folder, before, transfer)
+    if not _COMMIT.match(revision or ""):  # what the client writes for a branch or tag: refs/<name> -> commit
+        ref = storage / "refs" / (revision or constants.DEFAULT_REVISION)
+        if not ref.is_file() or ref.read_text().strip() != commit:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(commit)
     state = _local_state(env, repo_id, revision, patterns)
     if not state.complete:  # pragma: no cover - defensive: never hand out a half folder
         raise HubError(f"'{repo_id}' is still incomplete after downloading; run the download again.")

@@ -66,6 +66,22 @@ def test_a_hub_that_never_answers_fails_in_bounded_time(fakehub: FakeHub, monkey
     assert "stopped answering" in message and "resumed" in message and fakehub.endpoint in message
 
 
+def test_a_tree_listing_that_never_answers_is_bounded_by_the_deadline(fakehub: FakeHub, monkeypatch, tmp_path):
+    # snapshot_download's tree call takes no timeout: the watchdog's deadline (2 x (connect + read) + 5 s) ends it
+    monkeypatch.setenv("STUDIO_HUB_READ_TIMEOUT", "0.5")
+    monkeypatch.setenv("STUDIO_HUB_CONNECT_TIMEOUT", "0.5")
+    fakehub.hang("tree")
+    error, took = _timed(download, REPO)
+    assert isinstance(error, HubStalledError), error
+    assert 6 <= took < 12, f"took {took:.1f} s"
+    assert "stopped answering" in str(error)
+    assert cache_state(REPO).state == "partial", "every file fetched is kept"
+    fakehub.release()
+    fakehub.reset_counters()
+    download(REPO)
+    assert fakehub.body_bytes() == 0 and cache_state(REPO).state == "complete"
+
+
 def test_a_body_that_stalls_fails_in_bounded_time_and_keeps_what_arrived(fakehub: FakeHub, tmp_path, monkeypatch,
                                                                         model_folder):
     monkeypatch.setenv("STUDIO_HUB_READ_TIMEOUT", "0.5")
