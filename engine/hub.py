@@ -29,9 +29,9 @@ Resume design (chosen: *resumable blob prefetch, then snapshot_download links*)
    after a kill) are adopted under that lock.
 3. Only after its sha256 / git sha1 matches is the file renamed to ``blobs/<etag>``: a blob under its final name
    is always verified, whatever moment the process dies.
-4. ``snapshot_download`` then runs normally: it writes ``refs/`` and ``trees/<commit>.json``, finds every blob
-   present and only creates the snapshot links (HEAD requests, no body bytes). Anything it still downloads
-   itself (a branch that moved in between) is checksummed afterwards.
+4. ``snapshot_download`` then runs for that commit: it writes ``trees/<commit>.json``, finds every blob present
+   and only creates the snapshot links (HEAD requests, no body bytes); ``refs/<branch>`` is written as the
+   client writes it. Anything it still downloads itself is checksummed afterwards.
 
 Alternatives rejected: the ``local_dir`` mode is no better in 2.4.0 (same unique temporary name, deleted on
 failure) and would leave the shared cache; patching ``_download_to_tmp_and_move`` would tie us to a private
