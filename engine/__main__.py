@@ -1,4 +1,6 @@
-"""Headless use: ``python -m engine run request.json --out DIR`` runs a saved request."""
+"""Headless use: ``python -m engine run request.json --out DIR`` runs a saved request;
+``python -m engine verify REPO [--repair]`` re-hashes a cached model; ``python -m engine catalog-check [--write]``
+compares the SDNQ catalog with the hub."""
 
 from __future__ import annotations
 
@@ -17,7 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--models-dir", type=Path, default=None)
     run.add_argument("--demo", action="store_true", help="use the built-in tiny demo models")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    verify = sub.add_parser("verify", help="sha256 every cached file of a model against the hub's checksums")
+    verify.add_argument("repo", help="hub repo id (owner/name) or catalog entry id")
+    verify.add_argument("--revision", default=None)
+    verify.add_argument("--repair", action="store_true", help="delete bad files and fetch them (and missing ones) again")
+    check = sub.add_parser("catalog-check", help="compare presets/sdnq_catalog.json with the hub")
+    check.add_argument("--catalog", type=Path, default=None, help="catalog file (default: presets/sdnq_catalog.json)")
+    check.add_argument("--write", action="store_true", help="write the hub's real download sizes into the file")
     args = parser.parse_args(argv)
+    if args.command == "verify":
+        return _verify(args)
+    if args.command == "catalog-check":
+        return _catalog_check(args)
 
     from . import Engine, EngineError, request_from_dict
 
@@ -41,6 +54,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f)
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+def _progress_line(done: int, total: int, message: str) -> None:
+    share = f"{done / total:5.0%}" if total else "  ?  "
+    print(f"\r[{share}] {message[:100]:<100}", end="", file=sys.stderr, flush=True)
+
+
+def _verify(args) -> int:
+    from .errors import EngineError
+    from .hub_verify import verify
+    from .presets import catalog_entry, load_catalog
+
+    repo = args.repo
+    if "/" not in repo:  # a catalog entry id
+        try:
+            repo = catalog_entry(load_catalog(), repo).repo_id
+        except EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        report = verify(repo, revision=args.revision, repair=args.repair, progress=_progress_line)
+    except EngineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _catalog_check(args) -> int:
+    from . import catalog_check
+    from .errors import EngineError
+
+    try:
+        return catalog_check.main(args.catalog, args.write)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

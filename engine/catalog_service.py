@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hub
+from . import hub, hub_verify
 from .memory import device_stats
 from .presets import CatalogEntry, catalog_entry, filter_catalog, load_catalog
 
@@ -49,3 +49,9 @@ def download(entry_id: str, progress=None, cancel=None) -> Path:
     """Fetch a catalog model into the HF cache (resumable); a complete one returns at once."""
     e = entry(entry_id)
     return hub.download(e.repo_id, expected_bytes=e.download_bytes, progress=progress, cancel=cancel)
+
+
+def verify(entry_id: str, repair: bool = False, progress=None, cancel=None) -> hub_verify.VerifyReport:
+    """Re-hash a catalog model's cached files against the hub's checksums; ``repair`` fetches bad ones again."""
+    e = entry(entry_id)
+    return hub_verify.verify(e.repo_id, repair=repair, progress=progress, cancel=cancel)

@@ -2,8 +2,8 @@
 
 What huggingface_hub already does, and we use as is: the cache layout (``models--org--name/{blobs,snapshots,
 refs,trees}``, shared with diffusers and every other HF tool), the hub API (``model_info`` with file sizes and
-sha256, the tree listing), HEAD metadata (``get_hf_file_metadata``: ETag, commit, size, CDN location), the
-streaming GET with in-call retries and ``Range`` resume (``file_download.http_get``), the cache-wide blob locks
+sha256, the tree listing), HEAD metadata (``get_hf_file_metadata``: ETag, commit, size, CDN location), its HTTP
+session (``get_session``: proxies, headers, connection pool), the cache-wide blob locks
 (``WeakFileLock``), ``snapshot_download`` (refs, tree cache, snapshot links), the cache readers
 (``get_cached_repo_tree``, ``try_to_load_from_cache``) and its error classes.
 
@@ -14,11 +14,13 @@ What it lacks (``shared/reference/hub_notes.md``), and this module adds:
 - **Checksums.** The client checks sizes only; right-size wrong bytes are cached and count as hits.
 - **A disk-space check that refuses** (the client only warns, per file), a byte progress callback, cancel with a
   ``threading.Event``, one offline/online decision per call, and messages for the person at the keyboard.
+- **Timeouts, retries of 429/5xx, a cancel seen within a fraction of a second, nothing received lost on cancel**:
+  ``engine/hub_http.py`` (why the body GET is our own loop and not ``file_download.http_get`` is written there).
 
 Resume design (chosen: *resumable blob prefetch, then snapshot_download links*)
 ---------------------------------------------------------------------------
 1. ``model_info(files_metadata=True)`` gives the commit and, per file, its size and sha256 (LFS) or git sha1.
-2. Each missing file is fetched by huggingface_hub's own ``http_get(url, f, resume_size=n)`` into
+2. Each missing file is fetched by ``hub_http.get_body`` (``Range: bytes=n-`` over the client's session) into
    ``blobs/<etag>.incomplete`` -- a deterministic name (the one older clients used, and the one
    ``scan_cache_dir`` reports as an incomplete download), appended to across calls, under the same
    ``.locks/<repo>/<etag>.lock`` the client takes, so a concurrent diffusers/``hf download`` waits instead of
@@ -27,9 +29,9 @@ Resume design (chosen: *resumable blob prefetch, then snapshot_download links*)
    after a kill) are adopted under that lock.
 3. Only after its sha256 / git sha1 matches is the file renamed to ``blobs/<etag>``: a blob under its final name
    is always verified, whatever moment the process dies.
-4. ``snapshot_download`` then runs normally: it writes ``refs/`` and ``trees/<commit>.json``, finds every blob
-   present and only creates the snapshot links (HEAD requests, no body bytes). Anything it still downloads
-   itself (a branch that moved in between) is checksummed afterwards.
+4. ``snapshot_download`` then runs for that commit: it writes ``trees/<commit>.json``, finds every blob present
+   and only creates the snapshot links (HEAD requests, no body bytes); ``refs/<branch>`` is written as the
+   client writes it. Anything it still downloads itself is checksummed afterwards.
 
 Alternatives rejected: the ``local_dir`` mode is no better in 2.4.0 (same unique temporary name, deleted on
 failure) and would leave the shared cache; patching ``_download_to_tmp_and_move`` would tie us to a private
@@ -44,19 +46,19 @@ Environment: ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``, ``HF_TOKEN`` and ``H
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx2
 from filelock import Timeout as LockTimeout
 from huggingface_hub import (
     HfApi,
@@ -77,7 +79,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import http_get, repo_folder_name
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import (
     HFValidationError,
     WeakFileLock,
@@ -87,7 +89,10 @@ from huggingface_hub.utils import (
 )
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
+from . import hub_http
 from .errors import Cancelled, ModelLoadError
+from .hub_http import STREAM_ERRORS as _STREAM_ERRORS
+from .hub_http import TIMEOUTS as _TIMEOUTS
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +115,6 @@ _DEFAULT_CHUNK = 10 * 1024 * 1024  # huggingface_hub's DOWNLOAD_CHUNK_SIZE defau
 _SMOOTH_CHUNK = 1024 * 1024
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_STREAM_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError,)
-try:  # the client is on httpx2; catch httpx (v1) too in case a transport built on it is installed
-    import httpx as _httpx1
-
-    _STREAM_ERRORS += (_httpx1.TransportError,)
-except ImportError:  # pragma: no cover
-    pass
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -128,6 +126,10 @@ class HubError(ModelLoadError):
 
 class HubUnreachableError(HubError):
     """The hub cannot be reached (network, proxy, wrong HF_ENDPOINT) and the model is not fully cached."""
+
+
+class HubStalledError(HubUnreachableError):
+    """The hub accepted the connection but stopped answering (STUDIO_HUB_READ_TIMEOUT seconds of silence)."""
 
 
 class OfflineNotCachedError(HubError):
@@ -327,7 +329,7 @@ def cache_state(
     remote = None
     if check_remote and not env.offline:
         try:
-            info = _model_info(env, repo_id, revision)
+            info = _model_info(env, repo_id, revision, _Transfer(repo_id, 0, 0, None, None))
         except Exception as exc:
             raise _translate(exc, env, repo_id, revision) from exc
         sizes = {s.rfilename: s.size for s in info.siblings or []}
@@ -349,8 +351,12 @@ class _Transfer:
         self.abort = threading.Event()
         self._lock = threading.Lock()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel is not None and self._cancel.is_set()
+
     def check(self) -> None:
-        if self._cancel is not None and self._cancel.is_set():
+        if self.cancelled:
             raise Cancelled(f"Download of {self.repo_id} cancelled; what was received is kept and will be resumed.")
         if self.abort.is_set():
             raise _Aborted()
@@ -371,7 +377,7 @@ class _Bar:
     """Duck-typed tqdm that huggingface_hub drives (``tqdm_class=``): forwards bytes and raises on cancel.
 
     Raising from ``update`` is the documented way to stop a download cleanly (hub_notes.md): it propagates out of
-    ``http_get``/``snapshot_download``. Subclassed per call with ``_transfer`` and ``_count`` set.
+    ``snapshot_download``. Subclassed per call with ``_transfer`` and ``_count`` set.
     """
 
     _transfer: _Transfer
@@ -441,9 +447,15 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage("/").free
 
 
-def _model_info(env: _Env, repo_id: str, revision: str | None):
+def _model_info(env: _Env, repo_id: str, revision: str | None, transfer: _Transfer):
+    """Model info with file sizes and checksums: explicit timeouts (the client's default is none), 429/5xx
+    retried with backoff, a cancel seen while it waits."""
     api = HfApi(endpoint=env.endpoint, token=env.token)
-    return api.model_info(repo_id, revision=revision, files_metadata=True)
+    lim = hub_http.limits()
+    return hub_http.request(
+        lambda: api.model_info(repo_id, revision=revision, files_metadata=True, timeout=lim.timeout),
+        transfer, f"Asking {env.endpoint} about {repo_id}", lim,
+    )
 
 
 def _matches(path: Path, expected: str) -> bool:
@@ -515,6 +527,7 @@ def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint:
     """Fetch one file into ``blobs/<etag>``, resuming ``blobs/<etag>.incomplete``; verify before the rename."""
     blobs = storage / "blobs"
     blob, part = blobs / job.etag, _partial_path(blobs, job.etag)
+    lim = hub_http.limits()
     with _blob_lock(locks / f"{job.etag}.lock", transfer):
         if blob.exists():  # another process finished it while we waited for the lock
             transfer.advance((job.size or 0) - job.have, job.path)
@@ -525,49 +538,64 @@ def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint:
             if job.size is not None and have > job.size:
                 part.unlink()
                 have = 0
-            # unbuffered: every chunk handed to write() is on disk, so even SIGKILL leaves a valid prefix
-            with _drop_if_empty(part), open(part, "r+b" if have else "wb", buffering=0) as f:
-                f.seek(have)
-                try:
-                    http_get(
-                        job.url,
-                        f,
-                        resume_size=have,
-                        headers=job.headers,
-                        expected_size=job.size,
-                        displayed_filename=job.path,
-                        tqdm_class=_bar_class(transfer, label=job.path),
-                    )
-                except _STREAM_ERRORS as exc:  # the client's 5 in-call retries are spent
-                    raise DownloadInterruptedError(
-                        f"The download of {job.path} from {endpoint} broke off ({type(exc).__name__}: {exc}). "
-                        f"{_fmt(_file_size(part))} of it are kept; run the download again to resume."
-                    ) from exc
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise NotEnoughDiskError(
-                            f"The disk filled up while downloading {job.path} into {storage.parent}. Free some "
-                            "space (or point HF_HOME to a larger disk) and run the download again to resume."
-                        ) from exc
-                    if "Consistency check failed" in str(exc):
-                        raise DownloadInterruptedError(
-                            f"The hub sent a short body for {job.path}; what arrived is kept and the next "
-                            "download resumes from there."
-                        ) from exc
-                    raise
+            if job.size is None or have < job.size:  # a partial as long as the file only needs its checksum
+                _get_into(part, have, job, transfer, lim, storage, endpoint)
             if _matches(part, job.expected):
                 os.replace(part, blob)  # atomic: a blob under its final name is always a verified one
                 return
+            counted = _file_size(part)
             part.unlink(missing_ok=True)
-            transfer.advance(-(job.size or 0), job.path)  # those bytes are gone again
-            if have == 0 or attempt == 2:
+            if counted == 0 or attempt == 2:
+                transfer.advance(-counted, f"{job.path} failed its checksum and was deleted")
                 raise ChecksumMismatchError(
                     f"{job.path} from {transfer.repo_id} does not match the hub's checksum ({job.expected[:12]}…): "
                     "it was corrupted in transit or on disk and has been deleted. Run the download again; if it "
                     "keeps failing, the mirror at HF_ENDPOINT may be serving a bad copy."
                 )
-            # the resumed prefix may have been the bad part (written by another tool, a disk error): start over
+            # the resumed prefix may have been the bad part (written by another tool, a disk error): start over,
+            # and say so, since the progress bar goes back by those bytes
+            transfer.advance(-counted, f"{job.path} failed its checksum: downloading it again from the start")
             logger.warning("%s: resumed file failed its checksum, downloading it again from the start", job.path)
+
+
+def _get_into(part: Path, have: int, job: _Job, transfer: _Transfer, lim: hub_http.Limits, storage: Path,
+              endpoint: str) -> None:
+    """Append the rest of ``job``'s body to ``part``; every failure leaves with a message and the bytes kept."""
+
+    def kept() -> str:
+        size = f" of {_fmt(job.size)}" if job.size else ""
+        return f"{_fmt(_file_size(part))}{size} of the file"
+
+    # unbuffered: every chunk handed to write() is on disk, so even SIGKILL leaves a valid prefix
+    with _drop_if_empty(part), open(part, "r+b" if have else "wb", buffering=0) as f:
+        f.seek(have)
+        try:
+            hub_http.get_body(job.url, job.headers or {}, f, have, job.size, transfer, lim, job.path)
+        except hub_http.RangeNotSatisfiable:
+            # the hub has nothing past what is on disk: the checksum decides between "done" and "start again"
+            logger.info("%s: 416 on resume at %d bytes; checking what is on disk", job.path, have)
+        except hub_http.Stalled as exc:
+            raise HubStalledError(
+                f"The hub at {endpoint} stopped answering while sending {job.path} (no data for {exc.seconds:g} s; "
+                f"STUDIO_HUB_READ_TIMEOUT). {kept()} are kept; run the download again to resume."
+            ) from exc
+        except hub_http.BrokeOff as exc:
+            raise DownloadInterruptedError(
+                f"The download of {job.path} from {endpoint} broke off {exc.tries} times in a row ({exc}). "
+                f"{kept()} are kept; run the download again to resume."
+            ) from exc
+        except hub_http.RetriesExhausted as exc:
+            raise HubError(
+                f"The hub at {endpoint} answered HTTP {exc.status} for {job.path} on all {exc.tries} tries; it may "
+                f"be having trouble. {kept()} are kept; try again later to resume."
+            ) from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NotEnoughDiskError(
+                    f"The disk filled up while downloading {job.path} into {storage.parent}. Free some "
+                    "space (or point HF_HOME to a larger disk) and run the download again to resume."
+                ) from exc
+            raise
 
 
 def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None) -> BaseException:
@@ -577,8 +605,8 @@ def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None
         return exc
     if isinstance(exc, GatedRepoError):  # first: it subclasses RepositoryNotFoundError
         return GatedRepoAccessError(
-            f"'{repo_id}' is a gated model: open {_HUB}/{repo_id} while logged in, accept its licence, then set "
-            "HF_TOKEN to a read token of that account (https://huggingface.co/settings/tokens)."
+            f"'{repo_id}' is a gated model: open {env.endpoint}/{repo_id} while logged in, accept its licence, then "
+            f"set HF_TOKEN to a read token of that account ({env.endpoint}/settings/tokens)."
             + (" The token currently set has no access to it." if env.token else " No token is set.")
         )
     if isinstance(exc, RepositoryNotFoundError):
@@ -597,6 +625,17 @@ def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None
         return OfflineNotCachedError(
             f"'{repo_id}' is not fully in the local cache ({env.cache_dir}) and offline mode is on "
             "(HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE to download it."
+        )
+    if isinstance(exc, hub_http.Stalled) or isinstance(exc, _TIMEOUTS):
+        seconds = exc.seconds if isinstance(exc, hub_http.Stalled) else hub_http.limits().read
+        return HubStalledError(
+            f"The hub at {env.endpoint} stopped answering: no reply within {seconds:g} s "
+            "(STUDIO_HUB_READ_TIMEOUT). Try again later; what is already downloaded is kept and will be resumed."
+        )
+    if isinstance(exc, hub_http.RetriesExhausted):
+        return HubError(
+            f"The hub at {env.endpoint} answered HTTP {exc.status} for '{repo_id}' on all {exc.tries} tries; it may "
+            f"be having trouble. Try again later; what is already downloaded is kept and will be resumed."
         )
     if isinstance(exc, (LocalEntryNotFoundError, *_STREAM_ERRORS)):
         return HubUnreachableError(
@@ -647,8 +686,8 @@ def download(
 
     Returns the snapshot folder (``.../snapshots/<commit>``) to hand to ``from_pretrained``. A complete cache
     returns at once, with no request at all. ``progress(done_bytes, total_bytes, message)`` is called from worker
-    threads, ``done_bytes`` counting what was already on disk. Setting ``cancel`` stops within one chunk
-    (``Cancelled``); what was received stays and the next call resumes it, as it does after a killed process.
+    threads, ``done_bytes`` counting what was already on disk. Setting ``cancel`` ends the call within a fraction of a
+    second whatever the link does (``Cancelled``); every byte received stays and the next call resumes it, as it does after a killed process.
     ``expected_bytes`` (the catalog size) is used for the disk check only when the hub does not give file sizes.
     Raises ``Cancelled`` or a ``HubError`` subclass (a ``ModelLoadError``) with a message for the user.
     """
@@ -670,8 +709,8 @@ def download(
             "Unset HF_HUB_OFFLINE to download it."
         )
     if constants.DOWNLOAD_CHUNK_SIZE == _DEFAULT_CHUNK:
-        # a documented module constant, read by http_get at each call: 10 MiB steps make progress jumpy and cancel
-        # slow on a slow link; 1 MiB costs nothing measurable. A value someone else set is left alone.
+        # a documented module constant (the client's own GETs read it; hub_http.get_body reports progress in its
+        # steps up to 1 MiB): 10 MiB steps make progress jumpy. A value someone else set is left alone.
         constants.DOWNLOAD_CHUNK_SIZE = _SMOOTH_CHUNK
     try:
         return _download_online(env, repo_id, revision, patterns, expected_bytes, transfer, local)
@@ -683,14 +722,14 @@ def download(
             return local.path  # type: ignore[return-value]
         error = _translate(exc, env, repo_id, revision)
         if isinstance(error, HubUnreachableError) and local.state == "partial":
-            error = HubUnreachableError(
-                f"{error} {_fmt(local.bytes_on_disk)} of '{repo_id}' are already downloaded and will be resumed."
+            error = type(error)(
+                f"{error} ({_fmt(local.bytes_on_disk)} of '{repo_id}' are already downloaded and will be resumed.)"
             )
         raise error from exc
 
 
 def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer: _Transfer, local) -> Path:
-    info = _model_info(env, repo_id, revision)
+    info = _model_info(env, repo_id, revision, transfer)
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
     selected = _select(siblings, patterns)
@@ -741,11 +780,15 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
     # HEAD every file before the first GET: a file the listing names but the hub cannot serve fails fast,
     # before gigabytes of the others are fetched. Also gives the CDN location and the ETag the cache uses.
     headers = build_hf_headers(token=env.token)
+    lim = hub_http.limits()
     for job in jobs:
         transfer.check()
         url = hf_hub_url(repo_id, job.path, revision=commit, endpoint=env.endpoint)
         try:
-            meta = get_hf_file_metadata(url, token=env.token, endpoint=env.endpoint)
+            meta = hub_http.request(
+                lambda url=url: get_hf_file_metadata(url, token=env.token, timeout=lim.timeout, endpoint=env.endpoint),
+                transfer, f"Checking {job.path}", lim,
+            )
         except EntryNotFoundError as exc:
             raise FilesMissingError(
                 f"'{repo_id}' ({revision or 'main'}) lists {job.path} but {env.endpoint} cannot serve it (404): the "
@@ -764,21 +807,30 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
         (storage / "snapshots").mkdir(exist_ok=True)  # scan_cache_dir / `hf cache` call a repo without it corrupted
         _run_jobs(jobs, storage, locks, transfer, env.endpoint)
 
-    # Links, refs/<revision> and trees/<commit>.json, by the client itself; every blob is already there.
+    # Links and trees/<commit>.json, by the client itself; every blob is already there. Asked for the commit the
+    # model info named (not the branch): it then makes no repo_info call (which takes no timeout) and links exactly
+    # what was fetched and checksummed, even if the branch moved meanwhile; refs/<branch> is written below.
     transfer.check()
     before = {p.name for p in blobs.iterdir()} if blobs.is_dir() else set()
-    folder = Path(
-        snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=env.cache_dir,
-            endpoint=env.endpoint,
-            token=env.token,
-            allow_patterns=patterns,
-            tqdm_class=_bar_class(transfer, count=False),
-        )
+    link = functools.partial(
+        snapshot_download,
+        repo_id,
+        revision=commit,
+        cache_dir=env.cache_dir,
+        endpoint=env.endpoint,
+        token=env.token,
+        allow_patterns=patterns,
+        etag_timeout=lim.read,
+        tqdm_class=_bar_class(transfer, count=False),
     )
+    # its tree listing call takes no timeout: the deadline bounds it, and a cancel is seen while it waits
+    folder = Path(hub_http.request(link, transfer, f"Linking {repo_id}", lim, deadline=lim.deadline))
     _verify_new_blobs(folder, before, transfer)
+    if not _COMMIT.match(revision or ""):  # what the client writes for a branch or tag: refs/<name> -> commit
+        ref = storage / "refs" / (revision or constants.DEFAULT_REVISION)
+        if not ref.is_file() or ref.read_text().strip() != commit:
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(commit)
     state = _local_state(env, repo_id, revision, patterns)
     if not state.complete:  # pragma: no cover - defensive: never hand out a half folder
         raise HubError(f"'{repo_id}' is still incomplete after downloading; run the download again.")
@@ -790,17 +842,30 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
 def _run_jobs(jobs: list[_Job], storage: Path, locks: Path, transfer: _Transfer, endpoint: str) -> None:
     jobs = sorted(jobs, key=lambda j: -(j.size or 0))  # big ones first: they set the total time
     errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(jobs)), thread_name_prefix="hub-dl") as pool:
-        futures = [pool.submit(_fetch, job, storage, locks, transfer, endpoint) for job in jobs]
-        try:
-            for future in as_completed(futures):
+    pool = ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(jobs)), thread_name_prefix="hub-dl")
+    pending = {pool.submit(_fetch, job, storage, locks, transfer, endpoint) for job in jobs}
+    try:
+        # Poll rather than block: a worker stuck in a read on a stalled link must not hold up a cancel (it sees
+        # the flag after its chunk in hand, or ends at its read timeout; its partial file stays either way).
+        while pending:
+            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            for future in done:
                 exc = future.exception()
                 if exc is not None:
                     transfer.abort.set()  # the others stop at their next chunk; their partial files stay
                     errors.append(exc)
-        except BaseException:  # e.g. Ctrl-C here: do not wait for the workers to finish their files
-            transfer.abort.set()
-            raise
+            if transfer.cancelled or errors:
+                transfer.abort.set()
+                wait(pending, timeout=0.5)  # a grace for workers on a live link to write and close their files
+                if transfer.cancelled:
+                    transfer.check()  # raises Cancelled
+                errors.extend(f.exception() or _Aborted() for f in pending if f.done())
+                break
+    except BaseException:  # e.g. Ctrl-C here: do not wait for the workers to finish their files
+        transfer.abort.set()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     if not errors:
         return
     if any(isinstance(e, Cancelled) for e in errors):

@@ -2,7 +2,7 @@
 
 The files are data, edited by hand; this module is the only reader. Every problem is reported as a
 :class:`CatalogError` whose message names the file, the entry (index and id) and the field, e.g.
-``sdnq_catalog.json entry 7 (FLUX.1-dev-qint4): download_gb must be a positive number, got -1``.
+``sdnq_catalog.json entry 7 (FLUX.2-dev-SDNQ-uint4): download_gb must be a positive number, got -1``.
 Entry indexes count from 0, as in the JSON array.
 
 No torch, no diffusers, no gradio here: the UI imports this to fill its dropdowns.
@@ -32,7 +32,7 @@ VRAM_PROFILES_PATH = PRESETS_DIR / "vram_profiles.json"
 #: Architecture names allowed in the catalog, in the order the UI lists them.
 ARCHITECTURES: tuple[str, ...] = (
     "Flux", "Flux2", "Chroma", "Qwen-Image", "Qwen-Image-Edit", "Z-Image", "SD3.5", "SDXL",
-    "Wan", "Chrono", "Hunyuan", "GLM", "LTX2",
+    "Wan", "Chrono", "Hunyuan", "GLM", "LTX2", "Ideogram",
 )
 TASKS: tuple[str, ...] = ("text_to_image", "image_edit", "image_to_video", "text_to_video")
 VRAM_JOB_KINDS: tuple[str, ...] = ("text_to_image", "i2v")
@@ -101,7 +101,7 @@ class CatalogEntry:
 
     @property
     def label(self) -> str:
-        """Dropdown text: ``FLUX.1-dev-qint8 · Flux · int8 · ~19 GB VRAM``."""
+        """Dropdown text: ``FLUX.1-dev-SDNQ-uint4 · Flux · uint4 · ~13 GB VRAM``."""
         text = f"{self.id} · {self.architecture} · {self.quantization} · ~{self.vram_gb:.0f} GB VRAM"
         return text if self.supported else text + " · not supported"
 

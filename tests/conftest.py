@@ -10,11 +10,20 @@ from pathlib import Path
 
 import pytest
 
-# Must happen before sdnq, huggingface_hub or gradio are first imported.
+# Must happen before sdnq, huggingface_hub or gradio are first imported (huggingface_hub freezes HF_* at import).
 os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")  # sdnq's torch.compile costs seconds per shape on CPU
+# The caller's Hugging Face settings never leak into a test (issue 22): no offline flag, no token, no mirror, no
+# cache location; tests that need one set it themselves. tests/test_hostile_env.py runs the hub tests with all four
+# set to hostile values to keep it so.
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH",
+              "HF_ENDPOINT", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+    os.environ.pop(_name, None)
+for _name in [n for n in os.environ if n.startswith("STUDIO_HUB_")]:
+    os.environ.pop(_name)
+pytest.register_assert_rewrite("tests.hub_fixtures")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-if not (os.environ.get("CI") and os.environ.get("HF_HOME")):
+if not (os.environ.get("CI") and os.environ.get("HF_HOME") and os.path.isdir(os.environ["HF_HOME"])):
     # never touch the user's Hugging Face cache: a fresh, empty one per test session
     _hf_home = tempfile.mkdtemp(prefix="test-hf-home-")
     os.environ["HF_HOME"] = _hf_home
@@ -64,7 +73,7 @@ def client(served):
     return Client(served[1], verbose=False)
 
 
-SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-qint8"  # the repo of catalog entry FLUX.1-dev-qint8
+SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-SDNQ-uint4-svd-r32"  # the repo of catalog entry FLUX.1-dev-SDNQ-uint4
 
 
 @pytest.fixture

@@ -18,6 +18,11 @@ Knobs for tests (all thread-safe): ``throttle_bps`` (body bytes per second), ``c
 (close the connection after ``n`` body bytes), ``repo.gated``/``repo.token``, ``repo.break_file`` (listed
 but 404), ``repo.remove_file`` (gone), ``repo.corrupt_file`` (wrong bytes, right size and headers), and the
 counters ``requests``, ``body_bytes(path)``, ``ranges(path)``, ``count(...)``.
+
+Scripted faults, per kind of request (``"info"`` model info, ``"tree"``, ``"head"``/``"get"`` on a file), for the
+requests whose path contains ``contains``: ``fail(kind, [503, 500], retry_after="1")`` answers those statuses, one
+per request, then serves normally; ``hang(kind)`` accepts and never answers (until ``release()`` or ``stop()``);
+``stall_after(path, n)`` sends ``n`` body bytes and then nothing.
 """
 
 from __future__ import annotations
@@ -113,6 +118,9 @@ class FakeHub:
         self.requests: list[Request] = []
         self._body: dict[str, int] = {}
         self._cuts: dict[str, list[int | None]] = {}  # file path -> [after_bytes, times_left (None: always)]
+        self._faults: list[dict] = []  # scripted answers, see fail() / hang()
+        self._stalls: dict[str, int] = {}  # file path -> body bytes sent before the stream goes silent
+        self._release = threading.Event()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._active = 0  # bodies being sent right now
@@ -145,6 +153,46 @@ class FakeHub:
     def clear_cuts(self) -> None:
         with self._lock:
             self._cuts.clear()
+
+    def fail(self, kind: str, statuses: list[int], contains: str = "", retry_after: str | None = None) -> None:
+        """Answer the next ``len(statuses)`` requests of ``kind`` (info, tree, head, get) with these statuses."""
+        with self._lock:
+            self._faults.append({"kind": kind, "contains": contains, "statuses": list(statuses),
+                                 "retry_after": retry_after, "hang": False})
+
+    def hang(self, kind: str, contains: str = "") -> None:
+        """Accept every request of ``kind`` and never answer it (until ``release()`` or ``stop()``)."""
+        with self._lock:
+            self._faults.append({"kind": kind, "contains": contains, "statuses": [], "hang": True})
+        self._release.clear()
+
+    def stall_after(self, path: str, n_bytes: int) -> None:
+        """Send ``n_bytes`` of the body of ``path`` (repo-relative), then keep the connection open, silent."""
+        with self._lock:
+            self._stalls[path] = n_bytes
+        self._release.clear()
+
+    def release(self) -> None:
+        """End every hang and stall: those connections close."""
+        with self._lock:
+            self._faults = [f for f in self._faults if not f["hang"]]
+            self._stalls.clear()
+        self._release.set()
+
+    def _take_fault(self, kind: str, path: str) -> dict | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault["kind"] == kind and fault["contains"] in path:
+                    if fault["hang"]:
+                        return fault
+                    if fault["statuses"]:
+                        return {**fault, "status": fault["statuses"].pop(0)}
+            return None
+
+    def _silent(self) -> None:
+        """Hold a connection open without a byte until released or stopped."""
+        while not (self._stopping.is_set() or self._release.is_set()):
+            self._stopping.wait(0.05)
 
     # --------------------------------------------------------------- counters
     def reset_counters(self) -> None:
@@ -190,6 +238,7 @@ class FakeHub:
             fakehub = hub
 
         self._stopping.clear()
+        self._release.clear()
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakehub", daemon=True
@@ -280,6 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
         req = Request(self.command, path, self.headers.get("Range"))
         self.fakehub._record(req)
         parts = [p for p in path.split("/") if p]
+        if self._scripted(parts, path):
+            return
         try:
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 repo = self._repo("/".join(parts[2:4]))
@@ -300,6 +351,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "NotFound", f"no route for {path}")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _scripted(self, parts: list[str], path: str) -> bool:
+        """A scripted fault for this request, if any: hang, or answer its status. True when it was handled."""
+        if parts[:2] == ["api", "models"]:
+            kind = "tree" if "tree" in parts[4:5] else "info"
+        elif len(parts) >= 5 and parts[2] == "resolve":
+            kind = self.command.lower()
+        else:
+            return False
+        fault = self.fakehub._take_fault(kind, path)
+        if fault is None:
+            return False
+        if fault["hang"]:
+            self.fakehub._silent()
+            self.close_connection = True
+            return True
+        extra = {"Retry-After": fault["retry_after"]} if fault.get("retry_after") else {}
+        if fault["status"] == 416:
+            extra["Content-Range"] = "bytes */0"
+        self._error(fault["status"], "ScriptedFault", f"scripted {fault['status']}", extra)
+        return True
 
     def _repo(self, repo_id: str) -> FakeRepo | None:
         repo = self.fakehub.repos.get(repo_id)
@@ -430,6 +502,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream_body(self, body: bytes, file_path: str) -> None:
         hub = self.fakehub
         cut = hub._take_cut(file_path)
+        with hub._lock:
+            stall = hub._stalls.get(file_path)
         sent = 0
         started = time.monotonic()
         while sent < len(body):
@@ -437,6 +511,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._abort()
                 return
             n = _SEND_CHUNK
+            if stall is not None and sent + n > stall:
+                n = stall - sent
+                if n <= 0:
+                    self.wfile.flush()
+                    hub._silent()
+                    self._abort()
+                    return
             if cut is not None:
                 n = min(n, cut - sent)
                 if n <= 0:

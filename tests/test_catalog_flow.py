@@ -9,7 +9,7 @@ import pytest
 from engine import CatalogRequest, Engine
 from engine import catalog_service as catalog
 
-ENTRY = "FLUX.1-dev-qint8"
+ENTRY = "FLUX.1-dev-SDNQ-uint4"
 GEN = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 42}
 
 

@@ -209,7 +209,7 @@ def test_ram_stays_flat_across_runs(engine):
 
     from engine import CatalogRequest
 
-    sdnq = CatalogRequest(entry="FLUX.1-dev-qint8", prompt="x", width=64, height=64, steps=2)
+    sdnq = CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", prompt="x", width=64, height=64, steps=2)
     proc = psutil.Process()
     for _ in range(3):
         engine.run(flux_request())

@@ -5,20 +5,13 @@ Nothing here touches huggingface.co: HF_ENDPOINT points at tests/fakehub.py on 1
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import huggingface_hub.constants as hf_constants
-import huggingface_hub.file_download as hf_file_download
 import pytest
 
 from engine import hub as hubmod
@@ -37,135 +30,21 @@ from engine.hub import (
     download,
 )
 from tests.fakehub import FakeHub, git_sha1
+from tests.hub_fixtures import REPO, ROOT, WEIGHTS, Recorder, assert_files, free_port, storage_of, total_of
 
-ROOT = Path(__file__).resolve().parents[1]
-REPO = "Disty0/tiny-sdnq-int8"
-WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
-WEIGHTS_BYTES = 3 * 1024 * 1024
-SELECTED = [
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "tokenizer/vocab.txt",
-    "transformer/config.json",
-    WEIGHTS,
-]
-
-
-# ---------------------------------------------------------------------------------------------- fixtures
-def _safetensors(n: int, seed: int = 0) -> bytes:
-    header = {"weight": {"dtype": "I8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": {"format": "pt"}}
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + random.Random(seed).randbytes(n)
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SDNQ-like diffusers folder: model_index, configs, a ~3 MB safetensors, plus files the patterns skip."""
-    root = tmp_path_factory.mktemp("tiny-sdnq")
-    files = {
-        "model_index.json": {
-            "_class_name": "FluxPipeline",
-            "_diffusers_version": "0.42.1",
-            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-            "transformer": ["diffusers", "FluxTransformer2DModel"],
-        },
-        "transformer/config.json": {
-            "_class_name": "FluxTransformer2DModel",
-            "num_layers": 1,
-            "quantization_config": {"quant_method": "sdnq", "weights_dtype": "int8"},
-        },
-        "scheduler/scheduler_config.json": {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0},
-    }
-    for rel, obj in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(json.dumps(obj, indent=2))
-    (root / "tokenizer").mkdir()
-    (root / "tokenizer/vocab.txt").write_text("\n".join(["<pad>", "<s>", "</s>", "a", "cat"]))
-    (root / WEIGHTS).write_bytes(_safetensors(WEIGHTS_BYTES - 200))  # ~3 MB with the header
-    (root / "text_encoder").mkdir()
-    (root / "text_encoder/pytorch_model.bin").write_bytes(b"\x80\x02pickle, never fetched" * 100)
-    (root / "README.md").write_text("# tiny\n")
-    (root / "flux1-dev.safetensors").write_bytes(_safetensors(4096))  # root single-file checkpoint: never fetched
-    return root
-
-
-class _NoSleep:
-    """Stands in for the `time` module inside huggingface_hub.file_download: in-call retries without 1 s waits."""
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(_seconds: float) -> None:
-        pass
-
-
-@pytest.fixture
-def fakehub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_folder: Path):
-    with FakeHub() as server:
-        server.add_repo(REPO, model_folder)
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
-            monkeypatch.delenv(name, raising=False)
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            monkeypatch.delenv(name, raising=False)
-        # 64 KiB steps: smooth progress and a cancel that lands mid-file (the real default is 10 MiB)
-        monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
-        monkeypatch.setattr(hf_file_download, "time", _NoSleep())
-        yield server
-
-
-def _storage(tmp_path: Path) -> Path:
-    return tmp_path / "hf-home" / "hub" / ("models--" + REPO.replace("/", "--"))
-
-
-def _sources(model_folder: Path) -> dict[str, bytes]:
-    return {rel: (model_folder / rel).read_bytes() for rel in SELECTED}
-
-
-def _total(model_folder: Path) -> int:
-    return sum(len(b) for b in _sources(model_folder).values())
-
-
-def _assert_files(folder: Path, model_folder: Path) -> None:
-    for rel, data in _sources(model_folder).items():
-        assert (folder / rel).read_bytes() == data, rel
-    assert not (folder / "text_encoder/pytorch_model.bin").exists()  # pickles are never fetched
-    assert not (folder / "README.md").exists()
-    assert not (folder / "flux1-dev.safetensors").exists()  # nor the root single-file checkpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Recorder:
-    def __init__(self, cancel_at: int | None = None):
-        self.calls: list[tuple[int, int, str]] = []
-        self.cancel = threading.Event()
-        self.cancel_at = cancel_at
-
-    def __call__(self, done: int, total: int, message: str) -> None:
-        self.calls.append((done, total, message))
-        if self.cancel_at is not None and done >= self.cancel_at:
-            self.cancel.set()
+pytest_plugins = ("tests.hub_fixtures",)  # the fakehub and model_folder fixtures
 
 
 # ----------------------------------------------------------------------------------------------- tests
 def test_download_progress_verify_and_cache_hit(fakehub: FakeHub, tmp_path: Path, model_folder: Path):
-    total = _total(model_folder)
+    total = total_of(model_folder)
     assert cache_state(REPO).state == "absent"
     remote = cache_state(REPO, check_remote=True)
     assert (remote.state, remote.expected_bytes, remote.path) == ("absent", total, None)
 
     rec = Recorder()
     folder = download(REPO, progress=rec)
-    _assert_files(folder, model_folder)
+    assert_files(folder, model_folder)
     assert folder.parent.name == "snapshots" and folder.is_relative_to(tmp_path / "hf-home" / "hub")
 
     done = [c[0] for c in rec.calls]
@@ -193,23 +72,23 @@ def test_cancel_leaves_partial_and_the_next_call_resumes(fakehub: FakeHub, tmp_p
 
     state = cache_state(REPO)
     assert state.state == "partial" and state.path is None
-    assert 0 < state.bytes_on_disk < _total(model_folder)
-    partials = list((_storage(tmp_path) / "blobs").glob("*.incomplete"))
+    assert 0 < state.bytes_on_disk < total_of(model_folder)
+    partials = list((storage_of(tmp_path) / "blobs").glob("*.incomplete"))
     assert len(partials) == 1, "only the file that was cut mid-way is kept as partial (no empty leftovers)"
     kept = partials[0].stat().st_size
     assert kept >= 900_000
-    assert not [p for p in (_storage(tmp_path) / "snapshots").rglob("*") if p.is_file()], "nothing looks complete"
+    assert not [p for p in (storage_of(tmp_path) / "snapshots").rglob("*") if p.is_file()], "nothing looks complete"
 
     fakehub.reset_counters()
     rec2 = Recorder()
     folder = download(REPO, progress=rec2)
-    _assert_files(folder, model_folder)
+    assert_files(folder, model_folder)
     size = len((model_folder / WEIGHTS).read_bytes())
     assert fakehub.body_bytes(WEIGHTS) == size - kept < size
     assert fakehub.ranges(WEIGHTS) == [f"bytes={kept}-"]
     assert rec2.calls[0][0] >= kept, "progress starts from what is already on disk"
     assert cache_state(REPO).state == "complete"
-    assert not list((_storage(tmp_path) / "blobs").glob("*.incomplete"))
+    assert not list((storage_of(tmp_path) / "blobs").glob("*.incomplete"))
 
 
 _CHILD = r"""
@@ -234,7 +113,7 @@ def test_resume_after_killed_process(fakehub: FakeHub, tmp_path: Path, model_fol
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    blobs = _storage(tmp_path) / "blobs"
+    blobs = storage_of(tmp_path) / "blobs"
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
@@ -256,7 +135,7 @@ def test_resume_after_killed_process(fakehub: FakeHub, tmp_path: Path, model_fol
     fakehub.wait_idle()  # the dead child's connection may still be mid-chunk on the server side
     fakehub.reset_counters()
     folder = download(REPO)
-    _assert_files(folder, model_folder)  # byte-exact, and download() checked sha256 before linking
+    assert_files(folder, model_folder)  # byte-exact, and download() checked sha256 before linking
     size = len((model_folder / WEIGHTS).read_bytes())
     assert fakehub.body_bytes(WEIGHTS) == size - kept < size
     assert fakehub.ranges(WEIGHTS) == [f"bytes={kept}-"]
@@ -267,13 +146,13 @@ def test_orphan_of_a_killed_plain_client_is_adopted(fakehub: FakeHub, tmp_path: 
     """huggingface_hub 2.4.0 itself leaves `<etag>.<hex>.incomplete` when killed; we resume from it."""
     data = (model_folder / WEIGHTS).read_bytes()
     sha = fakehub.repos[REPO].files[WEIGHTS].sha256
-    blobs = _storage(tmp_path) / "blobs"
+    blobs = storage_of(tmp_path) / "blobs"
     blobs.mkdir(parents=True)
     (blobs / f"{sha}.1a2b3c4d.incomplete").write_bytes(data[:1_234_567])
     assert cache_state(REPO).state == "partial"
 
     folder = download(REPO)
-    _assert_files(folder, model_folder)
+    assert_files(folder, model_folder)
     assert fakehub.ranges(WEIGHTS) == ["bytes=1234567-"]
     assert fakehub.body_bytes(WEIGHTS) == len(data) - 1_234_567
 
@@ -287,7 +166,7 @@ def test_half_downloaded_folder_fetches_only_what_is_missing(fakehub: FakeHub, t
 
     fakehub.reset_counters()
     assert download(REPO) == folder
-    _assert_files(folder, model_folder)
+    assert_files(folder, model_folder)
     assert fakehub.resolve_gets() == 1 and fakehub.body_bytes() == len((model_folder / WEIGHTS).read_bytes())
 
 
@@ -295,7 +174,7 @@ def test_stream_failures(fakehub: FakeHub, tmp_path: Path, model_folder: Path):
     # a connection that drops every 700 kB: the client's own in-call retries resume with Range and finish
     fakehub.cut_after(WEIGHTS, 700_000, times=None)
     folder = download(REPO)
-    _assert_files(folder, model_folder)
+    assert_files(folder, model_folder)
     assert len(fakehub.ranges(WEIGHTS)) >= 4
 
     # one that never delivers: a clear message once the retries are spent, what arrived is kept
@@ -324,7 +203,7 @@ def test_stream_failures(fakehub: FakeHub, tmp_path: Path, model_folder: Path):
 
 
 def test_unreachable_hub(fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch):
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("HF_ENDPOINT", dead)
     with pytest.raises(HubUnreachableError) as info:
         download(REPO)
@@ -375,6 +254,8 @@ def test_gated_repo(fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch, model_fol
     with pytest.raises(GatedRepoAccessError, match="accept its licence") as info:
         download(REPO)
     assert "HF_TOKEN" in str(info.value) and "No token is set" in str(info.value)
+    assert f"{fakehub.endpoint}/{REPO}" in str(info.value), "the link points at the hub in use (HF_ENDPOINT)"
+    assert "huggingface.co" not in str(info.value)
     assert fakehub.resolve_gets() == 0 and cache_state(REPO).state == "absent"
 
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
@@ -382,7 +263,7 @@ def test_gated_repo(fakehub: FakeHub, monkeypatch: pytest.MonkeyPatch, model_fol
         download(REPO)
 
     monkeypatch.setenv("HF_TOKEN", "hf_good")  # read at call time, not at import
-    _assert_files(download(REPO), model_folder)
+    assert_files(download(REPO), model_folder)
 
 
 def test_revision_missing(fakehub: FakeHub):
@@ -424,22 +305,22 @@ def test_corrupted_bytes_fail_the_checksum(fakehub: FakeHub, tmp_path: Path, mod
         download(REPO)
     state = cache_state(REPO)
     assert state.state != "complete" and state.path is None
-    blobs = _storage(tmp_path) / "blobs"
+    blobs = storage_of(tmp_path) / "blobs"
     assert not (blobs / repo.files[WEIGHTS].sha256).exists()
     assert not list(blobs.glob("*.incomplete")), "the bad bytes are deleted, not kept for a resume"
 
     repo.corrupt.clear()
     fakehub.reset_counters()
-    _assert_files(download(REPO), model_folder)
+    assert_files(download(REPO), model_folder)
     assert fakehub.body_bytes(WEIGHTS) == len((model_folder / WEIGHTS).read_bytes())
 
 
 def test_bad_resumed_prefix_is_downloaded_again(fakehub: FakeHub, tmp_path: Path, model_folder: Path):
     sha = fakehub.repos[REPO].files[WEIGHTS].sha256
-    blobs = _storage(tmp_path) / "blobs"
+    blobs = storage_of(tmp_path) / "blobs"
     blobs.mkdir(parents=True)
     (blobs / f"{sha}.incomplete").write_bytes(b"\0" * 500_000)  # garbage someone left under our name
-    _assert_files(download(REPO), model_folder)
+    assert_files(download(REPO), model_folder)
     assert fakehub.ranges(WEIGHTS) == ["bytes=500000-"]
     assert fakehub.body_bytes(WEIGHTS) == len((model_folder / WEIGHTS).read_bytes()) - 500_000 + len(
         (model_folder / WEIGHTS).read_bytes()

@@ -28,10 +28,13 @@ from engine.requests import SWAP_MODES, SwapSettings
 
 GiB = 2**30
 
-# The EnragedAntelope/comfyui-sdnq catalog table (reference/comfy_nodes.md section 4): dropdown name -> repo.
+# The EnragedAntelope/comfyui-sdnq catalog table (reference/comfy_nodes.md section 4): dropdown name -> repo,
+# less its two Optimum Quanto rows (FLUX.1-dev-qint8/qint4: not SDNQ, see the catalog's _dropped), plus the SDNQ
+# repos that table lacked (issue 22).
+DROPPED = {"Disty0/FLUX.1-dev-qint8", "Disty0/FLUX.1-dev-qint4"}
 TABLE = {
-    "FLUX.1-dev-qint8": "Disty0/FLUX.1-dev-qint8",
-    "FLUX.1-dev-qint4": "Disty0/FLUX.1-dev-qint4",
+    "Z-Image-SDNQ-4bit-hadamard": "Disty0/Z-Image-SDNQ-4bit-dynamic-hadamard-svd-r32",
+    "Ideogram-4-SDNQ-4bit-hadamard": "Disty0/Ideogram-4-SDNQ-4bit-dynamic-hadamard",
     "FLUX.1-dev-SDNQ-uint4": "Disty0/FLUX.1-dev-SDNQ-uint4-svd-r32",
     "FLUX.1-schnell-SDNQ-uint4": "Disty0/FLUX.1-schnell-SDNQ-uint4-svd-r32",
     "FLUX.1-Krea-dev-SDNQ-uint4": "Disty0/FLUX.1-Krea-dev-SDNQ-uint4-svd-r32",
@@ -75,6 +78,9 @@ def by_id(entries):
 # ---------------------------------------------------------------- the shipped catalog
 def test_catalog_loads_with_every_table_row(catalog):
     assert len(catalog) >= 30
+    assert not DROPPED & {e.repo_id for e in catalog}, "Quanto checkpoints are not SDNQ entries"
+    dropped = {d["repo_id"] for d in _shipped_doc()["_dropped"]}
+    assert dropped == DROPPED and all("Quanto" in d["why"] for d in _shipped_doc()["_dropped"])
     ids = [e.id for e in catalog]
     assert len(set(ids)) == len(ids)
     assert len({e.repo_id.lower() for e in catalog}) == len(catalog)
@@ -107,16 +113,17 @@ def test_entries_are_consistent(catalog):
         if e.architecture == "Qwen-Image-Edit":
             assert e.task == "image_edit"
     entries = by_id(catalog)
-    assert entries["FLUX.1-dev-qint8"].quantization == "int8"
-    assert entries["FLUX.1-dev-qint4"].quantization == "int4"
+    assert entries["Z-Image-Turbo-SDNQ-int8"].quantization == "int8"
+    assert entries["Z-Image-SDNQ-4bit-hadamard"].svd_rank == 32
+    assert entries["Ideogram-4-SDNQ-4bit-hadamard"].supported is False
     assert entries["LTX-2-SDNQ-8bit"].quantization == "8bit-dynamic"
     assert entries["NoobAI-XL-v1.1-SDNQ-uint4"].svd_rank == 128
     assert entries["FLUX.2-klein-9B-SDNQ-4bit"].svd_rank == 32
     assert entries["Wan2.2-I2V-A14B-SDNQ-uint4"].task == "image_to_video"
     assert entries["Wan2.2-T2V-A14B-SDNQ-uint4"].pipeline == "WanPipeline"
     assert entries["FLUX.1-Kontext-dev-SDNQ-uint4"].pipeline == "FluxKontextPipeline"
-    # Quantized int8 Flux is about twice the 4-bit one; FLUX.2-dev (32B + 24B) dwarfs FLUX.1.
-    assert entries["FLUX.1-dev-qint8"].download_gb > 1.5 * entries["FLUX.1-dev-SDNQ-uint4"].download_gb
+    # int8 Z-Image-Turbo is well above its 4-bit one; FLUX.2-dev (32B + 24B) dwarfs FLUX.1.
+    assert entries["Z-Image-Turbo-SDNQ-int8"].download_gb > 1.5 * entries["Z-Image-Turbo-SDNQ-uint4"].download_gb
     assert entries["FLUX.2-dev-SDNQ-uint4"].download_gb > 2.5 * entries["FLUX.1-dev-SDNQ-uint4"].download_gb
 
 
@@ -126,7 +133,7 @@ def test_demo_field_only_on_pure_flux_text_to_image(catalog):
         e.id for e in catalog if e.architecture == "Flux" and e.pipeline == "FluxPipeline" and e.task == "text_to_image"
     }
     assert demos == expected
-    assert {"FLUX.1-dev-qint8", "FLUX.1-schnell-SDNQ-uint4", "FLUX.1-Krea-dev-SDNQ-uint4"} <= demos
+    assert {"FLUX.1-dev-SDNQ-uint4", "FLUX.1-schnell-SDNQ-uint4", "FLUX.1-Krea-dev-SDNQ-uint4"} <= demos
     assert "FLUX.1-Kontext-dev-SDNQ-uint4" not in demos
     assert {e.demo for e in catalog} == {None, "flux-dev-sdnq-int8"}
     assert "flux-dev-sdnq-int8" in {m.demo for m in load_models()}
@@ -162,7 +169,7 @@ def test_filter_by_architecture(catalog, arch):
 
 def test_filter_by_architecture_known_entries(catalog):
     flux = {e.id for e in filter_catalog(catalog, architecture="Flux")}
-    assert {"FLUX.1-dev-qint8", "FLUX.1-Kontext-dev-SDNQ-uint4"} <= flux
+    assert {"FLUX.1-dev-SDNQ-uint4", "FLUX.1-Kontext-dev-SDNQ-uint4"} <= flux
     assert "FLUX.2-dev-SDNQ-uint4" not in flux
     assert {e.id for e in filter_catalog(catalog, architecture="Wan")} == {
         "Wan2.2-I2V-A14B-SDNQ-uint4", "Wan2.2-T2V-A14B-SDNQ-uint4",
@@ -178,7 +185,7 @@ def test_filter_by_quantization(catalog):
     for quant in quantizations(catalog):
         assert filter_catalog(catalog, quantization=quant) == [e for e in catalog if e.quantization == quant]
     assert {e.id for e in filter_catalog(catalog, quantization="int8")} == {
-        "FLUX.1-dev-qint8", "Z-Image-Turbo-SDNQ-int8",
+        "Z-Image-Turbo-SDNQ-int8",
     }
     assert {e.id for e in filter_catalog(catalog, quantization="8bit-dynamic")} == {"LTX-2-SDNQ-8bit"}
     assert len(filter_catalog(catalog, quantization="uint4")) == sum(e.quantization == "uint4" for e in catalog)
@@ -193,7 +200,7 @@ def test_filter_fits_vram(catalog, gib):
 def test_filter_fits_vram_known_entries_and_boundary(catalog):
     small = {e.id for e in filter_catalog(catalog, fits_vram_bytes=8 * GiB)}
     assert {"FLUX.2-klein-4B-SDNQ-4bit", "NoobAI-XL-v1.1-SDNQ-uint4"} <= small
-    assert "FLUX.1-dev-qint8" not in small and "Wan2.2-I2V-A14B-SDNQ-uint4" not in small
+    assert "FLUX.1-dev-SDNQ-uint4" not in small and "Wan2.2-I2V-A14B-SDNQ-uint4" not in small
     assert "Z-Image-Turbo-SDNQ-uint4" in {e.id for e in filter_catalog(catalog, fits_vram_bytes=10 * GiB)}
     assert len(filter_catalog(catalog, fits_vram_bytes=1000 * GiB)) == len(catalog)
     assert filter_catalog(catalog, fits_vram_bytes=0) == []
@@ -234,15 +241,15 @@ def test_filters_combine(catalog):
 
 
 def test_catalog_entry_lookup(catalog):
-    assert catalog_entry(catalog, "FLUX.1-dev-qint8").repo_id == "Disty0/FLUX.1-dev-qint8"
+    assert catalog_entry(catalog, "FLUX.1-dev-SDNQ-uint4").repo_id == "Disty0/FLUX.1-dev-SDNQ-uint4-svd-r32"
     assert catalog_entry(catalog, "Disty0/Z-Image-Turbo-SDNQ-int8").id == "Z-Image-Turbo-SDNQ-int8"
-    assert catalog_entry(catalog, "flux.1-dev-qint4").id == "FLUX.1-dev-qint4"
+    assert catalog_entry(catalog, "flux.1-dev-sdnq-uint4").id == "FLUX.1-dev-SDNQ-uint4"
     with pytest.raises(InputError) as info:
-        catalog_entry(catalog, "FLUX.1-dev-qint9")
+        catalog_entry(catalog, "FLUX.1-dev-SDNQ-uint5")
     assert info.value.field == "entry"
-    assert "unknown catalog entry 'FLUX.1-dev-qint9'" in str(info.value)
+    assert "unknown catalog entry 'FLUX.1-dev-SDNQ-uint5'" in str(info.value)
     assert "see the catalog table" in str(info.value)
-    assert "FLUX.1-dev-qint8" in str(info.value)  # suggests the near miss
+    assert "FLUX.1-dev-SDNQ-uint4" in str(info.value)  # suggests the near miss
 
 
 # ---------------------------------------------------------------- bad catalogs
@@ -273,7 +280,7 @@ CASES = {
     "wrong type bool for number": (2, lambda e, d: e.update(download_gb=True), "download_gb", "must be a positive number"),
     "duplicate id": (4, lambda e, d: e.update(id=d["entries"][1]["id"]), "id", "duplicate of entry 1"),
     "duplicate repo": (1, lambda e, d: e.update(repo_id=d["entries"][0]["repo_id"]), "repo_id", "already used by entry 0"),
-    "bad repo id": (7, lambda e, d: e.update(repo_id="FLUX.1-dev-qint4"), "repo_id", "owner/name"),
+    "bad repo id": (7, lambda e, d: e.update(repo_id="FLUX.1-dev-SDNQ-uint4"), "repo_id", "owner/name"),
     "negative size": (1, lambda e, d: e.update(download_gb=-1), "download_gb", "must be a positive number, got -1"),
     "zero vram": (8, lambda e, d: e.update(vram_gb=0), "vram_gb", "must be a positive number, got 0"),
     "unknown architecture": (9, lambda e, d: e.update(architecture="FLUX"), "architecture", "must be one of"),
@@ -303,11 +310,11 @@ def test_bad_catalog_names_entry_and_field(tmp_path, case):
 
 def test_negative_size_message_matches_the_documented_form(tmp_path):
     doc = _shipped_doc()
-    doc["entries"][7]["id"] = "FLUX.1-dev-qint4-copy"
+    doc["entries"][7]["id"] = "FLUX.1-dev-uint4-copy"
     doc["entries"][7]["download_gb"] = -1
     path = _write(tmp_path, doc, name="sdnq_catalog.json")
     with pytest.raises(CatalogError, match=re.escape(
-        "sdnq_catalog.json entry 7 (FLUX.1-dev-qint4-copy): download_gb must be a positive number, got -1"
+        "sdnq_catalog.json entry 7 (FLUX.1-dev-uint4-copy): download_gb must be a positive number, got -1"
     )):
         load_catalog(path)
 
@@ -366,7 +373,7 @@ def test_models_json_loads():
 def test_demo_for_repo():
     assert demo_for_repo("black-forest-labs/FLUX.1-dev") == "flux-dev"
     assert demo_for_repo("Wan-AI/Wan2.2-I2V-A14B-Diffusers") == "wan22-i2v"
-    assert demo_for_repo("disty0/flux.1-dev-qint8") == "flux-dev-sdnq-int8"
+    assert demo_for_repo("disty0/flux.1-dev-sdnq-uint4-svd-r32") == "flux-dev-sdnq-int8"
     assert demo_for_repo("Disty0/FLUX.1-schnell-SDNQ-uint4-svd-r32") == "flux-dev-sdnq-int8"
     assert demo_for_repo("Disty0/Wan2.2-T2V-A14B-SDNQ-uint4-svd-r32") is None
     assert demo_for_repo("nobody/nothing") is None

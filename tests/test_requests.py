@@ -38,7 +38,7 @@ def good_requests(image_file, tmp_path):
     lora.write_bytes(b"0")
     return [
         TextToImageRequest(model=FLUX, prompt="a fox", width=512, height=768, seed=7),
-        CatalogRequest(entry="FLUX.1-dev-qint8", prompt="a fox", use_quantized_matmul=True),
+        CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", prompt="a fox", use_quantized_matmul=True),
         QuantizeRequest(source=ModelRef(path=str(tmp_path)), weights_dtype="uint4", group_size=64, use_svd=True,
                         components=("transformer", "text_encoder_2")),
         IPAdapterRequest(model=FLUX, prompt="a fox", reference_image=image_file, weight=0.75, end_percent=0.9),

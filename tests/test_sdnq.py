@@ -33,9 +33,9 @@ def sdnq_layers(module) -> int:
 
 
 def test_catalog_entry_generates_on_the_demo_sdnq_model(engine):
-    result = engine.run(CatalogRequest(entry="FLUX.1-dev-qint8", **GEN))
+    result = engine.run(CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", **GEN))
     assert len(result.images) == 1 and result.images[0].size == (64, 64)
-    assert result.metadata["entry"] == "FLUX.1-dev-qint8" and result.metadata["warnings"] == []
+    assert result.metadata["entry"] == "FLUX.1-dev-SDNQ-uint4" and result.metadata["warnings"] == []
     pipe = engine.store.load_pipeline(ModelRef(path=str(demo_path(engine.models_dir, "flux-dev-sdnq-int8"))))
     assert sdnq_layers(pipe.transformer) > 0
     names = {m["name"] for m in result.memory["modules"]}
@@ -62,8 +62,8 @@ def test_catalog_bad_entries(engine):
 
 def test_model_bigger_than_the_budget_is_refused_before_any_download(models_dir, tmp_path):
     small = Engine(device="cpu", models_dir=tmp_path, demo=False, outputs_dir=tmp_path, budget_bytes=4 * 2**30)
-    with pytest.raises(OutOfBudgetError, match="needs about 19 GB"):
-        small.run(CatalogRequest(entry="FLUX.1-dev-qint8", **GEN))
+    with pytest.raises(OutOfBudgetError, match="needs about 13 GB"):
+        small.run(CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", **GEN))
     assert small.memory.names() == []
 
 
@@ -74,8 +74,8 @@ def test_full_precision_folder_warns_that_it_is_not_quantized(engine):
 
 def test_missing_compiler_falls_back_to_eager_with_a_message(engine, monkeypatch):
     monkeypatch.setattr(catalog_job.shutil, "which", lambda name: None)
-    eager = engine.run(CatalogRequest(entry="FLUX.1-dev-qint8", **GEN))
-    result = engine.run(CatalogRequest(entry="FLUX.1-dev-qint8", use_torch_compile=True, use_quantized_matmul=True,
+    eager = engine.run(CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", **GEN))
+    result = engine.run(CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", use_torch_compile=True, use_quantized_matmul=True,
                                        **GEN))
     assert any("C++ compiler" in w for w in result.metadata["warnings"])
     assert any("quantized matmul" in w for w in result.metadata["warnings"])

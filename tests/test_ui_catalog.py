@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import os
 import shutil
 import threading
 import time
@@ -22,7 +23,7 @@ from tests.conftest import SDNQ_ENTRY_REPO, free_port
 from ui.components import field_label
 from ui.tabs import catalog as tab
 
-ENTRY = "FLUX.1-dev-qint8"
+ENTRY = "FLUX.1-dev-SDNQ-uint4"
 REPO = SDNQ_ENTRY_REPO
 
 BIG_FILE = "transformer/diffusion_pytorch_model.safetensors"
@@ -46,8 +47,8 @@ def test_catalog_table_has_one_row_per_entry_in_column_order(plain_engine):
     assert len(table) == len(rows) == len(load_catalog())
     assert all(len(row) == len(tab.COLUMNS) == len(tab.DATATYPES) for row in table)
     first = dict(zip(tab.COLUMNS, table[0], strict=True))
-    assert first["entry"] == ENTRY and first["architecture"] == "Flux" and first["quantization"] == "int8"
-    assert first["download ≈GB"] == pytest.approx(17.4) and first["VRAM ≈GB"] == pytest.approx(19.2)
+    assert first["entry"] == ENTRY and first["architecture"] == "Flux" and first["quantization"] == "uint4"
+    assert first["download ≈GB"] == pytest.approx(10.4) and first["VRAM ≈GB"] == pytest.approx(12.7)
     assert first["pipeline / supported"] == "FluxPipeline"
     assert first["cache"] == "not downloaded" and first["on disk"] == "–"  # empty HF cache for this session
     pipelines = {row[0]: row[5] for row in table}
@@ -156,7 +157,7 @@ def test_build_generate_request_for_an_entry_and_a_local_folder(tmp_path):
         ({"steps": 0}, "steps", "between 1 and"),
         ({"prompt": ""}, "prompt", "empty"),
         ({"prompt": None}, "prompt", "empty"),
-        ({"entry": "FLUX.1-dev-qint9"}, "entry", "unknown catalog entry"),
+        ({"entry": "FLUX.1-dev-SDNQ-uint5"}, "entry", "unknown catalog entry"),
         ({"entry": ""}, "entry", "pick an entry"),
         ({"source": "Somewhere"}, "source", "must be one of"),
         ({"source": tab.SOURCE_FOLDER}, "model.path", "enter the folder"),
@@ -358,6 +359,25 @@ def test_api_download_cancel_keeps_a_partial_and_the_next_download_resumes(clien
     assert client.predict(api_name="/catalog_download_cancel").startswith("Nothing to cancel")
 
 
+def test_api_verify_names_a_bad_file_and_refetches_it(client, hub):
+    status, _, _ = _download(client).result(timeout=60)
+    assert status.startswith("✅")
+    from engine import hub as engine_hub
+
+    folder = engine_hub.cache_state(REPO).path
+    blob = Path(os.path.realpath(folder / BIG_FILE))
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # same size: only a checksum can tell
+    blob.write_bytes(bytes(data))
+    status, table, _ = client.predict(ENTRY, False, ALL, ALL, False, "", api_name="/catalog_verify")
+    assert status.startswith("⚠️") and BIG_FILE in status and "re-fetch" in status
+    hub.reset_counters()
+    status, table, _ = client.predict(ENTRY, True, ALL, ALL, False, "", api_name="/catalog_verify")
+    assert status.startswith("✅") and "Fetched again and verified" in status
+    assert hub.body_bytes() == hub.body_bytes(BIG_FILE) > 0
+    assert _rows(table)[ENTRY][6] == "complete"
+
+
 def test_api_download_with_the_hub_unreachable_is_a_message_and_the_server_keeps_working(
         client, tmp_path, monkeypatch):
     from gradio_client.exceptions import AppError
@@ -397,3 +417,16 @@ def test_api_a_download_does_not_wait_behind_a_gpu_run(client, served, hub):
     finally:
         engine.run = original
     assert _rows(table)[ENTRY][6] == "complete" and download_s < 5
+
+
+def test_byte_progress_says_why_when_it_retries_or_restarts():
+    seen = []
+
+    def bar(fraction, desc=""):
+        seen.append((fraction, desc))
+
+    report = tab.byte_progress(bar)
+    report(1_000_000, 4_000_000, "Downloading transformer/x.safetensors")
+    report(1_000_000, 4_000_000, "x.safetensors: the hub answered HTTP 503, retrying (2/5) in 1 s")
+    assert seen[0] == (0.25, "1.0 MB / 4.0 MB")
+    assert seen[1][1] == "1.0 MB / 4.0 MB · x.safetensors: the hub answered HTTP 503, retrying (2/5) in 1 s"

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import vram_panel, zerogpu
+from .components import guard_api_inputs
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
 TITLE = "Diffusion Studio"
@@ -63,7 +64,7 @@ def build_app(engine) -> gr.Blocks:
                 with gr.Tab(label, id=module.__name__.rsplit(".", 1)[-1]):
                     module.build(engine)
     app.queue(default_concurrency_limit=1)
-    return app
+    return guard_api_inputs(app)  # every event, every tab: a message naming the field for every wrong value
 
 
 def launch_options(engine) -> dict:

@@ -309,7 +309,10 @@ def byte_progress(progress: gr.Progress) -> Callable[[int, int, str], None]:
 
     def report(done: int, total: int | None, message: str = "") -> None:
         fraction = min(done / total, 1.0) if total else 0.0
-        progress(fraction, desc=progress_text(done, total))
+        text = progress_text(done, total)
+        if message and not message.startswith(("Downloading", "Verifying")):  # "retrying (2/5)", a restart: say why
+            text += f" · {message}"
+        progress(fraction, desc=text)
 
     return threadsafe(report)
 
@@ -371,6 +374,10 @@ def build(engine) -> None:
                 download = gr.Button("Download", variant="secondary", scale=3, elem_id="catalog-download")
                 download_cancel = gr.Button("Cancel download", variant="stop", scale=2, min_width=90,
                                             elem_id="catalog-download-cancel")
+            with gr.Row():
+                verify = gr.Button("Verify", variant="secondary", size="sm", scale=2, elem_id="catalog-verify")
+                refetch = gr.Checkbox(label="re-fetch bad files", value=False, scale=3, elem_id="catalog-refetch",
+                                      info="sha256 of every cached file against the hub's")
             download_status.render()
             gr.Markdown("Downloads go to the Hugging Face cache and resume where they stopped: press Download again "
                         "after a cancel or a lost connection. They run beside generation, not in its queue.",
@@ -505,6 +512,33 @@ def build(engine) -> None:
             table: refresh_table(architecture, quantization, fits_gpu, text),
             details: entry_details(e, cache, engine.demo),
         }
+
+    def run_verify(entry_id, repair, architecture, quantization, fits_gpu, text, request: gr.Request,
+                   progress=gr.Progress()):
+        if not (entry_id or "").strip():
+            raise InputError("entry", "pick an entry in the table or the dropdown")
+        e = catalog_service.entry(entry_id)
+        cancel = download_slots.start(request)  # "Cancel download" stops a verify too
+        try:
+            progress(0.0, desc=f"Verifying {e.repo_id}")
+            report = catalog_service.verify(e.id, bool(repair), byte_progress(progress), cancel)
+        except Cancelled:
+            yield {download_status: f"Verify of {e.id} cancelled."}
+            return
+        finally:
+            download_slots.finish(request, cancel)
+        mark = "✅" if report.ok else "⚠️"
+        yield {
+            download_status: f"{mark} " + report.summary().replace("\n", "\n\n"),
+            table: refresh_table(architecture, quantization, fits_gpu, text),
+            details: entry_details(e, cache_of(e), engine.demo),
+        }
+
+    verify.click(
+        run_with_feedback(run_verify, download_status, {**DOWNLOAD_LABELS, "repair": "re-fetch bad files"}),
+        [entry, refetch, *filters], [download_status, table, details], api_name="catalog_verify",
+        concurrency_limit=DOWNLOAD_LIMIT, concurrency_id=DOWNLOADS, show_progress_on=[download_status],
+    )
 
     def cancel_download(request: gr.Request):
         if download_slots.cancel(request):
