@@ -85,7 +85,7 @@ def test_every_mode_gives_the_pixels_of_none(disk_engine, model):
 
 def test_sdnq_int8_model_under_every_mode(disk_engine):
     def run(mode):
-        return pixels(disk_engine.run(CatalogRequest(entry="FLUX.1-dev-qint8", prompt="a lighthouse", width=64,
+        return pixels(disk_engine.run(CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", prompt="a lighthouse", width=64,
                                                      height=64, steps=2, swap=swap(mode))))
 
     base = run("none")
@@ -236,7 +236,7 @@ def test_bad_memory_settings_get_a_clear_message(disk_engine):
 
 
 def test_cpu_only_with_a_cuda_only_option_falls_back_with_a_message(disk_engine):
-    result = disk_engine.run(CatalogRequest(entry="FLUX.1-dev-qint8", prompt="a lighthouse", width=64, height=64,
+    result = disk_engine.run(CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", prompt="a lighthouse", width=64, height=64,
                                             steps=2, use_quantized_matmul=True, swap=swap("cpu_only")))
     assert any("needs a CUDA GPU" in w for w in result.metadata["warnings"])
 
