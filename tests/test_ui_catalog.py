@@ -235,9 +235,17 @@ def created():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _generate(client, **change):
+def _generate(client, swap=(), **change):
+    """Gallery, info, save button, status (the memory-mode values are optional: their widget defaults apply)."""
     args = {**GEN, **change}
-    return client.predict(*args.values(), api_name="/catalog_generate")
+    return client.predict(*args.values(), *swap, api_name="/catalog_generate")[:4]
+
+
+def test_api_generate_with_model_offload_shows_the_plan_and_the_measured_peak(client):
+    args = {**GEN}
+    out = client.predict(*args.values(), "model_offload", 0, 0, 100, 1, True, False, api_name="/catalog_generate")
+    assert out[3].startswith("Done")
+    assert "model_offload: one component" in out[4] and "Measured" in out[4]
 
 
 def _download(client, entry=ENTRY):

@@ -160,3 +160,8 @@ def trace_plot_update(result):
 
     frame = pd.DataFrame([{"block": b, "kind": k, "ms": sum(v) / len(v)} for (b, k), v in sorted(sums.items())])
     return gr.update(value=frame, visible=True)
+
+
+def after_run(engine, widget: MemoryModeWidget, result, plan_line: str) -> dict:
+    """The widget's updates after a run: the plan line with what was measured, and the trace plot."""
+    return {widget.plan: f"{plan_line}  \n{measured_text(result)}", widget.trace_plot: trace_plot_update(result)}

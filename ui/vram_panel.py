@@ -45,7 +45,8 @@ def _module_segments(snapshot: dict, device: str) -> list[tuple[str, int, str]]:
     """(name, bytes on this device, colour) per registered module that holds weights here, biggest first."""
     if device != snapshot.get("compute_device"):
         return []
-    held = [(m.get("name", "?"), int(m.get("bytes_on_compute") or 0)) for m in snapshot.get("modules", [])]
+    held = [(m.get("name", "?") + (f": {m['blocks']}" if m.get("blocks") else ""),  # "transformer: 6 of 57 blocks"
+             int(m.get("bytes_on_compute") or 0)) for m in snapshot.get("modules", [])]
     held = sorted((h for h in held if h[1] > 0), key=lambda h: -h[1])
     return [(name, n, PALETTE[i % len(PALETTE)]) for i, (name, n) in enumerate(held)]
 
@@ -100,7 +101,7 @@ def module_rows(snapshot: dict) -> list[list]:
             m.get("role", ""),
             round((m.get("bytes") or 0) / MIB, 1),
             m.get("dtype", ""),
-            m.get("device", ""),
+            m.get("device", "") + (f" · {m['blocks']}" if m.get("blocks") else ""),  # "6 of 57 blocks"
             round((m.get("bytes_on_compute") or 0) / MIB, 1),
         ]
         for m in snapshot.get("modules", [])

@@ -57,7 +57,8 @@ def check_fits(engine, vram_bytes: int, req: CatalogRequest) -> None:
     if vram_bytes > budget:
         raise OutOfBudgetError(
             f"{req.entry} needs about {vram_bytes / 2**30:.0f} GB of VRAM and the budget here is "
-            f"{budget / 2**30:.0f} GB; pick a smaller quantization (uint4 entries) or a smaller model"
+            f"{budget / 2**30:.0f} GB with everything resident; pick a memory mode (model offload, adaptive block "
+            "swap) or a smaller quantization (uint4 entries)"
         )
 
 

@@ -46,6 +46,7 @@ from ..components import (
     steps_slider,
     threadsafe,
 )
+from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 
 DOWNLOADS = "downloads"  # concurrency group of the download button: never the GPU pool
 DOWNLOAD_LIMIT = 2  # downloads at once, across all sessions
@@ -230,7 +231,7 @@ def format_quantize_result(result: Result) -> str:
 # ---------------------------------------------------------------- requests
 def build_generate_request(
     source: str, entry: str, local_path: str, prompt: str, negative_prompt: str, width, height, steps,
-    guidance_scale, seed, use_quantized_matmul: bool = False, use_torch_compile: bool = False,
+    guidance_scale, seed, use_quantized_matmul: bool = False, use_torch_compile: bool = False, *swap_values,
 ) -> CatalogRequest:
     """The ``CatalogRequest`` these widget values describe, validated (raises ``InputError`` naming the field).
 
@@ -242,6 +243,7 @@ def build_generate_request(
         prompt=prompt if prompt is not None else "", negative_prompt=negative_prompt or "", width=as_int(width),
         height=as_int(height), steps=as_int(steps), guidance_scale=guidance_scale, seed=as_int(seed),
         use_quantized_matmul=bool(use_quantized_matmul), use_torch_compile=bool(use_torch_compile),
+        **({"swap": swap_settings(*swap_values)} if swap_values else {}),
     )
     if source == SOURCE_ENTRY:
         if not (entry or "").strip():
@@ -408,9 +410,17 @@ def build(engine) -> None:
                                           info="faster after a slow first run; needs a compiler")
             with gr.Accordion("Negative prompt", open=False):
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
+            memory = memory_mode_widget(engine, "text_to_image", "catalog")
             status, run = run_row(run_slots, "catalog", cancel_api="catalog_cancel")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("catalog")
+            memory.trace_plot.render()
+
+    def plan_request(source_kind, entry_id, path, w, h, n_steps, *swap_values):
+        return build_generate_request(source_kind, entry_id, path, "plan", "", w, h, n_steps, 3.5, 0, False, False,
+                                      *swap_values)
+
+    wire_plan(engine, memory, plan_request, [source, entry, local_path, width, height, steps, *memory.inputs])
 
     # ------------------------------------------------------------ quantize your own
     sources = quantize_sources(engine)
@@ -558,9 +568,11 @@ def build(engine) -> None:
 
     # ------------------------------------------------------------ handlers: generate
     def run_generate(source_kind, entry_id, path, prompt_text, negative_text, w, h, n_steps, cfg, seed_value, qmm,
-                     compile_, request: gr.Request, progress=gr.Progress()):
+                     compile_, mode, max_vram, resident, block_mb, prefetch_, streams, trace,
+                     request: gr.Request, progress=gr.Progress()):
+        swap_values = (mode, max_vram, resident, block_mb, prefetch_, streams, trace)
         req = build_generate_request(source_kind, entry_id, path, prompt_text, negative_text, w, h, n_steps, cfg,
-                                     seed_value, qmm, compile_)
+                                     seed_value, qmm, compile_, *swap_values)
         cancel = run_slots.start(request)
         try:
             yield {status: "Running…"}
@@ -569,12 +581,15 @@ def build(engine) -> None:
             run_slots.finish(request, cancel)
         for warning in result.metadata.get("warnings") or []:
             gr.Warning(warning, title="Note")
-        yield dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result))))
+        plan_line = plan_text(engine, plan_request, source_kind, entry_id, path, w, h, n_steps, *swap_values)
+        yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
+               **after_run(engine, memory, result, plan_line)}
 
     run.click(
         run_with_feedback(run_generate, status, LABELS),
-        [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm, use_compile],
-        [gallery, info, save_json, status],
+        [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm, use_compile,
+         *memory.inputs],
+        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="catalog_generate", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     ).then(  # a run may have downloaded the entry first
         refresh_table, filters, table, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",

@@ -22,7 +22,7 @@ from ..components import (
     size_sliders,
     steps_slider,
 )
-from ..memory_mode import measured_text, memory_mode_widget, plan_text, swap_settings, trace_plot_update, wire_plan
+from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
     "black-forest-labs/FLUX.1-dev": "FLUX.1-dev",
@@ -130,7 +130,7 @@ def build(engine) -> None:
             gr.Warning(warning, title="Note")
         plan_line = plan_text(engine, plan_request, model, width, height, steps, *swap_values)
         yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
-               memory.plan: f"{plan_line}  \n{measured_text(result)}", memory.trace_plot: trace_plot_update(result)}
+               **after_run(engine, memory, result, plan_line)}
 
     run.click(
         run_with_feedback(run_text_to_image, status, LABELS),

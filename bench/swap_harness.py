@@ -1,0 +1,164 @@
+"""Shared by bench/swap_modes.py (CPU) and bench/gpu_check.py (CUDA): random-weight transformers in the real
+shapes, their inputs, and one timed run of a transformer under a memory mode through the engine's own
+strategies (the same code path the app runs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from accelerate import init_empty_weights  # noqa: E402
+
+from engine.memory import MemoryManager  # noqa: E402
+from engine.memory.strategies import Component, SwapContext  # noqa: E402
+from engine.memory.trace import SwapTrace  # noqa: E402
+from engine.requests import SwapSettings  # noqa: E402
+
+# FLUX.1-dev: 19 double + 38 single blocks, 24 heads x 128 (black-forest-labs/FLUX.1-dev transformer/config.json)
+FLUX_FULL = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                 axes_dims_rope=(16, 56, 56))
+# One Wan 2.2 A14B expert: 40 blocks, 40 heads x 128, ffn 13824 (Wan-AI/Wan2.2-I2V-A14B-Diffusers transformer/)
+WAN_FULL = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+
+
+def scaled(config: dict, **changes) -> dict:
+    return {**config, **changes}
+
+
+def materialise(model: torch.nn.Module, device: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    """Random weights for a model built with ``init_empty_weights`` (buffers such as RoPE tables stay real)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            t = torch.empty(p.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=gen).to(dtype)
+            module._parameters[name] = torch.nn.Parameter(t.to(device), requires_grad=False)
+    return model.to(device)
+
+
+def build(kind: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+
+    cls = FluxTransformer2DModel if kind == "flux" else WanTransformer3DModel
+    with init_empty_weights(include_buffers=False):
+        model = cls(**config)
+    return materialise(model, "cpu", dtype).eval()
+
+
+def inputs(kind: str, config: dict, device: str, dtype: torch.dtype, *, width: int, height: int,
+           frames: int = 1, text_tokens: int = 512) -> dict:
+    gen = torch.Generator(device="cpu").manual_seed(1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    if kind == "flux":
+        h, w = height // 16, width // 16
+        img_ids = torch.zeros(h, w, 3)
+        img_ids[..., 1] = torch.arange(h)[:, None]
+        img_ids[..., 2] = torch.arange(w)[None, :]
+        return {
+            "hidden_states": randn(1, h * w, config["in_channels"]),
+            "encoder_hidden_states": randn(1, text_tokens, config["joint_attention_dim"]),
+            "pooled_projections": randn(1, config["pooled_projection_dim"]),
+            "timestep": torch.tensor([0.5], device=device, dtype=dtype),
+            "img_ids": img_ids.reshape(-1, 3).to(device), "txt_ids": torch.zeros(text_tokens, 3, device=device),
+            "guidance": torch.tensor([3.5], device=device, dtype=dtype), "return_dict": False,
+        }
+    latent_frames = (frames - 1) // 4 + 1
+    return {
+        "hidden_states": randn(1, config["in_channels"], latent_frames, height // 8, width // 8),
+        "timestep": torch.tensor([500], device=device),
+        "encoder_hidden_states": randn(1, text_tokens, config["text_dim"]),
+        "return_dict": False,
+    }
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    step_s: list[float] = field(default_factory=list)
+    peak_ledger: int = 0
+    peak_allocated: int = 0
+    moved_per_step: int = 0
+    trace: dict = field(default_factory=dict)
+    layout: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        s = sorted(self.step_s)
+        return s[len(s) // 2] if s else float("nan")
+
+
+def run_mode(model: torch.nn.Module, kind_inputs: dict, settings: SwapSettings, compute: str, offload: str,
+             steps: int, warmup: int = 1, activations: int = 0, disk_dir: str | None = None) -> ModeResult:
+    """``steps`` timed forwards of ``model`` under ``settings`` (after ``warmup`` untimed ones), the way a run
+    holds a transformer: one ledger entry, the mode's strategy applied through the engine's swap session."""
+    cuda = compute.startswith("cuda")
+    ledger = MemoryManager(compute, offload_device=offload, disk_dir=disk_dir)
+    ledger.register("transformer", model, "transformer")
+    comp = [Component("transformer", "transformer", model, "transformer")]
+    result = ModeResult(settings.mode)
+    trace = SwapTrace(compute) if settings.trace else None
+    try:
+        with torch.inference_mode(), ledger.swap.session(comp, settings, SwapContext(activations, trace)) as info:
+            for i in range(warmup + steps):  # one session for all steps, as in a run of the app
+                timed = i >= warmup
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                moved0 = ledger.bytes_moved
+                t0 = time.perf_counter()
+                model(**kind_inputs)
+                if cuda:
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - t0
+                if trace is not None:
+                    if timed:
+                        trace.end_step()
+                    else:  # warmup rows are not wanted
+                        trace.end_step()
+                        trace.rows.clear()
+                if timed:
+                    result.step_s.append(elapsed)
+                    result.moved_per_step = ledger.bytes_moved - moved0
+                    if cuda:
+                        result.peak_allocated = max(result.peak_allocated, torch.cuda.max_memory_allocated())
+            result.peak_ledger = ledger.peak_compute
+            result.notes = info.notes
+            layout = info.layouts.get("transformer")
+            if layout is not None:
+                result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
+    finally:
+        ledger.swap.remove()
+        ledger.unregister("transformer")
+    if trace is not None:
+        result.trace = trace.summary()
+    return result
+
+
+def h2d_bandwidth(device: str, nbytes: int = 2**30) -> float:
+    """Host-to-device copy speed from pinned memory, bytes per second (CUDA only)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize()
+    return 3 * nbytes / (time.perf_counter() - t0)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
