@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from .outputs import save_images
 from .requests import Request
 from .result import Result
 
+log = logging.getLogger(__name__)
 DEFAULT_MODELS_DIR = Path("models")
 DEFAULT_OUTPUTS_DIR = Path("outputs")
 
@@ -115,8 +117,14 @@ class Engine:
         if getattr(request, "swap", None) is not None:
             from .plan import check_budget
 
-            plan = self.plan(request)
-            check_budget(self, request, plan)
+            try:
+                plan = self.plan(request)
+            except InputError:
+                raise
+            except (OSError, ValueError, KeyError) as exc:  # an unreadable header must not stop the run itself
+                log.warning("no memory plan for this run: %s", exc)
+            if plan is not None:
+                check_budget(self, request, plan)
         with self._device_lock:  # one job on the accelerator at a time
             reset_peak()
             self._memory_notes = []
