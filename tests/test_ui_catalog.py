@@ -421,7 +421,7 @@ def test_api_a_download_does_not_wait_behind_a_gpu_run(client, served, hub):
         download_s = time.monotonic() - t0
         assert not run.done()  # the run is still going: the download did not wait for it
         assert client.predict(api_name="/catalog_cancel").startswith("Cancelling")
-        assert run.result(timeout=60)[-1] == "Cancelled."
+        assert run.result(timeout=60)[3] == "Cancelled."
     finally:
         engine.run = original
     assert _rows(table)[ENTRY][6] == "complete" and download_s < 5
