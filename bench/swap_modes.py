@@ -43,7 +43,7 @@ def main() -> None:
         base = None
         for mode in MODES:
             settings = SwapSettings(mode=mode, blocks_resident=1, block_size_mb=2048, prefetch=1,
-                                    max_vram_gb=round(total * 0.75 / 2**30, 3) if mode == "adaptive" else 0.0)
+                                    max_vram_gb=round(total * 0.9 / 2**30, 3) if mode == "adaptive" else 0.0)
             with tempfile.TemporaryDirectory() as disk:
                 r = run_mode(model, feed, settings, "cpu", args.offload, args.steps, disk_dir=disk)
             base = base or r.median

@@ -132,6 +132,9 @@ class BlockStreamer:
         if not self._kept_loaded:
             before = self.store.moved_bytes
             self.store.load(self.kept_keys)
+            event = self.store.ready()
+            if event is not None:  # once per arrival, not per step: compute must not start before the copy ends
+                torch.cuda.current_stream(self.store.compute).wait_event(event)
             self._kept_loaded = True
             self._changed(self.store.moved_bytes - before)
 

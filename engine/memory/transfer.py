@@ -172,15 +172,17 @@ class TensorStore:
         if not todo:
             return 0
         t0 = time.perf_counter()
+        # the stream that will compute with these tensors: read before switching to the side stream
+        compute_stream = torch.cuda.current_stream(self.compute) if self.stream is not None else None
         with torch.inference_mode(False), torch.no_grad():
             ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
             with ctx:
                 if self.place == "disk":
-                    self._load_from_disk(todo)
+                    self._load_from_disk(todo, compute_stream)
                 elif not self._noop:
                     for slot in todo:
                         dev = slot.host.to(self.compute, non_blocking=self.stream is not None)
-                        self._track(dev)
+                        self._track(dev, compute_stream)
                         self._set(slot, dev)
                         self.moved_bytes += slot.nbytes
         for slot in todo:
@@ -188,21 +190,22 @@ class TensorStore:
         self.copy_seconds += time.perf_counter() - t0
         return sum(slot.nbytes for slot in todo)
 
-    def _load_from_disk(self, todo: list[Slot]) -> None:
+    def _load_from_disk(self, todo: list[Slot], compute_stream) -> None:
         with safe_open(str(self.disk_file), framework="pt") as f:
             for slot in todo:
                 t = f.get_tensor(slot.key)
                 if self.compute.type != "cpu":
                     t = t.to(self.compute, non_blocking=False)  # pageable source: a synchronous copy
-                    self._track(t)
+                    self._track(t, compute_stream)
                 self._set(slot, t)
                 self.moved_bytes += slot.nbytes
 
-    def _track(self, tensor: torch.Tensor) -> None:
+    @staticmethod
+    def _track(tensor: torch.Tensor, compute_stream) -> None:
         # Memory allocated on the side stream and used on the compute stream: without record_stream the
         # allocator could hand it to the next copy while a kernel still reads it.
-        if self.stream is not None:
-            tensor.record_stream(torch.cuda.current_stream(self.compute))
+        if compute_stream is not None:
+            tensor.record_stream(compute_stream)
 
     def ready(self):
         """An event the compute stream must wait for before using what ``load`` queued (None without a stream)."""
