@@ -11,6 +11,7 @@ from .requests import (
     ModelRef,
     PerceptionRequest,
     QuantizeRequest,
+    ReferenceImage,
     Request,
     SwapSettings,
     TextToImageRequest,
@@ -21,5 +22,5 @@ from .result import Result
 __all__ = [
     "Cancelled", "CatalogRequest", "Engine", "EngineError", "I2VRequest", "IPAdapterRequest", "InputError",
     "LoraSpec", "LoraStackRequest", "ModelLoadError", "ModelRef", "OutOfBudgetError", "PerceptionRequest",
-    "QuantizeRequest", "Request", "Result", "SwapSettings", "TextToImageRequest", "request_from_dict",
+    "QuantizeRequest", "ReferenceImage", "Request", "Result", "SwapSettings", "TextToImageRequest", "request_from_dict",
 ]

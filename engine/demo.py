@@ -10,7 +10,8 @@ chroma             ChromaPipeline diffusers folder (T5 only); transformer shaped
 wan22-i2v          WanImageToVideoPipeline folder with two experts and ``boundary_ratio``
 qwen-image         QwenImagePipeline folder (Qwen2.5-VL text encoder)
 loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format)
-flux-ip-adapter    InstantX layout: ``ip-adapter.safetensors`` (image_proj.*, ip_adapter.<i>.*) + config
+flux-ip-adapter    InstantX layout: ``ip-adapter.bin`` (torch.save of {"image_proj", "ip_adapter"}, as published)
+                   + the same weights flattened in ``ip-adapter.safetensors`` + config
 siglip             SiglipVisionModel folder + ``preprocessor_config.json``
 omnix              ``<task>/<adapter>/pytorch_lora_weights.safetensors`` for the flux-dev transformer
 flux-dev-sdnq-int8 flux-dev with an SDNQ int8 transformer (quantization_config in its config.json)
@@ -36,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"  # 2: the IP-Adapter also as ip-adapter.bin (torch.save, as published)
 MARKER_NAME = ".built-v1"
 DEMO_DIRNAME = "demo"
 
@@ -76,6 +77,7 @@ OMNIX_TASKS: dict[str, tuple[str, ...]] = {
 OMNIX_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter.safetensors"
+IP_ADAPTER_BIN_NAME = "ip-adapter.bin"  # the file InstantX/FLUX.1-dev-IP-Adapter publishes
 IP_ADAPTER_NUM_TOKENS = 4
 
 # Shapes shared between components that must fit together.
@@ -653,6 +655,10 @@ def _build_ip_adapter(out: Path, transformer) -> None:
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, out / IP_ADAPTER_WEIGHT_NAME, metadata={"format": "pt"})
+    # the published file: torch.save({"image_proj": sd, "ip_adapter": sd}) with the prefixes stripped per part
+    nested = {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+              for part in ("image_proj", "ip_adapter")}
+    torch.save(nested, out / IP_ADAPTER_BIN_NAME)
     config = {
         "format": "instantx",
         "weight_name": IP_ADAPTER_WEIGHT_NAME,

@@ -82,6 +82,9 @@ class ModelStore:
         self._pipelines: dict[tuple, Any] = {}
         self._components: dict[tuple, torch.nn.Module] = {}
         self._names: dict[int, str] = {}  # id(module) -> ledger name
+        # what runners keep between runs besides pipelines (IP-Adapter pieces and their token cache);
+        # dropped with everything else by unload_all
+        self.adapters: dict[str, Any] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ resolve
@@ -90,14 +93,15 @@ class ModelStore:
 
         return build_demo_models(self.models_dir)
 
-    def resolve(self, ref: ModelRef, progress=None, cancel=None) -> Path:
-        """A local folder for this reference: its path, a demo model, a models-dir copy, or the HF cache."""
+    def resolve(self, ref: ModelRef, progress=None, cancel=None, allow_patterns=None) -> Path:
+        """A local folder for this reference: its path, a demo model, a models-dir copy, or the HF cache.
+        ``allow_patterns`` picks the files to download from a repo that is not a diffusers folder."""
         if ref.path:
             folder = Path(ref.path)
             if not folder.exists():
                 raise InputError("model.path", f"no such file or folder: {folder}")
         else:
-            folder = self._resolve_repo(ref, progress, cancel)
+            folder = self._resolve_repo(ref, progress, cancel, allow_patterns)
         if ref.subfolder:
             folder = folder / ref.subfolder
             if not folder.exists():
@@ -120,7 +124,7 @@ class ModelStore:
             return None
         return folder / ref.subfolder if ref.subfolder else folder
 
-    def _resolve_repo(self, ref: ModelRef, progress, cancel) -> Path:
+    def _resolve_repo(self, ref: ModelRef, progress, cancel, allow_patterns=None) -> Path:
         if self.demo:
             from .presets import demo_for_repo
 
@@ -135,7 +139,8 @@ class ModelStore:
             return local
         from . import hub
 
-        return hub.download(ref.repo_id, revision=ref.revision or None, progress=progress, cancel=cancel)
+        patterns = {"allow_patterns": allow_patterns} if allow_patterns else {}
+        return hub.download(ref.repo_id, revision=ref.revision or None, progress=progress, cancel=cancel, **patterns)
 
     # ------------------------------------------------------------ load
     def load_pipeline(self, ref: ModelRef, pipeline_class: str | None = None, progress=None, cancel=None, **kwargs):
@@ -205,6 +210,13 @@ class ModelStore:
             self._register(name, module, role)
             return self._names[id(module)]
 
+    def unregister_module(self, module: torch.nn.Module) -> None:
+        """Drop a module registered with ``register_module`` from the ledger (an adapter being replaced)."""
+        with self._lock:
+            name = self._names.pop(id(module), None)
+            if name is not None:
+                self.memory.unregister(name)
+
     def module_names(self, pipe) -> list[str]:
         """Ledger names of every weight-holding component of a pipeline."""
         return [self._names[id(m)] for m in module_components(pipe).values() if id(m) in self._names]
@@ -230,6 +242,7 @@ class ModelStore:
                 self.memory.unregister(name)
             self._pipelines.clear()
             self._components.clear()
+            self.adapters.clear()
             self._names.clear()
 
 

@@ -90,7 +90,8 @@ def test_layout_matches_presets_and_real_repos(models_dir: Path) -> None:
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {
         p.name for p in (root / "siglip").iterdir()
     }
-    assert sorted(p.name for p in (root / "flux-ip-adapter").iterdir()) == ["config.json", "ip-adapter.safetensors"]
+    assert sorted(p.name for p in (root / "flux-ip-adapter").iterdir()) == [
+        "config.json", "ip-adapter.bin", "ip-adapter.safetensors"]
     for rel in demo.QWEN_LORA_FILES:
         assert (root / rel).is_file()
     for task, adapters in demo.OMNIX_TASKS.items():

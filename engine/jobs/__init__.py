@@ -17,6 +17,7 @@ RUNNERS = {
     "text_to_image": "text2image",
     "sdnq_generate": "catalog",
     "sdnq_quantize": "quantize",
+    "ipadapter": "ipadapter",
 }
 
 

@@ -1,0 +1,1 @@
+"""Adapters that change how a base model computes: the InstantX Flux IP-Adapter (Flux and Chroma)."""

@@ -1,0 +1,118 @@
+"""IP-Adapter runs: Flux or Chroma guided by reference images through the InstantX Flux IP-Adapter.
+
+Order of work: the base pipeline (shared with the other Flux tabs), the three adapter pieces (kept between runs),
+image tokens per reference (cached; encoder and projector leave the compute device right after when
+``offload_preprocessing`` is on), then the processors go in, the pipeline runs through ``run_denoise``, and the
+original processors come back in ``finally``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..adapters import ipadapter_flux, ipadapter_pieces
+from ..errors import ModelLoadError
+from ..models import read_model_index
+from ..requests import IPAdapterRequest
+from ..result import Result
+from .common import run_denoise
+from .text2image import pipeline_kwargs
+
+#: pipeline class -> architecture (the adapter's layout fits both: Chroma keeps Flux's 19 + 38 blocks)
+ARCHITECTURES = {"FluxPipeline": "flux", "ChromaPipeline": "chroma"}
+TRANSFORMERS = {"FluxTransformer2DModel": "flux", "ChromaTransformer2DModel": "chroma"}
+ADAPTER_PATTERNS = ["*.json"]
+ENCODER_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+
+def _adapter_patterns(req: IPAdapterRequest) -> list[str]:
+    # the published repo holds only ip-adapter.bin (5.3 GB); fetch just the weight file that will be read
+    return ADAPTER_PATTERNS + [req.ip_adapter_file or "ip-adapter.bin"]
+
+
+def prepare(engine, req: IPAdapterRequest, progress, cancel) -> None:
+    bytes_progress = engine.download_progress(progress)
+    engine.store.resolve(req.model, progress=bytes_progress, cancel=cancel)
+    engine.store.resolve(req.ip_adapter, bytes_progress, cancel, allow_patterns=_adapter_patterns(req))
+    engine.store.resolve(req.image_encoder, bytes_progress, cancel, allow_patterns=ENCODER_PATTERNS)
+
+
+def architecture_of(engine, req: IPAdapterRequest) -> str:
+    """``flux`` or ``chroma`` from the model folder's pipeline class, before anything is loaded."""
+    cls = read_model_index(engine.store.resolve(req.model)).get("_class_name")
+    if cls not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"the IP-Adapter works on Flux and Chroma models; {req.model.label} is a {cls}, which is neither"
+        )
+    return ARCHITECTURES[cls]
+
+
+def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    architecture = architecture_of(engine, req)
+    progress(0.0, f"loading {req.model.label}")
+    pipe = engine.store.load_pipeline(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    transformer = pipe.transformer
+    if type(transformer).__name__ not in TRANSFORMERS:
+        raise ModelLoadError(
+            f"the IP-Adapter needs a Flux or Chroma transformer; this pipeline has {type(transformer).__name__}"
+        )
+    store = engine.store
+    progress(0.0, f"loading {req.ip_adapter.label} and {req.image_encoder.label}")
+    pieces = ipadapter_pieces.pieces_for(
+        store,
+        store.resolve(req.ip_adapter, allow_patterns=_adapter_patterns(req)),
+        req.ip_adapter_file,
+        store.resolve(req.image_encoder, allow_patterns=ENCODER_PATTERNS),
+        transformer,
+        transformer.dtype,
+        (req.ip_adapter.label, req.image_encoder.label),
+    )
+    timings["load"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    references, cache_hits = [], 0
+    for i, ref in enumerate(req.references):
+        progress(0.0, f"encoding reference {i + 1}/{len(req.references)}")
+        tokens, hit = pieces.encode(engine.memory, ref.path, transformer.dtype)
+        references.append((tokens, ref.weight))
+        cache_hits += hit
+    if req.offload_preprocessing:  # the seed's offload_preprocessing: only the IP layers stay for denoising
+        engine.memory.offload([pieces.names["image_encoder"], pieces.names["projector"]])
+        progress(0.0, "image encoder and projector offloaded")
+    timings["encode"] = time.perf_counter() - t1
+
+    schedule = _schedule(pipe, req, references, engine.memory.compute_device)
+    remove = ipadapter_flux.install(transformer, pieces.layers, schedule)
+    try:
+        with engine.memory.use([pieces.names["adapter"]]):
+            out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel,
+                              timings)
+    finally:
+        remove()
+    metadata = {
+        "pipeline": type(pipe).__name__,
+        "architecture": architecture,
+        "adapter_file": pieces.adapter_path.name,
+        "token_cache_hits": cache_hits,
+        "sigma_window": [schedule.sigma_low, schedule.sigma_high],
+        "ip_steps": [row for row in schedule.history],
+        "comfy_nodes": req.comfy_nodes(architecture),
+    }
+    return Result(request=req, images=list(out.images), timings=timings, metadata=metadata)
+
+
+def _schedule(pipe, req: IPAdapterRequest, references, device) -> ipadapter_flux.IPSchedule:
+    """The sigma window from the scheduler this pipeline will use at this size (ComfyUI's percent_to_sigma)."""
+    patch = pipe.vae_scale_factor * 2  # latents are packed 2x2
+    seq_len = (req.height // patch) * (req.width // patch)
+    shift = ipadapter_flux.shift_function(pipe.scheduler.config, seq_len)
+    return ipadapter_flux.IPSchedule(
+        references=[(tokens.to(device), weight) for tokens, weight in references],
+        sigma_high=ipadapter_flux.percent_to_sigma(req.start_percent, shift),
+        sigma_low=ipadapter_flux.percent_to_sigma(req.end_percent, shift),
+        weight=req.weight,
+        ramp=(req.weight_start, req.weight_end, req.ramp_steps) if req.ramp else None,
+        norm_values=req.ip_norm == "kv",
+    )
