@@ -98,11 +98,14 @@ def test_layout_matches_presets_and_real_repos(models_dir: Path) -> None:
         for adapter in adapters:
             assert (root / "omnix" / task / adapter / "pytorch_lora_weights.safetensors").is_file()
 
-    # safetensors only, float32 everywhere except the quantized transformer
+    # safetensors only (but the IP-Adapter's published pickle), float32 everywhere except the quantized transformer
     from safetensors import safe_open
 
     files = [p for p in root.rglob("*") if p.is_file()]
-    assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    pickles = [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    assert pickles == [root / "flux-ip-adapter" / "ip-adapter.bin"]
+    nested = torch.load(pickles[0], weights_only=True)  # plain tensors only: loads with weights_only
+    assert sorted(nested) == ["image_proj", "ip_adapter"] and "0.to_k_ip.weight" in nested["ip_adapter"]
     for path in (p for p in files if p.suffix == ".safetensors"):
         if "flux-dev-sdnq-int8/transformer" in path.as_posix():
             continue

@@ -103,11 +103,14 @@ def test_bad_input_raises_input_error_before_loading(engine):
         engine.run({"kind": "text_to_image"})
 
 
-def test_unbuilt_job_says_so(engine, tmp_path):
+def test_unbuilt_job_says_so(engine, tmp_path, monkeypatch):
+    from engine import ReferenceImage, jobs
+
     ref = tmp_path / "ref.png"
     Image.new("RGB", (8, 8)).save(ref)
+    monkeypatch.delitem(jobs.RUNNERS, "ipadapter")  # as if this job had no runner yet
     with pytest.raises(EngineError, match="not built yet"):
-        engine.run(IPAdapterRequest(model=FLUX, prompt="x", reference_image=str(ref)))
+        engine.run(IPAdapterRequest(model=FLUX, prompt="x", references=(ReferenceImage(str(ref)),)))
 
 
 def test_components_are_shared_between_pipelines(engine):

@@ -17,6 +17,7 @@ from engine import (
     ModelRef,
     PerceptionRequest,
     QuantizeRequest,
+    ReferenceImage,
     SwapSettings,
     TextToImageRequest,
     request_from_dict,
@@ -41,7 +42,8 @@ def good_requests(image_file, tmp_path):
         CatalogRequest(entry="FLUX.1-dev-SDNQ-uint4", prompt="a fox", use_quantized_matmul=True),
         QuantizeRequest(source=ModelRef(path=str(tmp_path)), weights_dtype="uint4", group_size=64, use_svd=True,
                         components=("transformer", "text_encoder_2")),
-        IPAdapterRequest(model=FLUX, prompt="a fox", reference_image=image_file, weight=0.75, end_percent=0.9),
+        IPAdapterRequest(model=FLUX, prompt="a fox", references=(ReferenceImage(image_file, 0.5),), weight=0.75,
+                         end_percent=0.9, ramp=True),
         PerceptionRequest(panorama=image_file, tasks=("depth", "normal")),
         I2VRequest(image=image_file, prompt="waves", num_frames=49, swap=SwapSettings(mode="adaptive", max_vram_gb=12)),
         LoraStackRequest(prompt="a fox", loras=(LoraSpec(path=str(lora), weight=0.5, name="a"),)),
@@ -100,13 +102,14 @@ def test_unreadable_and_missing_images(tmp_path):
     bad.write_bytes(b"\x89PNG not really")
     for path, words in [(str(bad), "cannot read"), (str(tmp_path / "none.png"), "not found"), ("", "no image")]:
         with pytest.raises(InputError) as err:
-            IPAdapterRequest(model=FLUX, prompt="x", reference_image=path).validate()
-        assert err.value.field == "reference_image" and words in err.value.message
+            IPAdapterRequest(model=FLUX, prompt="x", references=(ReferenceImage(path),)).validate()
+        assert err.value.field == "references[0].path" and words in err.value.message
 
 
 def test_job_specific_rules(image_file, tmp_path):
     cases = [
-        (IPAdapterRequest(prompt="x", reference_image=image_file, start_percent=0.8, end_percent=0.2), "end_percent"),
+        (IPAdapterRequest(prompt="x", references=(ReferenceImage(image_file),), start_percent=0.8, end_percent=0.2),
+         "end_percent"),
         (I2VRequest(image=image_file, prompt="x", num_frames=50), "num_frames"),
         (PerceptionRequest(panorama=image_file, tasks=("depth", "height")), "tasks[1]"),
         (PerceptionRequest(panorama=image_file, tasks=()), "tasks"),
