@@ -1,9 +1,153 @@
-"""IP-Adapter: not built yet; the tab says so in one line."""
+"""IP-Adapter: Flux or Chroma images guided by reference images (InstantX Flux IP-Adapter, ComfyUI pack math)."""
 
 from __future__ import annotations
 
-from ..components import not_built
+import gradio as gr
+
+from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
+
+from .. import zerogpu
+from ..components import (
+    GPU_POOL,
+    CancelSlots,
+    as_int,
+    image_output,
+    image_run_updates,
+    run_on_engine,
+    run_row,
+    run_with_feedback,
+    seed_input,
+    size_sliders,
+    steps_slider,
+)
+from . import text_to_image as t2i
+
+MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
+    "black-forest-labs/FLUX.1-dev": "FLUX.1-dev",
+    "lodestones/Chroma1-HD": "Chroma1-HD",
+}
+MAX_REFERENCES = 3
+LABELS = {
+    **t2i.LABELS, "references": "Reference image", "weight": "Weight", "start_percent": "Start",
+    "end_percent": "End", "weight_start": "Ramp: weight at start", "weight_end": "Ramp: weight at end",
+    "ramp_steps": "Ramp: steps", "ip_adapter": "IP-Adapter", "image_encoder": "Image encoder",
+    "ip_norm": "IP normalisation", "ip_adapter_file": "IP-Adapter file",
+}
+NORMS = [("keys and values (ComfyUI pack)", "kv"), ("keys only (InstantX diffusers reference)", "k")]
+
+
+def build_request(model, prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed,
+                  references, weight, start_percent, end_percent, ramp, weight_start, weight_end, ramp_steps,
+                  offload_preprocessing, ip_norm) -> IPAdapterRequest:
+    """The request these widget values describe, validated. ``references`` is a list of (path or None, weight)."""
+    request = IPAdapterRequest(
+        model=ModelRef(repo_id=model or ""),
+        prompt=prompt or "",
+        negative_prompt=negative_prompt or "",
+        width=as_int(width),
+        height=as_int(height),
+        steps=as_int(steps),
+        guidance_scale=guidance_scale,
+        true_cfg_scale=true_cfg_scale,
+        seed=as_int(seed),
+        references=tuple(ReferenceImage(path, w) for path, w in references if path),
+        weight=weight,
+        start_percent=start_percent,
+        end_percent=end_percent,
+        ramp=bool(ramp),
+        weight_start=weight_start,
+        weight_end=weight_end,
+        ramp_steps=as_int(ramp_steps),
+        offload_preprocessing=bool(offload_preprocessing),
+        ip_norm=ip_norm,
+    )
+    request.validate()
+    return request
+
+
+def format_result(result: Result) -> str:
+    meta, t = result.metadata, result.timings
+    hits = meta.get("token_cache_hits", 0)
+    refs = len(result.request.references)
+    steps = [row for row in meta.get("ip_steps", []) if row["active"]]
+    cache = f"image tokens: {hits}/{refs} from cache" if hits else "image tokens: encoded"
+    encode = f" in {t['encode']:.2f} s" if "encode" in t and not hits else ""
+    return (f"{t2i.format_result(result)}  \nIP-Adapter ({meta.get('architecture', '')}) acted on "
+            f"{len(steps)}/{result.request.steps} steps · {cache}{encode}")
 
 
 def build(engine) -> None:
-    not_built("**IP-Adapter** (Flux or Chroma images guided by a reference image) is not built yet in this version of the app.")
+    d = t2i.defaults(engine.demo)
+    slots = CancelSlots()
+
+    def generate(request: IPAdapterRequest, progress, cancel) -> Result:
+        return engine.run(request, progress, cancel)
+
+    on_gpu = zerogpu.gpu(generate, t2i._estimate)
+
+    with gr.Row():
+        with gr.Column(scale=5):
+            suffix = " (tiny demo stand-in)" if engine.demo else ""
+            model = gr.Dropdown([(label + suffix, repo) for repo, label in MODELS.items()], value=next(iter(MODELS)),
+                                label="Model")
+            images, weights = [], []
+            with gr.Row():
+                for i in range(MAX_REFERENCES):
+                    with gr.Column(min_width=160):
+                        # image_mode=None: the engine converts every mode itself, the same way for the API
+                        images.append(gr.Image(type="filepath", image_mode=None, label=f"Reference {i + 1}",
+                                               sources=["upload", "clipboard"], height=180, elem_id=f"ip-ref-{i}"))
+                        weights.append(gr.Slider(-1, 5, value=1.0, step=0.05, label=f"Weight of reference {i + 1}"))
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a portrait in the style of the reference",
+                                elem_id="ip-prompt")
+            with gr.Row():
+                weight = gr.Slider(-1, 5, value=1.0, step=0.05, label="Weight",
+                                   info="how strongly the references steer; 0 = the plain model")
+                start = gr.Slider(0, 1, value=0.0, step=0.01, label="Start", info="share of the schedule")
+                end = gr.Slider(0, 1, value=1.0, step=0.01, label="End", info="share of the schedule")
+            with gr.Accordion("Weight ramp (ComfyUI's Advanced node)", open=False):
+                ramp = gr.Checkbox(False, label="Ramp the weight instead of a constant weight")
+                with gr.Row():
+                    weight_start = gr.Slider(-1, 5, value=0.0, step=0.05, label="Weight at start")
+                    weight_end = gr.Slider(-1, 5, value=1.0, step=0.05, label="Weight at end")
+                    ramp_steps = gr.Slider(1, 100, value=10, step=1, precision=0, label="Ramp steps",
+                                           info="in-window steps to go from start to end")
+            width, height = size_sliders(d["size"], d["max_size"])
+            with gr.Row():
+                steps = steps_slider(d["steps"])
+                guidance = gr.Slider(0, 30, value=3.5, step=0.5, label="Guidance",
+                                     info="distilled guidance on Flux; real CFG on Chroma")
+            seed = seed_input(0, elem_id="ip-seed")
+            with gr.Accordion("Negative prompt", open=False):
+                negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
+                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
+                                     info="Flux: real classifier-free guidance with the negative prompt; 1 = off")
+            with gr.Accordion("Adapter options", open=False):
+                offload = gr.Checkbox(True, label="Offload preprocessing",
+                                      info="move the image encoder and projector off the GPU once the tokens exist")
+                norm = gr.Radio(NORMS, value="kv", label="IP normalisation")
+            status, run = run_row(slots, "ip", cancel_api="ipadapter_cancel")
+        with gr.Column(scale=6):
+            gallery, info, save_json = image_output("ip")
+
+    def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
+                      ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
+                      request: gr.Request, progress=gr.Progress()):
+        pairs = [(ref1, w1), (ref2, w2), (ref3, w3)]  # explicit arguments: Gradio reads this signature
+        req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, pairs, weight,
+                            start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm)
+        cancel = slots.start(request)
+        try:
+            yield {status: "Running…"}
+            result = run_on_engine(engine, on_gpu, req, progress, cancel)
+        finally:
+            slots.finish(request, cancel)
+        yield dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result))))
+
+    run.click(
+        run_with_feedback(run_ipadapter, status, LABELS),
+        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
+         weight_start, weight_end, ramp_steps, offload, norm, *images, *weights],
+        [gallery, info, save_json, status],
+        api_name="ipadapter", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
+    )
