@@ -257,3 +257,31 @@ def test_bad_adapter_files_have_clear_messages(engine, models_dir, refs, tmp_pat
 def test_a_model_that_is_neither_flux_nor_chroma_is_named(engine, refs):
     with pytest.raises(ModelLoadError, match="QwenImagePipeline, which is neither"):
         engine.run(ip_request(ModelRef(repo_id="Qwen/Qwen-Image"), refs["noise"], steps=1))
+
+
+def test_shares_the_flux_another_tab_loaded_and_cancel_restores_the_processors(engine, refs):
+    import threading
+
+    from engine import Cancelled
+
+    other = engine.store.load_pipeline(FLUX, pipeline_class="FluxImg2ImgPipeline")  # e.g. what Panorama loads
+    engine.run(ip_request(FLUX, refs["noise"], steps=1))
+    flux_rows = [n for n in engine.memory.names() if n.startswith("black-forest-labs/FLUX.1-dev/")]
+    assert sorted(flux_rows) == sorted(f"black-forest-labs/FLUX.1-dev/{c}" for c in
+                                       ("transformer", "vae", "text_encoder", "text_encoder_2"))
+    assert engine.store.load_pipeline(FLUX).transformer is other.transformer  # one copy, one ledger row
+
+    before = dict(other.transformer.attn_processors)
+    cancel = threading.Event()
+
+    def progress(fraction, message):
+        if message.startswith("step"):
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        engine.run(ip_request(FLUX, refs["noise"], steps=6), progress=progress, cancel=cancel)
+    after = dict(other.transformer.attn_processors)
+    assert all(after[k] is before[k] for k in before)
+    assert not other.transformer._forward_pre_hooks  # the sigma hook is gone too
+    fresh = Engine(device="cpu", models_dir=engine.models_dir, demo=True, outputs_dir=engine.outputs_dir)
+    assert np.array_equal(pixels(engine.run(base_request())), pixels(fresh.run(base_request())))

@@ -80,7 +80,9 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
         cache_hits += hit
     if req.offload_preprocessing:  # the seed's offload_preprocessing: only the IP layers stay for denoising
         engine.memory.offload([pieces.names["image_encoder"], pieces.names["projector"]])
-        progress(0.0, "image encoder and projector offloaded")
+        progress(0.0, "image tokens ready; image encoder and projector offloaded")
+    else:
+        progress(0.0, "image tokens ready")
     timings["encode"] = time.perf_counter() - t1
 
     schedule = _schedule(pipe, req, references, engine.memory.compute_device)
