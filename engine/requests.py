@@ -69,6 +69,8 @@ def check_image(name: str, path: Any) -> None:
     try:
         with Image.open(path) as im:
             im.verify()
+    except Image.DecompressionBombError as exc:  # not an OSError: it would escape as a traceback
+        raise InputError(name, f"{os.path.basename(path)} is too large to open safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputError(name, f"cannot read {os.path.basename(path)} as an image ({exc})") from None
 
@@ -322,7 +324,7 @@ def check_reference_image(name: str, path: Any) -> None:
                 raise InputError(name, f"{os.path.basename(path)} is {w}×{h} pixels; the limit is "
                                        f"{MAX_REFERENCE_PIXELS // 1_000_000} megapixels (scale it down first)")
             im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # e.g. "image file is truncated"
         raise InputError(name, f"cannot read {os.path.basename(path)} as an image ({exc})") from None
 
 

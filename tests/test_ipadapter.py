@@ -126,6 +126,10 @@ def test_weight_ramp_per_step_scales(engine, refs):
     late = engine.run(ip_request(FLUX, refs["noise"], ramp=True, weight_start=0.2, weight_end=1.0, ramp_steps=3,
                                  start_percent=0.4))
     assert [row["scale"] for row in late.metadata["ip_steps"]] == pytest.approx([0.0, 0.0, 0.2, 0.6])
+    # true CFG calls the transformer twice per step: still one ramp step per timestep
+    cfg = engine.run(ip_request(FLUX, refs["noise"], ramp=True, weight_start=0.2, weight_end=1.0, ramp_steps=3,
+                                negative_prompt="blurry", true_cfg_scale=2.0))
+    assert [row["scale"] for row in cfg.metadata["ip_steps"]] == pytest.approx([0.2, 0.6, 1.0, 1.0])
     flat = engine.run(ip_request(FLUX, refs["noise"], ramp=True, weight_start=0.5, weight_end=0.5))
     assert np.array_equal(pixels(flat), pixels(engine.run(ip_request(FLUX, refs["noise"], weight=0.5))))
     assert not np.array_equal(pixels(ramped), pixels(flat))
@@ -215,9 +219,24 @@ def test_bad_references_and_controls_are_input_errors(refs, tmp_path, monkeypatc
         with pytest.raises(InputError) as err:
             req.validate()
         assert err.value.field == field and words in err.value.message, (field, err.value)
+    with pytest.raises(InputError, match="too large"):  # a 30000 x 30000 header: Pillow's bomb check fires
+        ip_request(FLUX, _bomb(tmp_path / "bomb.png")).validate()
     monkeypatch.setattr("engine.requests.MAX_REFERENCE_PIXELS", 1000)
     with pytest.raises(InputError, match="megapixels|limit"):
         ip_request(FLUX, refs["noise"]).validate()
+
+
+def _bomb(path) -> str:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+    return str(path)
 
 
 def _adapter_variant(models_dir, tmp_path, name, change) -> ModelRef:
@@ -285,3 +304,49 @@ def test_shares_the_flux_another_tab_loaded_and_cancel_restores_the_processors(e
     assert not other.transformer._forward_pre_hooks  # the sigma hook is gone too
     fresh = Engine(device="cpu", models_dir=engine.models_dir, demo=True, outputs_dir=engine.outputs_dir)
     assert np.array_equal(pixels(engine.run(base_request())), pixels(fresh.run(base_request())))
+
+
+@pytest.mark.parametrize("norm_values", [True, False], ids=["pack-kv-norm", "instantx-k-norm"])
+def test_processor_matches_the_comfyui_pack_formula(engine, norm_values):
+    """Our processor against the pack's math written out (IPAFluxAttnProcessor2_0 + DoubleStreamBlockIPA /
+    SingleStreamBlockIPA): q after the QK norm and before RoPE, RMS norm on the IP keys (and values), the result
+    added to the image tokens before to_out (double) or to the whole attention output (single)."""
+    from diffusers.models.normalization import RMSNorm
+
+    transformer = engine.store.load_pipeline(FLUX).transformer
+    gen = torch.Generator().manual_seed(0)
+    heads, head_dim = transformer.config.num_attention_heads, transformer.config.attention_head_dim
+    inner, cross = heads * head_dim, transformer.config.joint_attention_dim
+    layer = ipadapter_flux.IPLayer(cross, inner)
+    tokens = torch.randn(1, 4, cross, generator=gen)
+    schedule = ipadapter_flux.IPSchedule([(tokens, 0.5)], sigma_high=1.0, sigma_low=0.0, weight=1.5,
+                                         norm_values=norm_values)
+    schedule.begin(0.5)
+    n_txt, n_img = 3, 5
+    rotary = transformer.pos_embed(torch.randn(n_txt + n_img, 3, generator=gen) * 8)
+    rms = RMSNorm(head_dim, eps=1e-5, elementwise_affine=False)
+
+    def pack_ip(attn, x):  # the pack: query = the block's q after norm, [B, H, L, D]; k, v RMS-normed per head
+        q = attn.norm_q(attn.to_q(x).unflatten(-1, (heads, head_dim))).transpose(1, 2)
+        k = rms(layer.to_k_ip(tokens).unflatten(-1, (heads, head_dim)).transpose(1, 2))
+        v = layer.to_v_ip(tokens).unflatten(-1, (heads, head_dim)).transpose(1, 2)
+        v = rms(v) if norm_values else v
+        ip = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return 0.75 * ip.transpose(1, 2).flatten(2, 3)  # scale 1.5 x the reference's own 0.5
+
+    with torch.no_grad():
+        single = transformer.single_transformer_blocks[0].attn
+        x = torch.randn(1, n_txt + n_img, inner, generator=gen)
+        ours = ipadapter_flux.IPAttnProcessor(single.processor, layer, schedule, head_dim)(single, x, None, None, rotary)
+        expected = single.processor(single, x, None, None, rotary) + pack_ip(single, x)
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+        double = transformer.transformer_blocks[0].attn
+        img, txt = torch.randn(1, n_img, inner, generator=gen), torch.randn(1, n_txt, inner, generator=gen)
+        ours_img, ours_txt = ipadapter_flux.IPAttnProcessor(double.processor, layer, schedule, head_dim)(
+            double, img, txt, None, rotary)
+        base_img, base_txt = double.processor(double, img, txt, None, rotary)
+        # to_out[0] is linear: to_out(a + ip) = to_out(a) + W ip
+        expected_img = base_img + torch.nn.functional.linear(pack_ip(double, img), double.to_out[0].weight)
+        torch.testing.assert_close(ours_img, expected_img, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours_txt, base_txt)  # text tokens untouched in double blocks
