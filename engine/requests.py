@@ -418,6 +418,8 @@ class IPAdapterRequest(TextToImageRequest):
             else:
                 inputs = {"weight": self.weight * ref.weight}
             inputs.update(start_percent=self.start_percent, end_percent=self.end_percent)
+            if architecture == "chroma":  # the FluxChroma fork's extra Apply input (seed 000, section 4)
+                inputs["offload_preprocessing"] = self.offload_preprocessing
             nodes.append({"class_type": names["apply" + suffix], "image": ref.path, "inputs": inputs})
         return nodes
 

@@ -143,6 +143,14 @@ def test_each_reference_has_its_own_weight(engine, refs):
     nodes = mixed.request.comfy_nodes("flux")
     assert [n["class_type"] for n in nodes] == ["IPAdapterFluxLoader", "ApplyIPAdapterFlux", "ApplyIPAdapterFlux"]
     assert nodes[2]["inputs"]["weight"] == pytest.approx(0.7)
+    ramp = dataclasses.replace(mixed.request, ramp=True, weight_start=0.0, weight_end=2.0, ramp_steps=5)
+    chroma = ramp.comfy_nodes("chroma")
+    assert [n["class_type"] for n in chroma] == ["IPAdapterFluxChromaLoaderAdvanced"] + [
+        "ApplyIPAdapterFluxChromaAdvanced"] * 2
+    assert chroma[2]["inputs"] == {"weight_start": 0.0, "weight_end": pytest.approx(1.4), "steps": 5,
+                                   "start_percent": 0.0, "end_percent": 1.0, "offload_preprocessing": True}
+    assert chroma[0]["inputs"] == {"ipadapter": "ip-adapter.bin", "clip_vision": "google/siglip-so400m-patch14-384",
+                                   "provider": "cuda"}
 
 
 def test_token_cache_hit_and_drop_when_the_adapter_changes(engine, refs):
