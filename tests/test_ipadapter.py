@@ -358,3 +358,14 @@ def test_processor_matches_the_comfyui_pack_formula(engine, norm_values):
         expected_img = base_img + torch.nn.functional.linear(pack_ip(double, img), double.to_out[0].weight)
         torch.testing.assert_close(ours_img, expected_img, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ours_txt, base_txt)  # text tokens untouched in double blocks
+
+
+def test_every_memory_mode_runs_the_adapter_to_the_same_image(engine, refs):
+    from engine import SwapSettings
+    from engine.requests import SWAP_MODES
+
+    reference = pixels(engine.run(ip_request(FLUX, refs["noise"], steps=2)))
+    for mode in SWAP_MODES[1:]:
+        result = engine.run(ip_request(FLUX, refs["noise"], steps=2, swap=SwapSettings(mode=mode, blocks_resident=1)))
+        assert np.array_equal(pixels(result), reference), mode
+        assert all(row["active"] for row in result.metadata["ip_steps"]), mode

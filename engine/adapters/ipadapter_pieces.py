@@ -3,6 +3,7 @@ own ledger row, and the image-token cache that belongs to exactly that set of pi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,9 +41,9 @@ class IPAdapterPieces:
     def modules(self) -> list[torch.nn.Module]:
         return [self.encoder, self.projector, self.layers]
 
-    def encode(self, memory, path: str, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+    def encode(self, memory, path: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, bool]:
         """Image tokens [1, N, cross] on the CPU for one reference, and whether they came from the cache. The
-        encoder and projector are loaded onto the compute device (through the ledger) only on a miss."""
+        encoder and projector are placed on ``device`` (through the ledger) only on a miss."""
         digest = _digest(path)
         cached = self.tokens.get(digest)
         if cached is not None:
@@ -52,8 +53,7 @@ class IPAdapterPieces:
         self.misses += 1
         image = reference_rgb(path)
         names = [self.names["image_encoder"], self.names["projector"]]
-        with memory.use(names), torch.inference_mode():
-            device = memory.compute_device
+        with placed(memory, names, device), torch.inference_mode():
             pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values
             pooled = self.encoder(pixel_values=pixels.to(device, self.encoder.dtype)).pooler_output
             tokens = self.projector(pooled.to(next(self.projector.parameters()).dtype)).to(dtype)
@@ -62,6 +62,18 @@ class IPAdapterPieces:
         while len(self.tokens) > TOKEN_CACHE_SIZE:
             self.tokens.popitem(last=False)
         return tokens, False
+
+
+@contextlib.contextmanager
+def placed(memory, names: list[str], device: str):
+    """These modules on ``device`` for the block: the compute device through ``use`` (loaded and protected from
+    eviction), or RAM when the run's memory mode computes on the CPU (cpu_only)."""
+    if device == memory.compute_device:
+        with memory.use(names):
+            yield
+    else:
+        memory.to_host(names)
+        yield
 
 
 def _digest(path: str) -> str:

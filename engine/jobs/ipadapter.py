@@ -12,6 +12,7 @@ import time
 
 from ..adapters import ipadapter_flux, ipadapter_pieces
 from ..errors import ModelLoadError
+from ..memory.strategies import strategy_for
 from ..models import read_model_index
 from ..requests import IPAdapterRequest
 from ..result import Result
@@ -71,11 +72,13 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
     )
     timings["load"] = time.perf_counter() - t0
 
+    # where the denoising computes: the compute device, or the CPU under the cpu_only memory mode
+    device = "cpu" if strategy_for(req.swap.mode).run_device_cpu else engine.memory.compute_device
     t1 = time.perf_counter()
     references, cache_hits = [], 0
     for i, ref in enumerate(req.references):
         progress(0.0, f"encoding reference {i + 1}/{len(req.references)}")
-        tokens, hit = pieces.encode(engine.memory, ref.path, transformer.dtype)
+        tokens, hit = pieces.encode(engine.memory, ref.path, transformer.dtype, device)
         references.append((tokens, ref.weight))
         cache_hits += hit
     if req.offload_preprocessing:  # the seed's offload_preprocessing: only the IP layers stay for denoising
@@ -85,10 +88,10 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
         progress(0.0, "image tokens ready")
     timings["encode"] = time.perf_counter() - t1
 
-    schedule = _schedule(pipe, req, references, engine.memory.compute_device)
+    schedule = _schedule(pipe, req, references, device)
     remove = ipadapter_flux.install(transformer, pieces.layers, schedule)
     try:
-        with engine.memory.use([pieces.names["adapter"]]):
+        with ipadapter_pieces.placed(engine.memory, [pieces.names["adapter"]], device):
             out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel,
                               timings)
     finally:
