@@ -12,7 +12,6 @@ import time
 
 from ..adapters import ipadapter_flux, ipadapter_pieces
 from ..errors import ModelLoadError
-from ..memory.strategies import strategy_for
 from ..models import read_model_index
 from ..requests import IPAdapterRequest
 from ..result import Result
@@ -73,7 +72,7 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
     timings["load"] = time.perf_counter() - t0
 
     # where the denoising computes: the compute device, or the CPU under the cpu_only memory mode
-    device = "cpu" if strategy_for(req.swap.mode).run_device_cpu else engine.memory.compute_device
+    device = "cpu" if engine.run_device(req.swap) == "cpu" else engine.memory.compute_device
     t1 = time.perf_counter()
     references, cache_hits = [], 0
     for i, ref in enumerate(req.references):
