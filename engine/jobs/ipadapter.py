@@ -101,7 +101,7 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
         "adapter_file": pieces.adapter_path.name,
         "token_cache_hits": cache_hits,
         "sigma_window": [schedule.sigma_low, schedule.sigma_high],
-        "ip_steps": [row for row in schedule.history],
+        "ip_steps": list(schedule.history),
         "comfy_nodes": req.comfy_nodes(architecture),
     }
     return Result(request=req, images=list(out.images), timings=timings, metadata=metadata)
