@@ -79,8 +79,10 @@ def _count_ip_steps(engine, request) -> tuple[list[float], list[float]]:
     pipe = engine.store.load_pipeline(request.model)
     sigmas, ip_sigmas = [], []
 
-    def on_transformer(module, args, kwargs):
-        sigmas.append(float(kwargs["timestep"][0]))
+    def on_transformer(module, args, kwargs):  # one entry per timestep (CFG calls the transformer twice)
+        sigma = float(kwargs["timestep"][0])
+        if not sigmas or sigmas[-1] != sigma:
+            sigmas.append(sigma)
 
     def on_ip(module, args, output):
         if not ip_sigmas or ip_sigmas[-1] != sigmas[-1]:
@@ -98,7 +100,8 @@ def _count_ip_steps(engine, request) -> tuple[list[float], list[float]]:
     return sigmas, ip_sigmas
 
 
-def test_start_end_window_is_a_sigma_window(engine, refs):
+@pytest.mark.parametrize("model", [FLUX, CHROMA], ids=["flux", "chroma"])
+def test_start_end_window_is_a_sigma_window(engine, refs, model):
     # 4 steps on the linear timeline t = 1, .75, .5, .25 (ComfyUI's simple schedule too): percent p sits at
     # t = 1 - p, so 30 %..80 % holds the steps at t = .5 and .25, i.e. the 3rd and 4th
     sigmas, ip_sigmas = _count_ip_steps(engine, ip_request(FLUX, refs["noise"], start_percent=0.3, end_percent=0.8))
@@ -106,6 +109,12 @@ def test_start_end_window_is_a_sigma_window(engine, refs):
     assert ip_sigmas == sigmas[2:]
     sigmas, ip_sigmas = _count_ip_steps(engine, ip_request(FLUX, refs["noise"], end_percent=0.3))
     assert ip_sigmas == sigmas[:2]  # t = 1 and .75
+    # the window's time shift is the one the pipeline's scheduler applied (same mu for this image size)
+    pipe = engine.store.load_pipeline(FLUX)
+    shift = ipadapter_flux.shift_function(pipe.scheduler.config, (64 // (pipe.vae_scale_factor * 2)) ** 2)
+    assert [shift(1 - i / 4) for i in range(4)] == pytest.approx([float(s) for s in pipe.scheduler.sigmas[:4]],
+                                                                  abs=1e-6)
+    assert sigmas == pytest.approx([float(s) for s in pipe.scheduler.sigmas[:4]], abs=1e-6)
 
 
 def test_window_follows_comfyui_percent_to_sigma():
