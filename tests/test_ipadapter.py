@@ -378,3 +378,32 @@ def test_every_memory_mode_runs_the_adapter_to_the_same_image(engine, refs):
         result = engine.run(ip_request(FLUX, refs["noise"], steps=2, swap=SwapSettings(mode=mode, blocks_resident=1)))
         assert np.array_equal(pixels(result), reference), mode
         assert all(row["active"] for row in result.metadata["ip_steps"]), mode
+
+
+def test_real_loading_path_downloads_only_what_it_reads(models_dir, refs, tmp_path, monkeypatch):
+    """Without --demo: the three repos come from a (local, fake) hub through huggingface_hub, the adapter repo laid
+    out as published (ip-adapter.bin only), and only the adapter file and configs are fetched from it."""
+    import shutil
+
+    from tests.fakehub import FakeHub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    published = tmp_path / "published-adapter"
+    published.mkdir()
+    shutil.copy(demo_path(models_dir, "flux-ip-adapter") / "ip-adapter.bin", published / "ip-adapter.bin")
+    (published / "README.md").write_text("not fetched")
+    with FakeHub() as hub:
+        hub.add_repo("black-forest-labs/FLUX.1-dev", demo_path(models_dir, "flux-dev"))
+        hub.add_repo("InstantX/FLUX.1-dev-IP-Adapter", published)
+        hub.add_repo("google/siglip-so400m-patch14-384", demo_path(models_dir, "siglip"))
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        engine = Engine(device="cpu", models_dir=tmp_path / "models", outputs_dir=tmp_path / "out")
+        result = engine.run(ip_request(FLUX, refs["noise"], steps=1))
+        assert result.metadata["adapter_file"] == "ip-adapter.bin"
+        assert hub.count(contains="ip-adapter.bin") > 0 and hub.count(contains="README.md") == 0
+    demo_engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "out")
+    demo = demo_engine.run(ip_request(FLUX, refs["noise"], steps=1, ip_adapter_file="ip-adapter.bin"))
+    assert np.array_equal(pixels(result), pixels(demo))  # the same files, the same image
