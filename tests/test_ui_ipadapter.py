@@ -73,6 +73,9 @@ def test_api_ipadapter_run_then_cached_tokens_and_bad_input(client, served, refe
         assert im.size == (64, 64)
     saved = request_from_dict(json.loads(Path(save_json["value"]).read_text()))
     assert isinstance(saved, IPAdapterRequest) and saved.weight == 0.8 and len(saved.references) == 1
+    kept = Path(saved.references[0].path)  # a lasting copy of the upload, not Gradio's temporary file
+    assert kept.parent == (Path(engine.outputs_dir) / "references").resolve()
+    assert kept.read_bytes() == Path(reference).read_bytes()
     assert "acted on 2/2 steps" in info
     roles = {m["role"] for m in engine.memory.snapshot()["modules"]}
     assert {"image_encoder", "projector", "adapter"} <= roles

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from pathlib import Path
+
 import gradio as gr
 
 from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
@@ -63,6 +67,19 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
     )
     request.validate()
     return request
+
+
+def keep_reference(outputs_dir, path: str | None) -> str | None:
+    """A copy of an uploaded reference under ``<outputs>/references/`` (named by its content), so that a saved
+    request still finds its images after Gradio has cleaned its upload cache."""
+    if not path or not Path(path).is_file():
+        return path  # missing files are left for the request's own check to report
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
+    target = Path(outputs_dir) / "references" / f"{digest}{Path(path).suffix.lower()}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return str(target.resolve())
 
 
 def format_result(result: Result) -> str:
@@ -133,7 +150,8 @@ def build(engine) -> None:
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
                       request: gr.Request, progress=gr.Progress()):
-        pairs = [(ref1, w1), (ref2, w2), (ref3, w3)]  # explicit arguments: Gradio reads this signature
+        # explicit arguments: Gradio reads this signature
+        pairs = [(keep_reference(engine.outputs_dir, ref), w) for ref, w in ((ref1, w1), (ref2, w2), (ref3, w3))]
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, pairs, weight,
                             start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm)
         cancel = slots.start(request)
