@@ -161,6 +161,7 @@ def test_ipadapter_tab_runs_with_an_uploaded_reference(page, tmp_path):
     expect(page.locator("#ip-output img").first).to_be_visible(timeout=120_000)
     expect(page.locator("#ip-status")).to_contain_text("Done")
     expect(page.locator("#ip-info")).to_contain_text("IP-Adapter (flux) acted on")
+    expect(page.locator("#ip-plan")).to_contain_text("Measured")  # the shared memory-mode widget reports the run
     page.get_by_text("Loaded modules").click()
     expect(page.locator("#vram-modules")).to_contain_text("InstantX/FLUX.1-dev-IP-Adapter/ip_layers", timeout=10_000)
     expect(page.locator("#vram-modules")).to_contain_text("image_encoder")

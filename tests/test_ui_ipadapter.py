@@ -30,12 +30,21 @@ def widgets(reference, **change) -> dict:
     return {**values, **change}
 
 
+SWAP = ("none", 0.0, 0.0, 100.0, 1.0, True, False)  # the memory-mode widget's values, as the page sends them
+
+
 def test_build_request_keeps_only_filled_reference_slots_and_round_trips(reference):
     req = build_request(**widgets(reference, references=[(None, 1.0), (reference, 0.5), (None, 2.0)]))
     assert isinstance(req, IPAdapterRequest)
     assert [(r.path, r.weight) for r in req.references] == [(reference, 0.5)]
     assert (req.width, req.steps, req.seed, req.ramp_steps) == (64, 2, 5, 10)
     assert request_from_dict(json.loads(json.dumps(req.to_dict()))) == req
+
+
+def test_build_request_carries_the_memory_mode_widgets_settings(reference):
+    req = build_request(*widgets(reference).values(), "chunkwise", 4.0, 0.0, 200.0, 2.0, True, False)
+    assert (req.swap.mode, req.swap.max_vram_gb, req.swap.block_size_mb, req.swap.prefetch) == ("chunkwise", 4.0, 200, 2)
+    assert build_request(**widgets(reference)).swap.mode == "none"  # no widget values: the default
 
 
 @pytest.mark.parametrize(("change", "label"), [
@@ -53,13 +62,14 @@ def test_bad_input_names_the_widget(reference, change, label):
 def _predict(client, reference, **change):
     from gradio_client import handle_file
 
-    v = widgets(reference, **change)
+    swap = change.pop("swap", SWAP)
+    v = {**widgets(reference, **change), "swap": swap}
     refs = [handle_file(p) if p else None for p, _ in v["references"]]
     return client.predict(
         v["model"], v["prompt"], v["negative_prompt"], v["width"], v["height"], v["steps"], v["guidance_scale"],
         v["true_cfg_scale"], v["seed"], v["weight"], v["start_percent"], v["end_percent"], v["ramp"],
         v["weight_start"], v["weight_end"], v["ramp_steps"], v["offload_preprocessing"], v["ip_norm"],
-        *refs, *[w for _, w in v["references"]], api_name="/ipadapter",
+        *refs, *[w for _, w in v["references"]], *v["swap"], api_name="/ipadapter",
     )
 
 
@@ -67,7 +77,7 @@ def test_api_ipadapter_run_then_cached_tokens_and_bad_input(client, served, refe
     from gradio_client.exceptions import AppError
 
     engine, _ = served
-    gallery, info, save_json, status = _predict(client, reference)
+    gallery, info, save_json, status, plan, _ = _predict(client, reference)
     assert status.startswith("Done") and len(gallery) == 1
     with Image.open(gallery[0]["image"]) as im:
         assert im.size == (64, 64)
@@ -79,8 +89,13 @@ def test_api_ipadapter_run_then_cached_tokens_and_bad_input(client, served, refe
     assert "acted on 2/2 steps" in info
     roles = {m["role"] for m in engine.memory.snapshot()["modules"]}
     assert {"image_encoder", "projector", "adapter"} <= roles
-    _, info, _, _ = _predict(client, reference, seed=6.0)  # the same picture uploaded again
+    assert saved.swap.mode == "none"
+    _, info, save_json, _, plan, _ = _predict(client, reference, seed=6.0,  # the same picture uploaded again
+                                              swap=("block_swap", 0.0, 1.0, 100.0, 1.0, False, False))
     assert "1/1 from cache" in info
+    assert "Measured" in plan and "block_swap" in plan
+    again = request_from_dict(json.loads(Path(save_json["value"]).read_text()))
+    assert (again.swap.mode, again.swap.blocks_resident) == ("block_swap", 1)
     with pytest.raises(AppError, match="Reference image"):
         _predict(client, reference, references=[(None, 1.0)] * 3)
     with pytest.raises(AppError, match="End"):

@@ -24,6 +24,7 @@ from ..components import (
     size_sliders,
     steps_slider,
 )
+from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 from . import text_to_image as t2i
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
@@ -42,8 +43,9 @@ NORMS = [("keys and values (ComfyUI pack)", "kv"), ("keys only (InstantX diffuse
 
 def build_request(model, prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed,
                   references, weight, start_percent, end_percent, ramp, weight_start, weight_end, ramp_steps,
-                  offload_preprocessing, ip_norm) -> IPAdapterRequest:
-    """The request these widget values describe, validated. ``references`` is a list of (path or None, weight)."""
+                  offload_preprocessing, ip_norm, *swap_values) -> IPAdapterRequest:
+    """The request these widget values describe, validated. ``references`` is a list of (path or None, weight);
+    ``swap_values`` are the memory-mode widget's (none: the default mode)."""
     request = IPAdapterRequest(
         model=ModelRef(repo_id=model or ""),
         prompt=prompt or "",
@@ -64,6 +66,7 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
         ramp_steps=as_int(ramp_steps),
         offload_preprocessing=bool(offload_preprocessing),
         ip_norm=ip_norm,
+        **({"swap": swap_settings(*swap_values)} if swap_values else {}),
     )
     request.validate()
     return request
@@ -143,29 +146,39 @@ def build(engine) -> None:
                 offload = gr.Checkbox(True, label="Offload preprocessing",
                                       info="move the image encoder and projector off the GPU once the tokens exist")
                 norm = gr.Radio(NORMS, value="kv", label="IP normalisation")
+            memory = memory_mode_widget(engine, "text_to_image", "ip")
             status, run = run_row(slots, "ip", cancel_api="ipadapter_cancel")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("ip")
+            memory.trace_plot.render()
+
+    # the plan reads the base model's folder; the adapter's pieces are not in it (they stay resident, one row each)
+    plan_inputs = [model, width, height, steps, *memory.inputs]
+    wire_plan(engine, memory, t2i.plan_request, plan_inputs)
 
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
+                      mode, max_vram, resident, block_mb, prefetch, streams, trace,
                       request: gr.Request, progress=gr.Progress()):
+        swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         # explicit arguments: Gradio reads this signature
         pairs = [(keep_reference(engine.outputs_dir, ref), w) for ref, w in ((ref1, w1), (ref2, w2), (ref3, w3))]
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, pairs, weight,
-                            start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm)
+                            start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm, *swap_values)
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
             result = run_on_engine(engine, on_gpu, req, progress, cancel)
         finally:
             slots.finish(request, cancel)
-        yield dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result))))
+        plan_line = plan_text(engine, t2i.plan_request, model, width, height, steps, *swap_values)
+        yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
+               **after_run(engine, memory, result, plan_line)}
 
     run.click(
         run_with_feedback(run_ipadapter, status, LABELS),
         [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
-         weight_start, weight_end, ramp_steps, offload, norm, *images, *weights],
-        [gallery, info, save_json, status],
+         weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs],
+        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="ipadapter", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
