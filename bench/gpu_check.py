@@ -3,6 +3,8 @@ models, through the engine's own strategies.
 
 - FLUX.1-dev transformer (12B, bf16) at 1024x1024: transfer-bound over PCIe. Goal: a streamed step within 1.1x
   of max(all-resident compute time, streamed bytes / measured host-to-device bandwidth).
+- The IP-Adapter's full-size pieces (SigLIP so400m, projector, 57 IP layers): ledger bytes, what offloading the
+  encoder and projector frees, encode vs cached tokens, and the IP attention's cost per step (bench/ipadapter.py).
 - One Wan 2.2 A14B expert (14B, bf16) at 480p x 81 frames (or fewer with --frames): compute-bound. Goal:
   block_swap with <= 25% of its blocks resident at <= 1.05x the all-resident step time, >= 90% of copy time
   hidden behind compute (from the per-block trace: CUDA events on both streams).
@@ -109,6 +111,9 @@ def main() -> None:
     rows = check("flux", flux, flux_dims, args.steps, device, 12.0, args.quick, bandwidth)
     rows += check("wan", wan, wan_dims, args.steps, device, 12.0, args.quick, bandwidth)
     report["rows"] = rows
+    from ipadapter import full_size_check, print_full_size  # bench/ipadapter.py: the IP-Adapter's full-size pieces
+
+    report["ipadapter"] = full_size_check(device, tiny=args.tiny)
     report["wall_s"] = time.perf_counter() - t0
     goals = {}
     wan_bs = [r for r in rows if r["model"] == "wan" and r["mode"] == "block_swap" and "error" not in r]
@@ -133,6 +138,7 @@ def main() -> None:
         print(f"{r['model']:5} {r['mode']:11} {r['layout'] or '-':24} {r['step_s']:7.2f} {r['vs_resident']:5.2f}x "
               f"{bound:>8} {r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f} "
               f"{(r['hidden_fraction'] or 0):6.0%}")
+    print_full_size(report["ipadapter"])
     print("goals:", json.dumps(goals), f"· total {report['wall_s']:.0f} s · written to {args.out}")
 
 
