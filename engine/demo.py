@@ -9,7 +9,9 @@ flux-dev           FluxPipeline diffusers folder (CLIP + T5 text encoders, VAE, 
 chroma             ChromaPipeline diffusers folder (T5 only); transformer shaped like flux-dev
 wan22-i2v          WanImageToVideoPipeline folder with two experts and ``boundary_ratio``
 qwen-image         QwenImagePipeline folder (Qwen2.5-VL text encoder)
-loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format)
+loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format), and
+                   ``QWEN_LORA_LAYOUT_FILES``: the same kind of LoRA in ComfyUI (``diffusion_model.*``), kohya
+                   (``lora_unet_*`` + ``alpha``) and seed 004's alias names (fused ``to_qkv`` ...)
 flux-ip-adapter    InstantX layout: ``ip-adapter.bin`` (torch.save of {"image_proj", "ip_adapter"}, as published)
                    + the same weights flattened in ``ip-adapter.safetensors`` + config
 siglip             SiglipVisionModel folder + ``preprocessor_config.json``
@@ -37,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DEMO_VERSION = "2"  # 2: the IP-Adapter also as ip-adapter.bin (torch.save, as published)
+DEMO_VERSION = "3"  # 2: the IP-Adapter also as ip-adapter.bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts
 MARKER_NAME = ".built-v1"
 DEMO_DIRNAME = "demo"
 
@@ -65,6 +67,13 @@ DEMO_NAMES: tuple[str, ...] = (
 
 #: LoRA files for the Qwen-Image demo, relative to ``<models_dir>/demo``.
 QWEN_LORA_FILES: tuple[str, ...] = ("loras/qwen-style-a.safetensors", "loras/qwen-style-b.safetensors")
+
+#: LoRA files in the other key layouts real Qwen-Image LoRAs come in, relative to ``<models_dir>/demo``.
+QWEN_LORA_LAYOUT_FILES: dict[str, str] = {
+    "comfyui": "loras/qwen-comfy.safetensors",
+    "kohya": "loras/qwen-kohya.safetensors",
+    "seed004": "loras/qwen-seed004-names.safetensors",
+}
 
 #: OmniX task -> adapter names (condition first, target last), as in upstream HKU-MMLab/OmniX.
 OMNIX_TASKS: dict[str, tuple[str, ...]] = {
@@ -573,6 +582,58 @@ def _build_qwen(out: Path, root: Path) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
     for i, rel in enumerate(QWEN_LORA_FILES):
         _save_lora(QwenImagePipeline, transformer, _QWEN_LORA_TARGETS, seed=4100 + i, out=root / rel)
+    _save_qwen_layout_loras(transformer, root)
+
+
+def _lora_tensors(transformer, targets: list[str], seed: int, rank: int = 4) -> dict:
+    """``<module>.lora_A.weight`` / ``.lora_B.weight`` of a random (non-zero) peft adapter."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    name = f"demo_{seed}"
+    with _seeded(seed):
+        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False),
+                                adapter_name=name)
+    try:
+        state = get_peft_model_state_dict(transformer, adapter_name=name)
+        return {k: v.detach().clone().contiguous() for k, v in sorted(state.items())}
+    finally:
+        transformer.delete_adapters(name)
+
+
+def _save_qwen_layout_loras(transformer, root: Path) -> None:
+    """Qwen-Image LoRAs as ComfyUI, kohya (musubi-tuner / ai-toolkit exports) and seed 004's aliases name them."""
+    import torch
+    from safetensors.torch import save_file
+
+    mlp = ["img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2"]
+    comfy = _lora_tensors(transformer, ["to_q", "to_k", "to_v", *mlp], seed=4201)
+    save_file({f"diffusion_model.{k}": v for k, v in comfy.items()}, str(root / QWEN_LORA_LAYOUT_FILES["comfyui"]))
+
+    kohya = {}
+    for key, value in _lora_tensors(transformer, ["to_out.0", "to_add_out", "img_mod.1", "txt_mod.1"], 4202).items():
+        module, part = key.rsplit(".lora_", 1)
+        stem = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{stem}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = value
+        kohya[f"{stem}.alpha"] = torch.tensor(2.0)  # rank 4, alpha 2: the delta is scaled by 0.5
+    save_file(kohya, str(root / QWEN_LORA_LAYOUT_FILES["kohya"]))
+
+    # seed 004's aliases: fused q/k/v (one A, B stacked), attn.to_out without .0, out_proj_context, dotted tags
+    seed004 = {}
+    base = _lora_tensors(transformer, ["to_q", "to_out.0", "to_add_out"], 4203)
+    with _seeded(4204):
+        for block in range(len(transformer.transformer_blocks)):
+            prefix = f"transformer_blocks.{block}"
+            a = base[f"{prefix}.attn.to_q.lora_A.weight"]
+            b = torch.cat([base[f"{prefix}.attn.to_q.lora_B.weight"], torch.randn_like(
+                base[f"{prefix}.attn.to_q.lora_B.weight"].repeat(2, 1)) * 0.1])
+            seed004[f"{prefix}.attn.to_qkv.lora.down.weight"] = a
+            seed004[f"{prefix}.attn.to_qkv.lora.up.weight"] = b.contiguous()
+            seed004[f"{prefix}.attn.to_out.lora.down.weight"] = base[f"{prefix}.attn.to_out.0.lora_A.weight"]
+            seed004[f"{prefix}.attn.to_out.lora.up.weight"] = base[f"{prefix}.attn.to_out.0.lora_B.weight"]
+            seed004[f"{prefix}.out_proj_context.lora_A.weight"] = base[f"{prefix}.attn.to_add_out.lora_A.weight"]
+            seed004[f"{prefix}.out_proj_context.lora_B.weight"] = base[f"{prefix}.attn.to_add_out.lora_B.weight"]
+    save_file(seed004, str(root / QWEN_LORA_LAYOUT_FILES["seed004"]))
 
 
 def _save_lora(pipeline_cls, transformer, targets: list[str], seed: int, out: Path) -> None:

@@ -211,7 +211,8 @@ class ModelStore:
             return self._names[id(module)]
 
     def unregister_module(self, module: torch.nn.Module) -> None:
-        """Drop a module registered with ``register_module`` from the ledger (an adapter being replaced)."""
+        """Drop a module registered with ``register_module`` from the ledger (an adapter being replaced, a removed
+        LoRA)."""
         with self._lock:
             name = self._names.pop(id(module), None)
             if name is not None:

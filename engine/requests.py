@@ -151,21 +151,61 @@ class ModelRef(_Serialisable):
         return self.repo_id or os.path.basename(os.path.normpath(self.path))
 
 
+LORA_WEIGHT_MIN, LORA_WEIGHT_MAX = -2.0, 2.0
+LORA_FILE_TYPES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")  # pickles only via torch.load(weights_only=True)
+MAX_LORAS = 32  # per stack: beyond this the summed low-rank branches cost more than they are worth; a clear limit
+
+
 @dataclass(frozen=True)
 class LoraSpec(_Serialisable):
+    """One entry of a LoRA stack: a local file, or a file of a hub repo (``repo_id`` + ``filename``)."""
+
     path: str = ""
     weight: float = 1.0
     enabled: bool = True
     name: str = ""
+    repo_id: str = ""
+    filename: str = ""
+    revision: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or os.path.basename(self.path or self.filename) or self.repo_id
 
     def validate(self, name: str = "lora") -> None:
-        if not self.path:
-            raise InputError(f"{name}.path", "no LoRA file given")
-        if not os.path.isfile(self.path):
-            raise InputError(f"{name}.path", f"LoRA file not found: {self.path}")
-        if not self.path.endswith(".safetensors"):
-            raise InputError(f"{name}.path", "only .safetensors LoRA files are loaded (pickles can run code)")
-        check_float(f"{name}.weight", self.weight, -10.0, 10.0)
+        if self.repo_id:
+            if not _REPO_ID.match(self.repo_id):
+                raise InputError(f"{name}.repo_id", f"{self.repo_id!r} is not a hub repo id of the form owner/name")
+            if not self.filename or self.filename.startswith("/") or ".." in self.filename.split("/"):
+                raise InputError(f"{name}.filename", "give the LoRA's file name inside the repo")
+            where = self.filename
+        else:
+            if not self.path:
+                raise InputError(f"{name}.path", "no LoRA file given")
+            if not os.path.isfile(self.path):
+                raise InputError(f"{name}.path", f"LoRA file not found: {self.path}")
+            where = self.path
+        if not where.lower().endswith(LORA_FILE_TYPES):
+            raise InputError(f"{name}.path", f"{os.path.basename(where)} is not a LoRA file "
+                                             f"({', '.join(LORA_FILE_TYPES)}; .safetensors preferred)")
+        if not isinstance(self.enabled, bool):
+            raise InputError(f"{name}.enabled", "must be true or false")
+        check_float(f"{name}.weight", self.weight, LORA_WEIGHT_MIN, LORA_WEIGHT_MAX)
+
+
+def check_lora_stack(name: str, loras: tuple[LoraSpec, ...]) -> None:
+    if len(loras) > MAX_LORAS:
+        raise InputError(name, f"{len(loras)} LoRAs in one stack; the limit is {MAX_LORAS}")
+    seen: dict[tuple, int] = {}
+    for i, lora in enumerate(loras):
+        if not isinstance(lora, LoraSpec):
+            raise InputError(f"{name}[{i}]", "must be a LoRA entry")
+        lora.validate(f"{name}[{i}]")
+        key = (lora.repo_id, lora.filename) if lora.repo_id else (os.path.realpath(lora.path),)
+        if key in seen:
+            raise InputError(f"{name}[{i}]", f"{lora.label} is already in the stack as entry {seen[key] + 1}; "
+                                             "change that entry's strength instead")
+        seen[key] = i
 
 
 SWAP_MODES = ("none", "model_offload", "block_swap", "adaptive", "chunkwise", "layerwise", "cpu_only")
@@ -495,17 +535,45 @@ class I2VRequest(Request):
         self.swap.validate("swap")
 
 
+LORA_BACKENDS = ("diffusers", "nunchaku")
+
+
 @dataclass(frozen=True)
 class LoraStackRequest(TextToImageRequest):
-    """Qwen-Image generation with an ordered, weighted stack of LoRAs."""
+    """Qwen-Image generation with an ordered, weighted stack of LoRAs, and an optional second stage
+    (image-to-image refine, optionally upscaled) with its own stack, as in seed 004's multi-stage workflows."""
 
     kind: ClassVar[str] = "lora_stack"
     title: ClassVar[str] = "LoRA stack"
 
     model: ModelRef = field(default_factory=lambda: ModelRef(repo_id="Qwen/Qwen-Image"))
     loras: tuple[LoraSpec, ...] = ()
+    input_image: str = ""  # given: Qwen-Image-Edit (the model must be an Edit model)
+    step_cache: float = 0.0  # First Block Cache threshold; 0 = off
+    backend: str = "diffusers"  # "nunchaku": SVDQuant weights, when the real nunchaku package is installed
+    nunchaku_transformer: str = ""  # the svdq-*.safetensors file for the nunchaku backend
+    stage2: bool = False
+    stage2_loras: tuple[LoraSpec, ...] = ()
+    stage2_strength: float = 0.5  # how much of stage 1's image the refine may change (img2img strength)
+    stage2_steps: int = 0  # 0 = same as stage 1
+    stage2_upscale: float = 1.0
 
     def validate(self) -> None:
         super().validate()
-        for i, lora in enumerate(self.loras):
-            lora.validate(f"loras[{i}]")
+        check_lora_stack("loras", self.loras)
+        if self.input_image:
+            check_image("input_image", self.input_image)
+        check_float("step_cache", self.step_cache, 0.0, 1e9)
+        check_choice("backend", self.backend, LORA_BACKENDS)
+        if self.backend == "nunchaku" and not os.path.isfile(self.nunchaku_transformer or ""):
+            raise InputError("nunchaku_transformer", "give the Nunchaku svdq-*.safetensors transformer file")
+        if self.stage2:
+            check_lora_stack("stage2_loras", self.stage2_loras)
+            check_float("stage2_strength", self.stage2_strength, 0.01, 1.0)
+            check_int("stage2_steps", self.stage2_steps, 0, MAX_STEPS)
+            check_float("stage2_upscale", self.stage2_upscale, 1.0, 4.0)
+            for side in ("width", "height"):
+                value = round(getattr(self, side) * self.stage2_upscale)
+                if value % 16 or value > MAX_SIDE:
+                    raise InputError("stage2_upscale", f"gives a {side} of {value} px; it must be a multiple of 16 "
+                                                       f"up to {MAX_SIDE}")

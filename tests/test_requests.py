@@ -119,9 +119,9 @@ def test_job_specific_rules(image_file, tmp_path):
         (QuantizeRequest(source=ModelRef(path=str(tmp_path)), components=()), "components"),
         (LoraStackRequest(prompt="x", loras=(LoraSpec(path=str(tmp_path / "x.safetensors")),)), "loras[0].path"),
     ]
-    pickle = tmp_path / "lora.ckpt"
-    pickle.write_bytes(b"0")
-    cases.append((LoraStackRequest(prompt="x", loras=(LoraSpec(path=str(pickle)),)), "loras[0].path"))
+    not_lora = tmp_path / "lora.txt"  # pickles (.ckpt) pass here and are refused when loaded unless weights_only works
+    not_lora.write_bytes(b"0")
+    cases.append((LoraStackRequest(prompt="x", loras=(LoraSpec(path=str(not_lora)),)), "loras[0].path"))
     for req, field in cases:
         with pytest.raises(InputError) as err:
             req.validate()

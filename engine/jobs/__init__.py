@@ -18,6 +18,7 @@ RUNNERS = {
     "sdnq_generate": "catalog",
     "sdnq_quantize": "quantize",
     "ipadapter": "ipadapter",
+    "lora_stack": "lora_stack",
 }
 
 

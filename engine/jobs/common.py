@@ -4,10 +4,11 @@ aborted run can never leak stale state into the next one."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -33,6 +34,30 @@ def reset_pipeline_state(pipe) -> None:
         reset = getattr(module, "_reset_stateful_cache", None)
         if reset is not None:
             reset()
+
+
+@contextlib.contextmanager
+def step_cache(pipe, threshold: float) -> Iterator[None]:
+    """First Block Cache on every transformer of ``pipe`` for one run (one stage) only: enabled on entry and
+    removed on exit, whatever happens, so no cached residual can outlive the LoRAs and inputs it was computed
+    with (seed 004's #14). ``threshold`` 0 = off; a cache something else left enabled is removed either way."""
+    modules = [m for m in transformers_of(pipe) if hasattr(m, "enable_cache")]
+    for module in modules:
+        if module.is_cache_enabled:
+            module.disable_cache()
+    if threshold <= 0:
+        yield
+        return
+    from diffusers import FirstBlockCacheConfig
+
+    for module in modules:
+        module.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._reset_stateful_cache()
+            module.disable_cache()
 
 
 def accepted_kwargs(pipe, kwargs: dict) -> dict:

@@ -1,0 +1,219 @@
+"""LoRA stack on Qwen-Image: one or two stages, each with its own stack, composed only when it changed.
+
+Stage 1 is text to image (``QwenImagePipeline``; ``QwenImageEditPipeline`` when an input image is given);
+stage 2, optional, refines stage 1's image (optionally upscaled) with ``QwenImageImg2ImgPipeline``. Every
+pipeline is built from the same shared components, so both stages and the Text-to-image tab use one transformer
+and one ``LoraComposer``. Each stage gets a fresh step cache, and the adapters are switched off in ``finally``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from ..adapters import nunchaku
+from ..adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
+from ..adapters.lora_stack import LoraComposer, StackItem, fingerprint
+from ..errors import InputError, ModelLoadError
+from ..models import torch_dtype
+from ..requests import LoraSpec, LoraStackRequest, ModelRef
+from ..result import Result
+from .common import accepted_kwargs, generator_for, run_denoise, step_cache
+from .text2image import pipeline_kwargs
+
+EDIT_PIPELINE = "QwenImageEditPipeline"
+REFINE_PIPELINE = "QwenImageImg2ImgPipeline"
+
+
+# ---------------------------------------------------------------- files
+def lora_file(spec: LoraSpec, progress=None, cancel=None) -> str:
+    """The local file of a stack entry; a hub entry is fetched into the HF cache (resumable, verified)."""
+    if not spec.repo_id:
+        return spec.path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if progress is not None:
+        progress(0.0, f"fetching LoRA {spec.repo_id}/{spec.filename}")
+    try:
+        return hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision or None)
+    except EntryNotFoundError:
+        raise ModelLoadError(f"{spec.repo_id} has no file {spec.filename}") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"no hub repo {spec.repo_id} (or it is private: log in with a token)") from None
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(f"{spec.repo_id}/{spec.filename} is not in the local cache and the hub cannot be "
+                             "reached") from None
+    except OSError as exc:
+        raise ModelLoadError(f"could not fetch {spec.repo_id}/{spec.filename}: {exc}") from None
+
+
+def stack_items(composer, specs: tuple[LoraSpec, ...], field: str) -> list[StackItem]:
+    """Resolve and check every entry; two entries with the same bytes (even under two names) are refused."""
+    items, seen = [], {}
+    for i, spec in enumerate(specs):
+        path = lora_file(spec)
+        name = f"{field}[{i}]"
+        info = composer_info(composer, path, name, spec.label)
+        if info.content_hash in seen:
+            raise InputError(name, f"{spec.label} has the same content as entry {seen[info.content_hash] + 1} "
+                                   f"({specs[seen[info.content_hash]].label}); keep one and set its strength")
+        seen[info.content_hash] = i
+        items.append(StackItem(info, float(spec.weight), bool(spec.enabled), spec.label))
+    return items
+
+
+def composer_info(composer, path: str, field: str, label: str) -> LoraInfo:
+    """A loaded file's converted weights are reused: an unchanged stack reads no file at all."""
+    digest = content_hash(path)
+    for loaded in composer.loaded_infos():
+        if loaded.content_hash == digest:
+            return loaded
+    return inspect_file(path, composer.table, field, label)
+
+
+# ---------------------------------------------------------------- inspection (the editor's rows)
+def inspect(engine, model: ModelRef, spec: LoraSpec) -> dict:
+    """Rank, targets, size and hits of one LoRA for this model, read without loading the model (headers)."""
+    spec.validate("lora")
+    path = lora_file(spec)
+    table = None
+    if model.path or engine.demo:
+        folder = engine.store.resolve(model) / "transformer"
+        if folder.is_dir():
+            table = target_table_from_folder(folder)
+    return inspect_file(path, table, "lora", spec.label).summary()
+
+
+# ---------------------------------------------------------------- the run
+def prepare(engine, req: LoraStackRequest, progress, cancel) -> None:
+    engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    for spec in (*req.loras, *(req.stage2_loras if req.stage2 else ())):
+        lora_file(spec, progress, cancel)
+
+
+def _pipeline(engine, req: LoraStackRequest, pipeline_class: str | None, progress, cancel):
+    kwargs = {}
+    if req.backend == "nunchaku":
+        kwargs["transformer"] = _nunchaku_transformer(engine, req)
+    return engine.store.load_pipeline(req.model, pipeline_class, progress=engine.download_progress(progress),
+                                      cancel=cancel, **kwargs)
+
+
+def _nunchaku_transformer(engine, req: LoraStackRequest):
+    cache = engine.__dict__.setdefault("_nunchaku_transformers", {})
+    path = os.path.realpath(req.nunchaku_transformer)
+    if path not in cache:
+        module = nunchaku.load_transformer(path, torch_dtype(req.model.dtype, engine.device), engine.device)
+        engine.store.register_module(f"nunchaku/{os.path.basename(path)}", module, "transformer")
+        cache[path] = module
+    return cache[path]
+
+
+def stage1_kwargs(pipe, req: LoraStackRequest) -> dict:
+    kwargs = pipeline_kwargs(pipe, req)
+    if req.input_image:
+        from PIL import Image
+
+        with Image.open(req.input_image) as im:
+            kwargs["image"] = im.convert("RGB")
+    return accepted_kwargs(pipe, kwargs)
+
+
+def stage2_kwargs(pipe, req: LoraStackRequest, image) -> dict:
+    width, height = round(req.width * req.stage2_upscale), round(req.height * req.stage2_upscale)
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=3)  # bicubic
+    kwargs = {
+        "prompt": req.prompt, "image": image, "strength": req.stage2_strength, "width": width, "height": height,
+        "num_inference_steps": req.stage2_steps or req.steps, "true_cfg_scale": req.true_cfg_scale,
+        "guidance_scale": req.guidance_scale, "generator": generator_for(req.seed), "output_type": "pil",
+    }
+    if req.negative_prompt.strip():
+        kwargs["negative_prompt"] = req.negative_prompt
+    return accepted_kwargs(pipe, kwargs)
+
+
+def cache_key(req: LoraStackRequest, fp: str, stage: int) -> str:
+    """What a step-cache entry depends on; the cache is also rebuilt per stage, so nothing outlives it."""
+    data = [req.model.to_dict(), fp, req.step_cache, req.width, req.height, req.steps, stage, req.true_cfg_scale,
+            bool(req.negative_prompt.strip())]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress(0.0, f"loading {req.model.label}")
+    pipe = _pipeline(engine, req, EDIT_PIPELINE if req.input_image else None, progress, cancel)
+    timings["load"] = time.perf_counter() - t0
+    if req.backend == "nunchaku":
+        return _run_nunchaku(engine, req, pipe, progress, cancel, timings)
+    composer = LoraComposer.of(engine.store, pipe, req.model.label)
+
+    before = composer.counters.as_dict()
+    t1 = time.perf_counter()
+    stage1 = stack_items(composer, req.loras, "loras")
+    stage2 = stack_items(composer, req.stage2_loras, "stage2_loras") if req.stage2 else []
+    composer.sync(pipe, stage1 + [i for i in stage2 if i.adapter not in {s.adapter for s in stage1}])
+    timings["lora"] = time.perf_counter() - t1
+    stage1_image = None
+    try:
+        images = _stage(engine, composer, pipe, req, stage1, stage1_kwargs(pipe, req), req.steps, progress,
+                        cancel, timings, "stage1")
+        if req.stage2:
+            stage1_image = images[0]
+            refine = _pipeline(engine, req, REFINE_PIPELINE, progress, cancel)
+            images = _stage(engine, composer, refine, req, stage2, stage2_kwargs(refine, req, stage1_image),
+                            req.stage2_steps or req.steps, progress, cancel, timings, "stage2")
+    finally:
+        composer.deactivate(pipe)
+    after = composer.counters.as_dict()
+    metadata = {
+        "pipeline": type(pipe).__name__,
+        "fingerprint": fingerprint(stage1),
+        "step_cache_key": cache_key(req, fingerprint(stage1), 1),
+        "lora_work": {k: after[k] - before[k] for k in after},
+        "loras": [dict(i.info.summary(), weight=i.weight, enabled=i.enabled) for i in stage1],
+        "warnings": _unknown_key_warnings(stage1 + stage2),
+    }
+    if req.stage2:
+        metadata.update(stage2_fingerprint=fingerprint(stage2),
+                        stage2_loras=[dict(i.info.summary(), weight=i.weight, enabled=i.enabled) for i in stage2])
+    return Result(request=req, images=images + ([stage1_image] if stage1_image is not None else []),
+                  timings=timings, metadata=metadata)
+
+
+def _stage(engine, composer, pipe, req, items, kwargs, steps, progress, cancel, timings, tag) -> list:
+    t = time.perf_counter()
+    composer.activate(pipe, items)
+    timings["lora"] = timings.get("lora", 0.0) + time.perf_counter() - t
+    stage_timings: dict[str, float] = {}
+    # the LoRA rows are in use too: a budget eviction must never move them off the transformer's device
+    with engine.memory.use(composer.ledger_names()), step_cache(pipe, req.step_cache):
+        out = run_denoise(engine, pipe, kwargs, steps, req.swap, progress, cancel, stage_timings)
+    for key, value in stage_timings.items():
+        timings[f"{tag}_{key}" if req.stage2 else key] = value
+    return list(out.images)
+
+
+def _unknown_key_warnings(items: list[StackItem]) -> list[str]:
+    return [f"{i.label}: {i.info.unknown_count} key(s) not applied, e.g. {i.info.unknown_example}"
+            for i in items if i.info.unknown_count]
+
+
+def _run_nunchaku(engine, req, pipe, progress, cancel, timings) -> Result:  # pragma: no cover - needs CUDA
+    composer = engine.__dict__.setdefault("_nunchaku_composers", {}).setdefault(
+        id(pipe.transformer), nunchaku.NunchakuComposer(pipe.transformer))
+    table = None  # nunchaku fuses q/k/v: the diffusers names are checked by the file's own rules only
+    items = [StackItem(inspect_file(lora_file(s), table, f"loras[{i}]", s.label), float(s.weight), s.enabled,
+                       s.label) for i, s in enumerate(req.loras)]
+    # this transformer serves LoRA-stack runs only (Text to image loads the diffusers one): the composed LoRAs
+    # may stay until the stack changes
+    composer.apply(items)
+    with step_cache(pipe, req.step_cache):
+        out = run_denoise(engine, pipe, stage1_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
+    return Result(request=req, images=list(out.images), timings=timings,
+                  metadata={"pipeline": type(pipe).__name__, "backend": "nunchaku", "fingerprint": fingerprint(items)})
