@@ -99,6 +99,8 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
             expect(page.locator("#catalog-run")).to_be_visible()
         elif label == "IP-Adapter":
             expect(page.locator("#ip-run")).to_be_visible()
+        elif label == "LoRA stack":
+            expect(page.locator("#lora-run")).to_be_visible()
         else:
             expect(panel).to_contain_text("not built yet")
 
@@ -166,3 +168,35 @@ def test_ipadapter_tab_runs_with_an_uploaded_reference(page, tmp_path):
     expect(page.locator("#vram-modules")).to_contain_text("InstantX/FLUX.1-dev-IP-Adapter/ip_layers", timeout=10_000)
     expect(page.locator("#vram-modules")).to_contain_text("image_encoder")
     page.screenshot(path=str(tmp_path / "ipadapter-after-run.png"), full_page=True)
+
+
+def _add_lora(page, name: str) -> None:
+    page.locator("#lora-pick input").click()
+    page.get_by_role("option", name=name).click()
+    page.locator("#lora-add").click()
+
+
+def test_lora_stack_build_reorder_disable_and_run(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="LoRA stack", exact=True).click()
+    expect(page.locator("#lora-empty")).to_be_visible()
+    _add_lora(page, "qwen-style-a.safetensors (demo)")
+    expect(page.locator("#lora-row-0-info")).to_contain_text("qwen-style-a")
+    _add_lora(page, "qwen-kohya.safetensors (demo)")
+    expect(page.locator("#lora-row-1-info")).to_contain_text("kohya")
+    expect(page.locator("#lora-row-1-info")).to_contain_text("hits 8 of 34")
+
+    page.locator("#lora-row-1-up").click()  # kohya first now
+    expect(page.locator("#lora-row-0-info")).to_contain_text("qwen-kohya")
+    expect(page.locator("#lora-row-1-info")).to_contain_text("qwen-style-a")
+    page.locator("#lora-row-1-on input").uncheck()  # style-a off
+    expect(page.locator("#lora-row-1-on input")).not_to_be_checked()
+
+    page.locator("#lora-prompt textarea").fill("a paper boat on a pond")
+    page.locator("#lora-run").click()
+    expect(page.locator("#lora-output img").first).to_be_visible(timeout=120_000)
+    expect(page.locator("#lora-status")).to_contain_text("Done")
+    expect(page.locator("#lora-status")).to_contain_text("2 load(s), 1 set_adapters")
+    page.locator("#lora-run").click()  # same stack again: no LoRA work at all
+    expect(page.locator("#lora-status")).to_contain_text("none (stack unchanged)", timeout=120_000)

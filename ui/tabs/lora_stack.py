@@ -1,9 +1,174 @@
-"""LoRA stack: not built yet; the tab says so in one line."""
+"""LoRA stack on Qwen-Image: edit the stack (and an optional stage-2 stack), run, see what the LoRAs cost.
+
+Widgets -> ``LoraStackRequest`` -> ``engine.run`` -> gallery. The engine recomposes only what changed; the
+status line says how much LoRA work the run did (loads / ``set_adapters`` calls), so "unchanged stack, no work"
+is visible, not just promised.
+"""
 
 from __future__ import annotations
 
-from ..components import not_built
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from engine import LoraStackRequest, ModelRef, Result
+from engine.adapters import nunchaku
+
+from .. import zerogpu
+from ..components import (
+    GPU_POOL,
+    CancelSlots,
+    as_int,
+    image_output,
+    image_run_updates,
+    run_on_engine,
+    run_row,
+    run_with_feedback,
+    seed_input,
+    size_sliders,
+    steps_slider,
+)
+from .lora_stack_editor import specs, stack_editor
+
+MODELS = {  # real repo ids; demo mode maps Qwen-Image to its tiny stand-in
+    "Qwen/Qwen-Image": "Qwen-Image (bf16)",
+    "Disty0/Qwen-Image-SDNQ-uint4-svd-r32": "Qwen-Image SDNQ uint4 (catalog)",
+    "Disty0/Qwen-Image-Lightning-SDNQ-uint4-svd-r32": "Qwen-Image-Lightning SDNQ uint4 (catalog)",
+    "Qwen/Qwen-Image-Edit": "Qwen-Image-Edit (needs an input image)",
+}
+DEMO_MODELS = ("Qwen/Qwen-Image",)
+LABELS = {
+    "model": "Model", "prompt": "Prompt", "negative_prompt": "Negative prompt", "width": "Width", "height": "Height",
+    "steps": "Steps", "guidance_scale": "Guidance", "true_cfg_scale": "True CFG", "seed": "Seed",
+    "loras": "LoRA stack", "stage2_loras": "Stage 2 stack", "step_cache": "Step cache", "backend": "Backend",
+    "nunchaku_transformer": "Nunchaku file", "stage2_strength": "Refine strength", "stage2_steps": "Stage 2 steps",
+    "stage2_upscale": "Upscale", "input_image": "Input image", "swap": "Memory mode",
+}
+BACKENDS = [("diffusers + peft", "diffusers"), ("Nunchaku (SVDQuant)", "nunchaku")]
+
+
+def model_ref(value: str | None) -> ModelRef:
+    """A dropdown value: a repo id, or a local folder typed in (an SDNQ model quantized on the catalog tab)."""
+    value = (value or "").strip()
+    if value and os.path.isdir(value):
+        return ModelRef(path=value)
+    return ModelRef(repo_id=value)
+
+
+def build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
+                  backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
+                  stage2_upscale) -> LoraStackRequest:
+    request = LoraStackRequest(
+        model=model_ref(model), loras=specs(stack), prompt=prompt or "", negative_prompt=negative or "",
+        width=as_int(width), height=as_int(height), steps=as_int(steps), guidance_scale=guidance,
+        true_cfg_scale=true_cfg, seed=as_int(seed), step_cache=float(step_cache or 0.0),
+        backend=backend or "diffusers", nunchaku_transformer=nunchaku_file or "", input_image=input_image or "",
+        stage2=bool(stage2), stage2_loras=specs(stage2_stack) if stage2 else (),
+        stage2_strength=stage2_strength, stage2_steps=as_int(stage2_steps), stage2_upscale=stage2_upscale,
+    )
+    request.validate()
+    return request
+
+
+def lora_work_text(work: dict) -> str:
+    if not any(work.values()):
+        return "LoRA work: none (stack unchanged)"
+    return (f"LoRA work: {work.get('loads', 0)} load(s), {work.get('set_adapters', 0)} set_adapters, "
+            f"{work.get('deletes', 0)} removed")
+
+
+def format_result(result: Result) -> str:
+    t, meta = result.timings, result.metadata
+    parts = [f"{label} {t[key]:.2f} s" for key, label in (("load", "load"), ("lora", "LoRA"),
+             ("denoise_decode", "denoise + decode"), ("stage1_denoise_decode", "stage 1"),
+             ("stage2_denoise_decode", "stage 2")) if key in t]
+    files = ", ".join(f"`{Path(f).name}`" for f in result.files if f.endswith(".png"))
+    lines = [f"**{t.get('total', 0.0):.2f} s** ({' · '.join(parts)}) · saved {files}"]
+    if "lora_work" in meta:
+        lines.append(f"{lora_work_text(meta['lora_work'])} · stack `{meta.get('fingerprint', '')}`")
+    lines += [f"⚠️ {w}" for w in meta.get("warnings", [])]
+    return "  \n".join(lines)
+
+
+def _estimate(request: LoraStackRequest, *_args) -> int:
+    steps = request.steps + (request.stage2_steps or request.steps if request.stage2 else 0)
+    return zerogpu.estimate_seconds(steps, request.width, request.height)
 
 
 def build(engine) -> None:
-    not_built("**LoRA stack** (Qwen-Image with a weighted stack of LoRAs) is not built yet in this version of the app.")
+    slots = CancelSlots()
+    demo = engine.demo
+    d = {"size": 64, "max_size": 512, "steps": 2} if demo else {"size": 1328, "max_size": 2048, "steps": 30}
+    state = nunchaku.status()
+
+    def generate(request: LoraStackRequest, progress, cancel) -> Result:
+        return engine.run(request, progress, cancel)
+
+    on_gpu = zerogpu.gpu(generate, _estimate)
+    with gr.Row():
+        with gr.Column(scale=5):
+            repos = DEMO_MODELS if demo else tuple(MODELS)
+            choices = [(f"{MODELS[r]}{' (tiny demo stand-in)' if demo else ''}", r) for r in repos]
+            model = gr.Dropdown(choices, value=repos[0], label="Model", allow_custom_value=True,
+                                info="or type the folder of an SDNQ model you quantized on the catalog tab")
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="lora-prompt",
+                                placeholder="a watercolor fox reading a map, soft light")
+            stack = stack_editor(engine, "lora", model, model_ref, "Stage 1 stack")
+            width, height = size_sliders(d["size"], d["max_size"])
+            with gr.Row():
+                steps = steps_slider(d["steps"])
+                guidance = gr.Slider(0, 30, value=1.0, step=0.5, label="Guidance")
+            seed = seed_input(0, elem_id="lora-seed")
+            with gr.Accordion("Negative prompt", open=False):
+                negative = gr.Textbox(label="Negative prompt", lines=1)
+                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG", info="1 = off")
+            with gr.Accordion("Stage 2: refine (image to image, optionally upscaled)", open=False):
+                stage2 = gr.Checkbox(False, label="Run a second stage", elem_id="lora-stage2")
+                with gr.Row():
+                    stage2_strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Refine strength")
+                    stage2_upscale = gr.Slider(1.0, 2.0, value=1.0, step=0.25, label="Upscale")
+                    stage2_steps = gr.Slider(0, 100, value=0, step=1, precision=0, label="Stage 2 steps",
+                                             info="0 = as stage 1")
+                stage2_stack = stack_editor(engine, "lora2", model, model_ref, "Stage 2 stack")
+            with gr.Accordion("Speed and backend", open=False):
+                step_cache = gr.Slider(0, 1, value=0.0, step=0.01, label="Step cache (First Block Cache)",
+                                       info="skip blocks when the first block barely changed; 0 = off. Reset "
+                                            "every run and every stage")
+                backend = gr.Radio(BACKENDS if state.available else BACKENDS[:1], value="diffusers",
+                                   label="Backend")
+                gr.Markdown(("✅ " if state.available else "Nunchaku unavailable: ") + state.reason,
+                            elem_id="lora-nunchaku")
+                nunchaku_file = gr.Textbox(label="Nunchaku transformer (svdq-*.safetensors)",
+                                           visible=state.available)
+            with gr.Accordion("Edit an image (Qwen-Image-Edit)", open=False):
+                input_image = gr.Image(type="filepath", label="Input image", sources=["upload"])
+            status, run = run_row(slots, "lora", cancel_api="lora_stack_cancel")
+        with gr.Column(scale=6):
+            gallery, info, save_json = image_output("lora")
+
+    inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,
+              nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps, stage2_upscale]
+
+    def run_lora_stack(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
+                       backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
+                       stage2_upscale, request: gr.Request, progress=gr.Progress()):
+        req = build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed,
+                            step_cache, backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength,
+                            stage2_steps, stage2_upscale)
+        cancel = slots.start(request)
+        try:
+            yield {status: "Running…"}
+            result = run_on_engine(engine, on_gpu, req, progress, cancel)
+        finally:
+            slots.finish(request, cancel)
+        for warning in result.metadata.get("warnings", []):
+            gr.Warning(warning)
+        updates = image_run_updates(result, format_result(result))
+        yield dict(zip((gallery, info, save_json, status), (*updates[:3], f"{updates[3]} "
+                                                            f"{lora_work_text(result.metadata.get('lora_work', {}))}.")))
+
+    run.click(
+        run_with_feedback(run_lora_stack, status, LABELS), inputs, [gallery, info, save_json, status],
+        api_name="lora_stack", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
+    )
