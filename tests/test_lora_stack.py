@@ -343,3 +343,13 @@ def test_nunchaku_status_without_it_and_with_the_unrelated_pypi_package(tmp_path
         stack_request(backend="nunchaku").validate()
     with pytest.raises(EngineError, match="unrelated"):
         nunchaku.load_transformer(str(tmp_path / "x.safetensors"), torch.float32, "cpu")
+
+
+def test_an_input_image_needs_an_edit_model(engine, files, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    with pytest.raises(InputError) as err:
+        engine.run(stack_request([files["a"]], input_image=str(image)))
+    assert err.value.field == "input_image" and "Qwen-Image-Edit" in err.value.message

@@ -74,10 +74,6 @@ class LoraInfo:
     unknown_example: str = ""
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    @property
-    def lora_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict.values())
-
     def summary(self) -> dict:
         rank = str(self.rank) if len(set(self.ranks)) <= 1 else f"{min(self.ranks)}–{max(self.ranks)}"
         return {

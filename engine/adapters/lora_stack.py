@@ -18,6 +18,8 @@ depend on the order, and a fixed order makes it bit-identical too (float additio
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import threading
@@ -126,6 +128,9 @@ class LoraComposer:
                         self._load(pipe, name, item)
                         new.append(name)
             except Exception as exc:
+                if current is not None and current.adapter not in new:  # a load that failed half-way
+                    with contextlib.suppress(Exception):
+                        pipe.delete_adapters(current.adapter)
                 for name in new:
                     self._delete(pipe, name)
                 if isinstance(exc, EngineError):
@@ -144,7 +149,8 @@ class LoraComposer:
         self.counters.loads += 1
         layers = _adapter_layers(self.transformer, name)
         ledger = self.store.register_module(f"{self.ledger_prefix}/lora/{item.label}#{name[5:13]}", layers, "lora")
-        self._loaded[name] = _Loaded(item.info, ledger, layers)
+        # the converted tensors now live in the peft layers: keep the summary, not a second copy in RAM
+        self._loaded[name] = _Loaded(dataclasses.replace(item.info, state_dict={}), ledger, layers)
 
     def _delete(self, pipe, name: str) -> None:
         entry = self._loaded.pop(name)

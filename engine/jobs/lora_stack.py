@@ -17,13 +17,12 @@ from ..adapters import nunchaku
 from ..adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
 from ..adapters.lora_stack import LoraComposer, StackItem, fingerprint
 from ..errors import InputError, ModelLoadError
-from ..models import torch_dtype
+from ..models import read_model_index, torch_dtype
 from ..requests import LoraSpec, LoraStackRequest, ModelRef
 from ..result import Result
 from .common import accepted_kwargs, generator_for, run_denoise, step_cache
 from .text2image import pipeline_kwargs
 
-EDIT_PIPELINE = "QwenImageEditPipeline"
 REFINE_PIPELINE = "QwenImageImg2ImgPipeline"
 
 
@@ -143,11 +142,22 @@ def cache_key(req: LoraStackRequest, fp: str, stage: int) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def stage1_class(engine, req: LoraStackRequest) -> str:
+    """The model's own pipeline class; an input image needs a Qwen-Image-Edit model and an Edit model one."""
+    cls = read_model_index(engine.store.resolve(req.model))["_class_name"]
+    if req.input_image and "Edit" not in cls:
+        raise InputError("input_image", f"{req.model.label} is a {cls}; editing an input image needs a "
+                                        "Qwen-Image-Edit model (or remove the input image)")
+    if not req.input_image and "Edit" in cls:
+        raise InputError("input_image", f"{req.model.label} is an edit model ({cls}): give it an input image")
+    return cls
+
+
 def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     progress(0.0, f"loading {req.model.label}")
-    pipe = _pipeline(engine, req, EDIT_PIPELINE if req.input_image else None, progress, cancel)
+    pipe = _pipeline(engine, req, stage1_class(engine, req), progress, cancel)
     timings["load"] = time.perf_counter() - t0
     if req.backend == "nunchaku":
         return _run_nunchaku(engine, req, pipe, progress, cancel, timings)

@@ -1,0 +1,119 @@
+"""LoRA recomposition cost on the tiny Qwen-Image, measured side by side in one run.
+
+Rounds of, in turn: the first run of a stack of 5 (a fresh engine: 5 loads), then on one engine the same stack
+again (unchanged), one strength changed, a 6th LoRA added, and raw diffusers on the same pipeline with the same
+5 adapters set before timing. Prints per case the LoRA work (loads / set_adapters, counted by the composer),
+the time the engine spent on LoRA work, and the run's time; the goal: an unchanged stack does zero loads and
+zero set_adapters, and its run is within 2% of the pre-set raw call.
+    python bench/lora_recompose.py [--rounds 8] [--size 256] [--steps 4] [--pairs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from engine import Engine, LoraSpec, LoraStackRequest, ModelRef  # noqa: E402
+from engine.adapters.lora_stack import LoraComposer  # noqa: E402
+from engine.demo import QWEN_LORA_FILES, QWEN_LORA_LAYOUT_FILES, build_demo_models  # noqa: E402
+from engine.jobs.common import generator_for  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--pairs", type=int, default=4, help="extra unchanged/raw pairs per round")
+    ap.add_argument("--models-dir", default=None)
+    args = ap.parse_args()
+
+    models_dir = Path(args.models_dir or tempfile.mkdtemp(prefix="bench-models-"))
+    root = build_demo_models(models_dir)
+    work = Path(tempfile.mkdtemp(prefix="bench-lora-"))
+    files = [str(root / rel) for rel in (*QWEN_LORA_FILES, *QWEN_LORA_LAYOUT_FILES.values())]
+    sixth = work / "qwen-style-a-half.safetensors"  # a 6th, different file: style-a at half its delta
+    save_file({k: v * 0.5 if "lora_B" in k else v for k, v in load_file(files[0]).items()}, str(sixth))
+
+    engine = Engine(models_dir=models_dir, demo=True, outputs_dir=work / "out")
+    model = ModelRef(repo_id="Qwen/Qwen-Image")
+
+    def request(loras) -> LoraStackRequest:
+        return LoraStackRequest(model=model, prompt="a paper lantern", width=args.size, height=args.size,
+                                steps=args.steps, seed=5, guidance_scale=1.0, loras=tuple(loras))
+
+    five = [LoraSpec(path=f, weight=0.6) for f in files]
+    stronger = [*five[:-1], LoraSpec(path=files[-1], weight=0.9)]
+    six = [*five, LoraSpec(path=str(sixth), weight=0.6)]
+    first = "first run of the 5 (fresh engine)"
+    cases = {  # name -> stack; run in this order each round, so each case follows the one before
+        first: five,
+        "same 5 again (unchanged)": five,
+        "one strength changed": stronger,
+        "6th LoRA added to the 5": six,
+    }
+    pipe = engine.store.load_pipeline(model)
+    composer = LoraComposer.of(engine.store, pipe, model.label)
+    raw_kwargs = dict(prompt="a paper lantern", width=args.size, height=args.size, num_inference_steps=args.steps,
+                      true_cfg_scale=1.0, guidance_scale=1.0, output_type="pil")
+
+    def raw_preset():
+        """Raw diffusers, same pipeline, the same 5 adapters set before timing starts."""
+        engine.run(request(five))  # composes the 5 (outside the timed call)
+        pipe.enable_lora()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            pipe(**raw_kwargs, generator=generator_for(5))
+        elapsed = time.perf_counter() - t0
+        pipe.disable_lora()
+        return elapsed
+
+    engine.run(request(six)), raw_preset()  # warm up every path; the engine ends each round on the 5
+    stats: dict[str, dict[str, list]] = {name: {"lora": [], "run": [], "work": []} for name in cases}
+    raw_times: list[float] = []
+    pair_times: list[float] = []
+    for _ in range(args.rounds):
+        for name, stack in cases.items():
+            on = Engine(models_dir=models_dir, demo=True, outputs_dir=work / "out") if name == first else engine
+            c = composer if on is engine else LoraComposer.of(on.store, on.store.load_pipeline(model), model.label)
+            before = c.counters.as_dict()
+            result = on.run(request(stack))
+            after = c.counters.as_dict()
+            stats[name]["lora"].append(result.timings.get("lora", 0.0))
+            stats[name]["run"].append(result.timings["denoise_decode"] + result.timings.get("lora", 0.0))
+            stats[name]["work"].append((after["loads"] - before["loads"], after["set_adapters"] - before["set_adapters"]))
+        raw_times.append(raw_preset())
+        for i in range(args.pairs):  # the 2% comparison: unchanged stack and pre-set raw, interleaved
+            order = (("engine", None), ("raw", None)) if i % 2 == 0 else (("raw", None), ("engine", None))
+            for side, _ in order:
+                if side == "raw":
+                    raw_times.append(raw_preset())
+                else:
+                    result = engine.run(request(five))
+                    pair_times.append(result.timings["denoise_decode"] + result.timings.get("lora", 0.0))
+
+    raw_med = statistics.median(raw_times)
+    print(f"device {engine.device}, tiny Qwen-Image {args.size}x{args.size}, {args.steps} steps, {args.rounds} rounds")
+    print(f"{'case':<38}{'loads':>6}{'set_ad.':>8}{'LoRA work ms':>14}{'run s':>9}{'vs pre-set raw':>16}")
+    for name, s in stats.items():
+        loads, sets = max(w[0] for w in s["work"]), max(w[1] for w in s["work"])
+        run = statistics.median(s["run"])
+        print(f"{name:<38}{loads:>6}{sets:>8}{statistics.median(s['lora']) * 1e3:>14.2f}{run:>9.4f}"
+              f"{run / raw_med:>15.3f}x")
+    print(f"{'raw diffusers, 5 adapters pre-set':<38}{'-':>6}{'-':>8}{'-':>14}{raw_med:>9.4f}{1.0:>15.3f}x")
+    unchanged = statistics.median(stats["same 5 again (unchanged)"]["run"] + pair_times)
+    print(f"unchanged stack vs pre-set raw: {unchanged / raw_med:.3f}x (goal within 2%); "
+          f"LoRA work on it: {max(w for w in stats['same 5 again (unchanged)']['work'])} (loads, set_adapters)")
+
+
+if __name__ == "__main__":
+    main()
