@@ -119,13 +119,14 @@ def stack_editor(engine, prefix: str, model_box: gr.components.Component, model_
             gr.Markdown("*No LoRA yet: add one below. The run is then the base model.*",
                         elem_id=f"{prefix}-empty")
         for i, entry in enumerate(entries or []):
-            with gr.Row(elem_id=f"{prefix}-row-{i}", equal_height=True):
-                on = gr.Checkbox(entry.get("enabled", True), label="on", scale=1, min_width=60, interactive=True,
+            with gr.Row(elem_id=f"{prefix}-row-{i}", equal_height=False, elem_classes=["lora-row"]):
+                on = gr.Checkbox(entry.get("enabled", True), label="on", scale=0, min_width=70, interactive=True,
                                  elem_id=f"{prefix}-row-{i}-on")
                 weight = gr.Number(entry.get("weight", 1.0), label="strength", minimum=LORA_WEIGHT_MIN,
-                                   maximum=LORA_WEIGHT_MAX, step=0.05, scale=1, min_width=90, interactive=True,
+                                   maximum=LORA_WEIGHT_MAX, step=0.05, scale=0, min_width=110, interactive=True,
                                    elem_id=f"{prefix}-row-{i}-weight")
-                gr.Markdown(entry_text(entry), elem_id=f"{prefix}-row-{i}-info")
+                with gr.Column(scale=10):
+                    gr.Markdown(entry_text(entry), elem_id=f"{prefix}-row-{i}-info")
                 up = gr.Button("↑", size="sm", scale=0, min_width=40, elem_id=f"{prefix}-row-{i}-up")
                 down = gr.Button("↓", size="sm", scale=0, min_width=40, elem_id=f"{prefix}-row-{i}-down")
                 drop = gr.Button("✕", size="sm", scale=0, min_width=40, variant="stop",
@@ -150,11 +151,13 @@ def stack_editor(engine, prefix: str, model_box: gr.components.Component, model_
         with gr.Row(equal_height=True):
             repo = gr.Textbox(label="Hub repo : file", placeholder="owner/repo:lora.safetensors", scale=4)
             add_repo = gr.Button("Add from hub", scale=1)
-    with gr.Row(equal_height=True):
-        preset_name = gr.Textbox(label="Preset name", placeholder="my style", scale=3)
-        save = gr.Button("Save stack", scale=1)
-        presets = gr.Dropdown(list_presets(engine.models_dir), label="Saved stacks", scale=3)
-        load = gr.Button("Load stack", scale=1)
+    with gr.Accordion("Save / load this stack as a preset", open=False):
+        with gr.Row(equal_height=True):
+            preset_name = gr.Textbox(label="Preset name", placeholder="my style", scale=3)
+            save = gr.Button("Save stack", scale=1)
+        with gr.Row(equal_height=True):
+            presets = gr.Dropdown(list_presets(engine.models_dir), label="Saved stacks", scale=3)
+            load = gr.Button("Load stack", scale=1)
     note = gr.Markdown("", elem_id=f"{prefix}-note")
 
     def added(kind):
