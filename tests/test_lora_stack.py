@@ -3,6 +3,7 @@ stale-cache safety (First Block Cache at a forced-skip threshold), two stages, S
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -57,7 +58,7 @@ def fresh(models_dir, tmp_path_factory, req) -> np.ndarray:
 
 def t2i(req: LoraStackRequest) -> TextToImageRequest:
     fields = {k: getattr(req, k) for k in ("model", "prompt", "width", "height", "steps", "seed", "true_cfg_scale",
-                                           "guidance_scale")}
+                                           "guidance_scale", "swap")}
     return TextToImageRequest(**fields)
 
 
@@ -353,3 +354,27 @@ def test_an_input_image_needs_an_edit_model(engine, files, tmp_path):
     with pytest.raises(InputError) as err:
         engine.run(stack_request([files["a"]], input_image=str(image)))
     assert err.value.field == "input_image" and "Qwen-Image-Edit" in err.value.message
+
+
+def test_loras_work_under_block_swap_streaming_from_disk(files, models_dir, tmp_path_factory):
+    """Block swap with the streamed blocks waiting on disk (so the CPU test really moves tensors): loading a
+    LoRA wraps layers (renames their tensors) under a live strategy; switching stacks after an exception still
+    equals a fresh, fully resident pipeline with the new stack, and Text to image is the base model."""
+    from engine import SwapSettings
+
+    swap = SwapSettings(mode="block_swap", blocks_resident=1)
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, offload_device="disk",
+                    outputs_dir=tmp_path_factory.mktemp("lora-swap"))
+    with_a = stack_request([files["a"]], step_cache=FORCE_SKIP, swap=swap)
+    with_b = stack_request([files["b"], files["kohya"]], step_cache=FORCE_SKIP, swap=swap)
+    engine.run(with_a)
+    transformer = engine.store.loaded_pipelines()[0].transformer
+    assert any(p.device.type == "meta" for p in transformer.parameters())  # blocks really wait on disk
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.run(with_b, progress=_raise_at(2))
+    after = engine.run(with_b)
+    plain = dataclasses.replace(with_b, swap=SwapSettings())
+    assert np.array_equal(pixels(after), fresh(models_dir, tmp_path_factory, plain))
+    rows = [m for m in engine.memory.snapshot()["modules"] if m["role"] == "lora"]
+    assert len(rows) == 2 and all(r["bytes"] > 0 for r in rows)
+    assert np.array_equal(pixels(engine.run(t2i(with_b))), fresh(models_dir, tmp_path_factory, t2i(plain)))

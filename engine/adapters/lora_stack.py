@@ -112,13 +112,18 @@ class LoraComposer:
     def ledger_names(self) -> list[str]:
         return [e.ledger_name for e in self._loaded.values()]
 
+    def pending(self, keep: list[StackItem]) -> bool:
+        """Whether ``sync(keep)`` would load or delete anything."""
+        wanted = {i.adapter for i in keep}
+        return wanted != set(self._loaded)
+
     def sync(self, pipe, keep: list[StackItem]) -> None:
         """Load what ``keep`` holds and is not loaded yet; delete what is loaded and not in ``keep``.
 
         All-or-nothing: if a load fails, the adapters this call loaded are deleted again and the error
         says which file failed; the stack is as it was."""
         wanted = {i.adapter: i for i in keep}
-        with self._lock:
+        with self._lock, _peft():
             new: list[str] = []
             current = None
             try:
@@ -167,10 +172,11 @@ class LoraComposer:
         missing = [a for a, _ in wanted if a not in self._loaded]
         if missing:
             raise EngineError(f"internal: LoRA {missing[0]} was not loaded before activation")
-        with self._lock:
+        with self._lock, _peft():
             if not self._loaded:
                 self._active = False
                 return False
+            self._colocate()
             if not self._active:
                 pipe.enable_lora()
                 self._active = True
@@ -185,18 +191,43 @@ class LoraComposer:
                 return True
             return False
 
+    def _colocate(self) -> None:
+        """Every LoRA layer where its base layer is: a ledger eviction may have moved a LoRA row on its own
+        (it is a row of its own so that its bytes show), and a forward pass needs both on one device."""
+        moved = []
+        for module in self.transformer.modules():
+            base = getattr(module, "base_layer", None)
+            weight = getattr(base, "weight", None)
+            if weight is None or weight.device.type == "meta":
+                continue
+            for part in ("lora_A", "lora_B"):
+                for layer in getattr(module, part, {}).values():
+                    if layer.weight.device != weight.device:
+                        layer.to(weight.device)
+                        moved.append(layer)
+        if moved:
+            self.store.memory.refresh([e.ledger_name for e in self._loaded.values()
+                                       if e.ledger_name in self.store.memory])
+
     def deactivate(self, pipe) -> None:
         """No adapter contributes until the next ``activate``: the shared transformer is the base model."""
-        with self._lock:
+        with self._lock, _peft():
             if self._loaded:  # always: layers a load wrapped since the last activate must be off too
                 pipe.disable_lora()
             self._active = False
 
     def unload_all(self, pipe) -> None:
-        with self._lock:
+        with self._lock, _peft():
             for name in list(self._loaded):
                 self._delete(pipe, name)
             self._active = False
+
+
+def _peft():
+    """Every peft call in inference mode: a memory mode that streamed the transformer (from disk) leaves
+    inference tensors behind, and peft toggles ``requires_grad`` on every adapter of each layer it touches,
+    which torch refuses for inference tensors outside this mode. Nothing here is ever trained."""
+    return torch.inference_mode()
 
 
 def _adapter_layers(transformer: torch.nn.Module, adapter: str) -> torch.nn.Module:

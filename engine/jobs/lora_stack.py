@@ -17,6 +17,7 @@ from ..adapters import nunchaku
 from ..adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
 from ..adapters.lora_stack import LoraComposer, StackItem, fingerprint
 from ..errors import InputError, ModelLoadError
+from ..memory import DISK, real_device
 from ..models import read_model_index, torch_dtype
 from ..requests import LoraSpec, LoraStackRequest, ModelRef
 from ..result import Result
@@ -167,7 +168,10 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
     t1 = time.perf_counter()
     stage1 = stack_items(composer, req.loras, "loras")
     stage2 = stack_items(composer, req.stage2_loras, "stage2_loras") if req.stage2 else []
-    composer.sync(pipe, stage1 + [i for i in stage2 if i.adapter not in {s.adapter for s in stage1}])
+    keep = stage1 + [i for i in stage2 if i.adapter not in {s.adapter for s in stage1}]
+    if composer.pending(keep):
+        _weights_in_memory(engine, pipe)
+        composer.sync(pipe, keep)
     timings["lora"] = time.perf_counter() - t1
     stage1_image = None
     try:
@@ -196,13 +200,25 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
                   timings=timings, metadata=metadata)
 
 
+def _weights_in_memory(engine, pipe) -> None:
+    """peft wraps the layers a LoRA targets, which renames their tensors (``x.weight`` -> ``x.base_layer.weight``):
+    a transformer whose weights wait on disk (disk offload, or blocks streamed from disk) is read back into RAM
+    first, and its memory mode is re-applied on the next call (the ledger sees the module's tensors changed).
+    With weights in memory (the usual case) nothing moves."""
+    for c in engine.store.components_of(pipe):
+        if c.role != "transformer" or c.name not in engine.memory:
+            continue
+        if engine.memory.entry(c.name).device == DISK or real_device(c.module) in ("meta", "mixed"):
+            engine.memory.to_host([c.name])
+
+
 def _stage(engine, composer, pipe, req, items, kwargs, steps, progress, cancel, timings, tag) -> list:
     t = time.perf_counter()
     composer.activate(pipe, items)
     timings["lora"] = timings.get("lora", 0.0) + time.perf_counter() - t
     stage_timings: dict[str, float] = {}
-    # the LoRA rows are in use too: a budget eviction must never move them off the transformer's device
-    with engine.memory.use(composer.ledger_names()), step_cache(pipe, req.step_cache):
+    # the LoRA tensors live inside the transformer: its memory mode places (or streams) them with it
+    with step_cache(pipe, req.step_cache):
         out = run_denoise(engine, pipe, kwargs, steps, req.swap, progress, cancel, stage_timings)
     for key, value in stage_timings.items():
         timings[f"{tag}_{key}" if req.stage2 else key] = value
