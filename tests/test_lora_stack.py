@@ -378,3 +378,21 @@ def test_loras_work_under_block_swap_streaming_from_disk(files, models_dir, tmp_
     rows = [m for m in engine.memory.snapshot()["modules"] if m["role"] == "lora"]
     assert len(rows) == 2 and all(r["bytes"] > 0 for r in rows)
     assert np.array_equal(pixels(engine.run(t2i(with_b))), fresh(models_dir, tmp_path_factory, t2i(plain)))
+
+
+@pytest.mark.parametrize("mode", ["model_offload", "adaptive", "chunkwise", "layerwise", "cpu_only"])
+def test_switching_stacks_under_every_other_memory_mode_equals_a_resident_pipeline(mode, files, models_dir,
+                                                                                  tmp_path_factory, reference_b):
+    from engine import SwapSettings
+
+    swap = SwapSettings(mode=mode, blocks_resident=1, max_vram_gb=0.01 if mode == "adaptive" else 0.0)
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, offload_device="disk",
+                    outputs_dir=tmp_path_factory.mktemp(f"lora-{mode}"))
+    engine.run(stack_request([files["a"]], steps=2, swap=swap))
+    after = engine.run(stack_request([files["b"], files["kohya"]], steps=2, swap=swap))
+    assert np.array_equal(pixels(after), reference_b)
+
+
+@pytest.fixture(scope="module")
+def reference_b(files, models_dir, tmp_path_factory):
+    return fresh(models_dir, tmp_path_factory, stack_request([files["b"], files["kohya"]], steps=2))

@@ -202,13 +202,14 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
 
 def _weights_in_memory(engine, pipe) -> None:
     """peft wraps the layers a LoRA targets, which renames their tensors (``x.weight`` -> ``x.base_layer.weight``):
-    a transformer whose weights wait on disk (disk offload, or blocks streamed from disk) is read back into RAM
-    first, and its memory mode is re-applied on the next call (the ledger sees the module's tensors changed).
-    With weights in memory (the usual case) nothing moves."""
+    a transformer whose weights wait on disk or are streamed by a memory mode (which keeps its own books of
+    every tensor by name) is put back in RAM first, the mode's hooks taken off; the mode is re-applied on the
+    next call (the ledger sees the module's tensors changed). Only when the set of files changes."""
     for c in engine.store.components_of(pipe):
         if c.role != "transformer" or c.name not in engine.memory:
             continue
-        if engine.memory.entry(c.name).device == DISK or real_device(c.module) in ("meta", "mixed"):
+        entry = engine.memory.entry(c.name)
+        if entry.residency is not None or entry.device == DISK or real_device(c.module) in ("meta", "mixed"):
             engine.memory.to_host([c.name])
 
 
