@@ -396,3 +396,31 @@ def test_switching_stacks_under_every_other_memory_mode_equals_a_resident_pipeli
 @pytest.fixture(scope="module")
 def reference_b(files, models_dir, tmp_path_factory):
     return fresh(models_dir, tmp_path_factory, stack_request([files["b"], files["kohya"]], steps=2))
+
+
+def test_a_hub_lora_is_fetched_before_the_run_and_equals_the_local_file(engine, files, tmp_path, monkeypatch):
+    import shutil
+
+    from engine import ModelLoadError
+    from tests.fakehub import FakeHub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copyfile(files["kohya"].path, repo / "style.safetensors")
+    with FakeHub() as fake:
+        fake.add_repo("someone/qwen-loras", repo)
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        import huggingface_hub.constants as constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        hub = engine.run(stack_request([LoraSpec(repo_id="someone/qwen-loras", filename="style.safetensors")]))
+        with pytest.raises(ModelLoadError, match="no file"):
+            engine.run(stack_request([LoraSpec(repo_id="someone/qwen-loras", filename="other.safetensors")]))
+    local = engine.run(stack_request([files["kohya"]]))
+    assert np.array_equal(pixels(hub), pixels(local))
+    assert local.metadata["lora_work"]["loads"] == 0  # same bytes: the hub file's adapter is reused

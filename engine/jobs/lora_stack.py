@@ -28,8 +28,9 @@ REFINE_PIPELINE = "QwenImageImg2ImgPipeline"
 
 
 # ---------------------------------------------------------------- files
-def lora_file(spec: LoraSpec, progress=None, cancel=None) -> str:
-    """The local file of a stack entry; a hub entry is fetched into the HF cache (resumable, verified)."""
+def lora_file(spec: LoraSpec, progress=None, cancel=None, cached_only: bool = False) -> str:
+    """The local file of a stack entry; a hub entry is fetched into the HF cache (resumable, verified) by
+    ``prepare``, outside the device lock; the run itself then only looks it up (``cached_only``)."""
     if not spec.repo_id:
         return spec.path
     from huggingface_hub import hf_hub_download
@@ -38,7 +39,8 @@ def lora_file(spec: LoraSpec, progress=None, cancel=None) -> str:
     if progress is not None:
         progress(0.0, f"fetching LoRA {spec.repo_id}/{spec.filename}")
     try:
-        return hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision or None)
+        return hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision or None,
+                               local_files_only=cached_only)
     except EntryNotFoundError:
         raise ModelLoadError(f"{spec.repo_id} has no file {spec.filename}") from None
     except RepositoryNotFoundError:
@@ -54,7 +56,7 @@ def stack_items(composer, specs: tuple[LoraSpec, ...], field: str) -> list[Stack
     """Resolve and check every entry; two entries with the same bytes (even under two names) are refused."""
     items, seen = [], {}
     for i, spec in enumerate(specs):
-        path = lora_file(spec)
+        path = lora_file(spec, cached_only=True)
         name = f"{field}[{i}]"
         info = composer_info(composer, path, name, spec.label)
         if info.content_hash in seen:
