@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import LoraStackRequest, ModelRef, Result
+from engine import LoraStackRequest, ModelRef, Result, SwapSettings
 from engine.adapters import nunchaku
 
 from .. import zerogpu
@@ -58,7 +58,7 @@ def model_ref(value: str | None) -> ModelRef:
 
 def build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
                   backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
-                  stage2_upscale) -> LoraStackRequest:
+                  stage2_upscale, swap: SwapSettings | None = None) -> LoraStackRequest:
     request = LoraStackRequest(
         model=model_ref(model), loras=specs(stack), prompt=prompt or "", negative_prompt=negative or "",
         width=as_int(width), height=as_int(height), steps=as_int(steps), guidance_scale=guidance,
@@ -66,6 +66,7 @@ def build_request(model, stack, prompt, negative, width, height, steps, guidance
         backend=backend or "diffusers", nunchaku_transformer=nunchaku_file or "", input_image=input_image or "",
         stage2=bool(stage2), stage2_loras=specs(stage2_stack) if stage2 else (),
         stage2_strength=stage2_strength, stage2_steps=as_int(stage2_steps), stage2_upscale=stage2_upscale,
+        swap=swap or SwapSettings(),  # the shared memory-mode widget's value, once the tab carries it
     )
     request.validate()
     return request
