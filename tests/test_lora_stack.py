@@ -424,3 +424,23 @@ def test_a_hub_lora_is_fetched_before_the_run_and_equals_the_local_file(engine, 
     local = engine.run(stack_request([files["kohya"]]))
     assert np.array_equal(pixels(hub), pixels(local))
     assert local.metadata["lora_work"]["loads"] == 0  # same bytes: the hub file's adapter is reused
+
+
+def test_unknown_keys_are_reported_by_count_and_example_and_lycoris_is_refused(engine, files, tmp_path):
+    a = load_file(files["a"].path)
+    extra = dict(a)
+    extra["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.randn(4, 16)
+    extra["transformer.pos_embed.lora_A.weight"] = torch.randn(4, 16)  # a module Qwen-Image does not have
+    extra["transformer.pos_embed.lora_B.weight"] = torch.randn(16, 4)
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    result = engine.run(stack_request([LoraSpec(path=str(tmp_path / "extra.safetensors"))]))
+    (warning,) = result.metadata["warnings"]
+    assert "3 key(s) not applied" in warning and "pos_embed" in warning
+    assert result.metadata["loras"][0]["unknown_keys"] == 3
+    assert np.array_equal(pixels(result), pixels(engine.run(stack_request([files["a"]]))))
+
+    lokr = {"lora_unet_transformer_blocks_0_attn_to_q.lokr_w1": torch.randn(4, 4),
+            "lora_unet_transformer_blocks_0_attn_to_q.lokr_w2": torch.randn(12, 12)}
+    save_file(lokr, str(tmp_path / "lokr.safetensors"))
+    with pytest.raises(InputError, match="LoKr"):
+        engine.run(stack_request([LoraSpec(path=str(tmp_path / "lokr.safetensors"))]))
