@@ -101,19 +101,21 @@ def main() -> None:
                     result = engine.run(request(five))
                     pair_times.append(result.timings["denoise_decode"] + result.timings.get("lora", 0.0))
 
-    raw_med = statistics.median(raw_times)
+    # best of N beside the median: on a shared machine the minimum is the least disturbed measurement
+    raw_min, raw_med = min(raw_times), statistics.median(raw_times)
     print(f"device {engine.device}, tiny Qwen-Image {args.size}x{args.size}, {args.steps} steps, {args.rounds} rounds")
-    print(f"{'case':<38}{'loads':>6}{'set_ad.':>8}{'LoRA work ms':>14}{'run s':>9}{'vs pre-set raw':>16}")
+    print(f"{'case':<38}{'loads':>6}{'set_ad.':>8}{'LoRA work ms':>14}{'run s min':>11}{'median':>8}"
+          f"{'min vs raw':>12}")
     for name, s in stats.items():
         loads, sets = max(w[0] for w in s["work"]), max(w[1] for w in s["work"])
-        run = statistics.median(s["run"])
-        print(f"{name:<38}{loads:>6}{sets:>8}{statistics.median(s['lora']) * 1e3:>14.2f}{run:>9.4f}"
-              f"{run / raw_med:>15.3f}x")
-    print(f"{'raw diffusers, 5 adapters pre-set':<38}{'-':>6}{'-':>8}{'-':>14}{raw_med:>9.4f}{1.0:>15.3f}x")
-    unchanged = statistics.median(stats["same 5 again (unchanged)"]["run"] + pair_times)
-    print(f"unchanged stack vs pre-set raw: {unchanged / raw_med:.3f}x (goal within 2%); "
-          f"LoRA work on it: {max(w for w in stats['same 5 again (unchanged)']['work'])} (loads, set_adapters)")
-
+        print(f"{name:<38}{loads:>6}{sets:>8}{statistics.median(s['lora']) * 1e3:>14.2f}{min(s['run']):>11.4f}"
+              f"{statistics.median(s['run']):>8.3f}{min(s['run']) / raw_min:>11.3f}x")
+    print(f"{'raw diffusers, 5 adapters pre-set':<38}{'-':>6}{'-':>8}{'-':>14}{raw_min:>11.4f}{raw_med:>8.3f}"
+          f"{1.0:>11.3f}x")
+    unchanged = stats["same 5 again (unchanged)"]["run"] + pair_times
+    print(f"unchanged stack vs pre-set raw: {min(unchanged) / raw_min:.3f}x best of {len(unchanged)} vs "
+          f"{len(raw_times)}, {statistics.median(unchanged) / raw_med:.3f}x median (goal within 2%); LoRA work on "
+          f"it: {max(w for w in stats['same 5 again (unchanged)']['work'])} (loads, set_adapters)")
 
 if __name__ == "__main__":
     main()
