@@ -76,16 +76,21 @@ def client(served):
 SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-SDNQ-uint4-svd-r32"  # the repo of catalog entry FLUX.1-dev-SDNQ-uint4
 
 
+def empty_hf_cache(tmp_path, monkeypatch) -> None:
+    """An empty HF cache for this test only, online, without the Xet transfer backend."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+
+
 @pytest.fixture
 def sdnq_hub(models_dir, tmp_path, monkeypatch):
     """A local fake hub serving the tiny SDNQ Flux under the catalog entry's real repo id, and an
     empty HF cache for this test only."""
     from tests.fakehub import FakeHub
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    empty_hf_cache(tmp_path, monkeypatch)
     from engine.demo import demo_path
 
     with FakeHub() as fake:

@@ -402,12 +402,10 @@ def test_a_hub_lora_is_fetched_before_the_run_and_equals_the_local_file(engine, 
     import shutil
 
     from engine import ModelLoadError
+    from tests.conftest import empty_hf_cache
     from tests.fakehub import FakeHub
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    empty_hf_cache(tmp_path, monkeypatch)
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copyfile(files["kohya"].path, repo / "style.safetensors")
