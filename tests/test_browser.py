@@ -198,5 +198,11 @@ def test_lora_stack_build_reorder_disable_and_run(page):
     expect(page.locator("#lora-output img").first).to_be_visible(timeout=120_000)
     expect(page.locator("#lora-status")).to_contain_text("Done")
     expect(page.locator("#lora-status")).to_contain_text("2 load(s), 1 set_adapters")
-    page.locator("#lora-run").click()  # same stack again: no LoRA work at all
+    # same stack again, now in block swap: no LoRA work at all, and the LoRAs stream with their blocks
+    page.locator("#lora-memory").get_by_text("Memory mode").first.click()
+    page.locator("#lora-swap-mode input").click()
+    page.get_by_role("option", name=re.compile("^block swap")).click()
+    expect(page.locator("#lora-plan")).to_contain_text("block_swap", timeout=10_000)
+    page.locator("#lora-run").click()
     expect(page.locator("#lora-status")).to_contain_text("none (stack unchanged)", timeout=120_000)
+    expect(page.locator("#lora-plan")).to_contain_text("Measured")

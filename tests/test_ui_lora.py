@@ -64,18 +64,26 @@ def _args(stack, **kw):
               "height": 32, "steps": 2, "guidance": 1.0, "true_cfg": 1.0, "seed": 3, "step_cache": 0.0,
               "backend": "diffusers", "nunchaku_file": "", "input_image": None, "stage2": False, "stage2_stack": [],
               "stage2_strength": 0.5, "stage2_steps": 0, "stage2_upscale": 1.0}
+    swap = {"mode": "none", "max_vram_gb": 0.0, "blocks_resident": 0, "block_size_mb": 100, "prefetch": 1,
+            "use_streams": True, "trace": False}
+    swap.update({k: kw.pop(k) for k in list(kw) if k in swap})
     values.update(kw)
-    return list(values.values())
+    return list(values.values()) + list(swap.values())
 
 
 def test_build_request_round_trips_and_names_fields(paths):
+    from ui.memory_mode import swap_settings
+
     stack = [entry(paths["a"]), entry(paths["b"], weight=-0.5, enabled=False)]
-    req = tab.build_request(*_args(stack, stage2=True, stage2_stack=[entry(paths["kohya"])], stage2_upscale=2.0))
+    args = _args(stack, stage2=True, stage2_stack=[entry(paths["kohya"])], stage2_upscale=2.0, mode="block_swap",
+                 blocks_resident=1.0)
+    req = tab.build_request(*args[:-7], swap_settings(*args[-7:]))
+    assert req.swap.mode == "block_swap" and req.swap.blocks_resident == 1
     assert req.loras[1] == LoraSpec(path=paths["b"], weight=-0.5, enabled=False)
     assert req.stage2_loras == (LoraSpec(path=paths["kohya"]),)
     assert request_from_dict(json.loads(json.dumps(req.to_dict()))) == req
     with pytest.raises(InputError) as err:
-        tab.build_request(*_args([entry(paths["a"], weight=5.0)]))
+        tab.build_request(*_args([entry(paths["a"], weight=5.0)])[:-7])
     assert err.value.field == "loras[0].weight" and tab.LABELS["loras"] == "LoRA stack"
 
 
@@ -83,15 +91,15 @@ def test_api_run_twice_second_does_no_lora_work_and_bad_input_is_a_message(clien
     from gradio_client.exceptions import AppError
 
     stack = [entry(paths["a"]), entry(paths["kohya"], weight=0.5)]
-    gallery, info, _, status = client.predict(*_args(stack), api_name="/lora_stack")
+    gallery, info, _, status, *_ = client.predict(*_args(stack), api_name="/lora_stack")
     assert Path(gallery[0]["image"]).is_file() and status.startswith("Done")
-    *_, status = client.predict(*_args(stack), api_name="/lora_stack")
-    assert "LoRA work: none (stack unchanged)" in status
-    *_, status = client.predict(*_args(editor.update(stack, 1, weight=0.8)), api_name="/lora_stack")
+    _, _, _, status, plan, _ = client.predict(*_args(stack, mode="block_swap", blocks_resident=1), api_name="/lora_stack")
+    assert "LoRA work: none (stack unchanged)" in status and "Measured" in plan and "block_swap" in plan
+    _, _, _, status, *_ = client.predict(*_args(editor.update(stack, 1, weight=0.8)), api_name="/lora_stack")
     assert "0 load(s), 1 set_adapters" in status
     with pytest.raises(AppError, match="LoRA stack"):
         client.predict(*_args(stack + [entry(paths["a"])]), api_name="/lora_stack")
-    *_, status = client.predict(*_args(stack), api_name="/lora_stack")  # the server keeps working
+    _, _, _, status, *_ = client.predict(*_args(stack), api_name="/lora_stack")  # the server keeps working
     assert status.startswith("Done")
 
 

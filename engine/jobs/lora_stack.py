@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import time
-from pathlib import Path
 
 from ..adapters import nunchaku
 from ..adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
@@ -82,23 +81,11 @@ def inspect(engine, model: ModelRef, spec: LoraSpec) -> dict:
     """Rank, targets, size and hits of one LoRA for this model, read without loading the model (headers)."""
     spec.validate("lora")
     path = lora_file(spec)
-    folder = _local_model_folder(engine, model)
+    folder = engine.store.resolve_local(model)  # never a download: the editor must not start one
     table = None
     if folder is not None and (folder / "transformer").is_dir():
         table = target_table_from_folder(folder / "transformer")
     return inspect_file(path, table, "lora", spec.label).summary()
-
-
-def _local_model_folder(engine, model: ModelRef):
-    """The model's folder if it is on this machine already; never a download (the editor must not start one)."""
-    if model.path or engine.demo or (engine.models_dir / model.repo_id.split("/")[-1]).exists():
-        return engine.store.resolve(model)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(model.repo_id, revision=model.revision or None, local_files_only=True))
-    except Exception:  # not in the cache (or no cache at all): hits are shown once the model is there
-        return None
 
 
 # ---------------------------------------------------------------- the run

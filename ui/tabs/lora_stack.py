@@ -29,6 +29,7 @@ from ..components import (
     size_sliders,
     steps_slider,
 )
+from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 from .lora_stack_editor import specs, stack_editor
 
 MODELS = {  # real repo ids; demo mode maps Qwen-Image to its tiny stand-in
@@ -66,10 +67,16 @@ def build_request(model, stack, prompt, negative, width, height, steps, guidance
         backend=backend or "diffusers", nunchaku_transformer=nunchaku_file or "", input_image=input_image or "",
         stage2=bool(stage2), stage2_loras=specs(stage2_stack) if stage2 else (),
         stage2_strength=stage2_strength, stage2_steps=as_int(stage2_steps), stage2_upscale=stage2_upscale,
-        swap=swap or SwapSettings(),  # the shared memory-mode widget's value, once the tab carries it
+        swap=swap or SwapSettings(),  # the memory-mode widget's value
     )
     request.validate()
     return request
+
+
+def plan_request(model, width, height, steps, *swap_values) -> LoraStackRequest:
+    """The request the memory plan is made for (the plan reads sizes only: prompt and stack do not matter)."""
+    return build_request(model, [], "plan", "", width, height, steps, 1.0, 1.0, 0, 0.0, "diffusers", "", None,
+                         False, [], 0.5, 0, 1.0, swap_settings(*swap_values) if swap_values else None)
 
 
 def lora_work_text(work: dict) -> str:
@@ -144,19 +151,26 @@ def build(engine) -> None:
                                            visible=state.available)
             with gr.Accordion("Edit an image (Qwen-Image-Edit)", open=False):
                 input_image = gr.Image(type="filepath", label="Input image", sources=["upload"])
+            memory = memory_mode_widget(engine, "text_to_image", "lora")
             status, run = run_row(slots, "lora", cancel_api="lora_stack_cancel")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("lora")
+            memory.trace_plot.render()
+
+    wire_plan(engine, memory, plan_request, [model, width, height, steps, *memory.inputs])
 
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,
-              nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps, stage2_upscale]
+              nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps, stage2_upscale,
+              *memory.inputs]
 
     def run_lora_stack(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
                        backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
-                       stage2_upscale, request: gr.Request, progress=gr.Progress()):
+                       stage2_upscale, mode, max_vram, resident, block_mb, prefetch, streams, trace,
+                       request: gr.Request, progress=gr.Progress()):
+        swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed,
                             step_cache, backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength,
-                            stage2_steps, stage2_upscale)
+                            stage2_steps, stage2_upscale, swap_settings(*swap_values))
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
@@ -166,10 +180,13 @@ def build(engine) -> None:
         for warning in result.metadata.get("warnings", []):
             gr.Warning(warning)
         updates = image_run_updates(result, format_result(result))
-        yield dict(zip((gallery, info, save_json, status), (*updates[:3], f"{updates[3]} "
-                                                            f"{lora_work_text(result.metadata.get('lora_work', {}))}.")))
+        done = f"{updates[3]} {lora_work_text(result.metadata.get('lora_work', {}))}."
+        plan_line = plan_text(engine, plan_request, model, width, height, steps, *swap_values)
+        yield {**dict(zip((gallery, info, save_json, status), (*updates[:3], done))),
+               **after_run(engine, memory, result, plan_line)}
 
     run.click(
-        run_with_feedback(run_lora_stack, status, LABELS), inputs, [gallery, info, save_json, status],
+        run_with_feedback(run_lora_stack, status, LABELS), inputs,
+        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="lora_stack", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
