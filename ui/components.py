@@ -296,6 +296,9 @@ def input_problem(block, value: Any) -> str | None:
         return _choice_problem(block, value)
     if isinstance(block, gr.Textbox):
         return None if value is None or isinstance(value, str) else f"expects text, got {_shown(value)}"
+    if isinstance(block, gr.JSON):  # structured values (a LoRA stack): the handler checks the entries
+        return None if value is None or isinstance(value, (list, dict)) else \
+            f"expects JSON (a list or an object), got {_shown(value)}"
     model = getattr(block, "data_model", None)
     if model is not None and value is not None:  # images, files, videos...: Gradio's own data model decides
         try:

@@ -65,7 +65,7 @@ def build_request(model, stack, prompt, negative, width, height, steps, guidance
         width=as_int(width), height=as_int(height), steps=as_int(steps), guidance_scale=guidance,
         true_cfg_scale=true_cfg, seed=as_int(seed), step_cache=float(step_cache or 0.0),
         backend=backend or "diffusers", nunchaku_transformer=nunchaku_file or "", input_image=input_image or "",
-        stage2=bool(stage2), stage2_loras=specs(stage2_stack) if stage2 else (),
+        stage2=bool(stage2), stage2_loras=specs(stage2_stack, "stage2_loras") if stage2 else (),
         stage2_strength=stage2_strength, stage2_steps=as_int(stage2_steps), stage2_upscale=stage2_upscale,
         swap=swap or SwapSettings(),  # the memory-mode widget's value
     )
@@ -122,7 +122,7 @@ def build(engine) -> None:
                                 info="or type the folder of an SDNQ model you quantized on the catalog tab")
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="lora-prompt",
                                 placeholder="a watercolor fox reading a map, soft light")
-            stack = stack_editor(engine, "lora", model, model_ref, "Stage 1 stack")
+            stack = stack_editor(engine, "lora", model, model_ref, "LoRA stack")
             width, height = size_sliders(d["size"], d["max_size"])
             with gr.Row():
                 steps = steps_slider(d["steps"])

@@ -23,9 +23,16 @@ SPEC_FIELDS = ("path", "weight", "enabled", "name", "repo_id", "filename", "revi
 
 
 # ---------------------------------------------------------------- pure edits
-def specs(stack: list[dict] | None) -> tuple[LoraSpec, ...]:
-    """The request's entries (the inspection summary stays in the UI)."""
-    return tuple(LoraSpec(**{k: e[k] for k in SPEC_FIELDS if k in e}) for e in (stack or []))
+def specs(stack: list[dict] | None, field: str = "loras") -> tuple[LoraSpec, ...]:
+    """The request's entries (the inspection summary stays in the UI); a malformed entry names its place."""
+    if stack is not None and not isinstance(stack, list):
+        raise InputError(field, "expects a list of LoRA entries")
+    out = []
+    for i, e in enumerate(stack or []):
+        if not isinstance(e, dict):
+            raise InputError(f"{field}[{i}]", "expects an entry like {\"path\": ..., \"weight\": 1.0}")
+        out.append(LoraSpec(**{k: e[k] for k in SPEC_FIELDS if k in e}))
+    return tuple(out)
 
 
 def add(stack: list[dict] | None, spec: LoraSpec, info: dict) -> list[dict]:
@@ -110,7 +117,7 @@ def stack_editor(engine, prefix: str, model_box: gr.components.Component, model_
                  title: str = "LoRA stack") -> gr.JSON:
     """Add (LoRA folder, upload, path, hub repo:file), reorder, enable, weigh, remove; save/load presets.
     ``model_ref_of(model_box's value)`` gives the ``ModelRef`` the hits are counted against."""
-    stack = gr.JSON([], visible=False, elem_id=f"{prefix}-stack")
+    stack = gr.JSON([], visible=False, label=title, elem_id=f"{prefix}-stack")
     gr.Markdown(f"**{title}**: strengths {LORA_WEIGHT_MIN:g}…{LORA_WEIGHT_MAX:g}; type a value for a finer one.")
 
     @gr.render(inputs=stack)
