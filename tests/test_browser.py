@@ -77,6 +77,13 @@ def page(app_url):
             browser.close()
 
 
+def pick_block_swap(page, prefix: str) -> None:
+    """Open a tab's memory-mode widget and choose block swap."""
+    page.locator(f"#{prefix}-memory").get_by_text("Memory mode").first.click()
+    page.locator(f"#{prefix}-swap-mode input").click()
+    page.get_by_role("option", name=re.compile("^block swap")).click()
+
+
 def updated_text(page) -> str:
     """The panel's "updated HH:MM:SS" stamp (under load Gradio may show a pending timer next to it)."""
     found = re.findall(r"updated \d\d:\d\d:\d\d", page.locator("#vram-updated").inner_text())
@@ -137,9 +144,7 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
 
     # the memory mode: the plan line follows the selector, and a block-swap run reports what it measured
     expect(page.locator("#t2i-plan")).to_contain_text("none: every component resident")
-    page.locator("#t2i-memory").get_by_text("Memory mode").first.click()
-    page.locator("#t2i-swap-mode input").click()
-    page.get_by_role("option", name=re.compile("^block swap")).click()
+    pick_block_swap(page, "t2i")
     expect(page.locator("#t2i-plan")).to_contain_text("block_swap: 0 of 4 blocks resident", timeout=10_000)
     page.locator("#t2i-run").click()
     expect(page.locator("#t2i-plan")).to_contain_text("Measured", timeout=120_000)
@@ -199,9 +204,7 @@ def test_lora_stack_build_reorder_disable_and_run(page):
     expect(page.locator("#lora-status")).to_contain_text("Done")
     expect(page.locator("#lora-status")).to_contain_text("2 load(s), 1 set_adapters")
     # same stack again, now in block swap: no LoRA work at all, and the LoRAs stream with their blocks
-    page.locator("#lora-memory").get_by_text("Memory mode").first.click()
-    page.locator("#lora-swap-mode input").click()
-    page.get_by_role("option", name=re.compile("^block swap")).click()
+    pick_block_swap(page, "lora")
     expect(page.locator("#lora-plan")).to_contain_text("block_swap", timeout=10_000)
     page.locator("#lora-run").click()
     expect(page.locator("#lora-status")).to_contain_text("none (stack unchanged)", timeout=120_000)
