@@ -22,8 +22,7 @@ from safetensors.torch import save_file
 
 from ..errors import OutOfBudgetError
 from . import devices
-from .transfer import collect_slots, set_tensor
-from .transfer import held_tensor as _held
+from .transfer import collect_slots, held_tensor, set_tensor, stored_key
 
 ROLES = ("transformer", "text_encoder", "image_encoder", "projector", "vae", "adapter", "lora", "other")
 DISK = "disk"
@@ -356,7 +355,7 @@ class MemoryManager:
     def _save_to_disk(self, e: ModuleEntry) -> None:
         # tied weights (T5's shared embedding) are one tensor with several owners: saved once, restored tied
         slots = collect_slots(e.module)
-        tensors = {k: _held(s).detach().to("cpu").contiguous() for k, s in slots.items()}
+        tensors = {k: held_tensor(s).detach().to("cpu").contiguous() for k, s in slots.items()}
         e.disk_file = self._disk_path(e.name)
         save_file(tensors, str(e.disk_file))
         del tensors
@@ -366,8 +365,14 @@ class MemoryManager:
     def _load_from_disk(self, e: ModuleEntry) -> None:
         assert e.disk_file is not None
         with safe_open(str(e.disk_file), framework="pt") as f:
+            stored = set(f.keys())
             for key, slot in collect_slots(e.module).items():
-                set_tensor(slot, f.get_tensor(key))
+                name = stored_key(key, stored)
+                if name is None:  # added while the module waited on disk (a LoRA layer): it is in memory
+                    if held_tensor(slot).device.type == "meta":
+                        raise RuntimeError(f"{e.name}: {key} is neither in {e.disk_file.name} nor in memory")
+                    continue
+                set_tensor(slot, f.get_tensor(name))
         e.disk_file.unlink(missing_ok=True)
         e.disk_file = None
         e.device = "cpu"

@@ -65,6 +65,15 @@ def _current(owner: tuple[torch.nn.Module, str, bool]) -> torch.Tensor:
     return (module._parameters if is_param else module._buffers)[name]
 
 
+def stored_key(key: str, stored) -> str | None:
+    """The name a tensor has in a file written before peft wrapped its layer (``x.base_layer.weight`` was
+    ``x.weight``), or None when the file does not hold it."""
+    if key in stored:
+        return key
+    alias = key.replace(".base_layer.", ".")
+    return alias if alias in stored else None
+
+
 def held_tensor(slot: Slot) -> torch.Tensor:
     """The tensor the module holds for this slot now."""
     return _current(slot.owners[0])
@@ -140,12 +149,17 @@ class TensorStore:
                 stored = set(f.keys())
         missing = [k for k in self.slots if k not in stored]
         if missing:
-            # new tensors since the file was written (a LoRA loaded while the module waited on disk): write
-            # one file with both, the stored ones read back and the new ones from memory
+            # new tensors since the file was written (a LoRA loaded while the module waited on disk; peft also
+            # renames the wrapped weights): write one file with both, the stored ones read back under their new
+            # names and the new ones from memory
             tensors = {}
             if stored:
                 with safe_open(str(self.disk_file), framework="pt") as f:
-                    tensors = {k: f.get_tensor(k) for k in self.slots if k in stored}
+                    for k in self.slots:
+                        name = stored_key(k, stored)
+                        if name is not None:
+                            tensors[k] = f.get_tensor(name)
+            missing = [k for k in missing if k not in tensors]
             for k in missing:
                 t = _current(self.slots[k].owners[0])
                 if t.device.type == "meta":
