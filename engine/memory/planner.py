@@ -95,24 +95,21 @@ def chunk_layout(blocks: tuple[int, ...], resident: int, group_bytes: int, prefe
 
 
 def adaptive_layout(comp: ComponentSize, budget: int, prefetch: int) -> Layout | None:
-    """The most resident blocks that fit ``budget`` (bytes for this transformer's weights), streaming the rest in
-    groups big enough to copy efficiently. None when not even full streaming fits."""
+    """The most resident blocks that fit ``budget`` (bytes for this transformer's weights), the rest streaming
+    in groups of consecutive blocks up to ``EFFICIENT_COPY_BYTES`` (small blocks copy badly one by one), or one
+    block per group when that leaves room for more resident blocks. None when not even full streaming fits."""
     blocks = comp.blocks
     if not blocks:
         return None
-    typical = sorted(blocks)[len(blocks) // 2]
-    per_group = max(1, -(-EFFICIENT_COPY_BYTES // max(typical, 1)))
-    for group_blocks in range(per_group, 0, -1):
-        group_bytes = max(blocks) * group_blocks
-        best = None
+    best = None
+    for group_bytes in (EFFICIENT_COPY_BYTES, 0):  # 0: every block its own group
         for resident in range(len(blocks), -1, -1):
             layout = chunk_layout(blocks, resident, group_bytes, prefetch)
             if layout.need(comp) <= budget:
-                best = layout
+                if best is None or layout.resident > best.resident:
+                    best = layout
                 break
-        if best is not None:
-            return best
-    return None
+    return best
 
 
 @dataclass
