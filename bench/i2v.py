@@ -62,7 +62,6 @@ def main() -> None:
             "cache off": I2VRequest(**base),
             "FBC 0.05": I2VRequest(**base, step_cache="first_block", cache_threshold=0.05),
             "FBC forced": I2VRequest(**base, step_cache="first_block", cache_threshold=1e9),
-            "TaylorSeer": I2VRequest(**base, step_cache="taylorseer"),
             "TurboWan 4": I2VRequest(**{**base, "steps": 4}, turbo=TurboWanSettings(enabled=True)),
         }
         timed_run(engine, variants["cache off"])  # warm-up: loads, first-call costs

@@ -507,7 +507,7 @@ RESOLUTIONS = (*VIDEO_RESOLUTIONS, "custom")
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1")
 VIDEO_FORMATS = ("mp4", "webm", "gif")
 FIT_MODES = ("crop", "pad", "stretch")  # how the start image meets the video size
-STEP_CACHES = ("none", "first_block", "taylorseer")
+STEP_CACHES = ("none", "first_block")  # TaylorSeer/MagCache: see engine/step_cache.py
 TURBOWAN_REPO = "TurboDiffusion/TurboWan2.2-I2V-A14B-720P"
 MAX_IMAGE_PIXELS = 64 * 2**20  # a start image above 64 MP is refused before it is decoded
 

@@ -2,9 +2,10 @@
 
 - ``first_block``: First Block Cache; a step whose first-block output changed less than ``threshold`` (relative)
   reuses the rest of the network's last residual.
-- ``taylorseer``: TaylorSeer; full computes every ``cache_interval`` steps, Taylor-extrapolated features between.
-- MagCache is not offered: it needs magnitude ratios calibrated per checkpoint and scheduler, and diffusers ships
-  none for Wan (only a Flux preset).
+- TaylorSeer is not offered: enabled through diffusers on both Wan experts (its hooks sit on ``blocks.*attn``), it
+  left every pixel of the tiny demo Wan unchanged over 8 steps (checked side by side), so we cannot show it does
+  anything for Wan here; MagCache needs magnitude ratios calibrated per checkpoint and scheduler, and diffusers
+  ships none for Wan (only a Flux preset).
 
 The configuration is kept on the module between runs with the same settings; its state is reset before every
 call and in ``finally`` (``engine.jobs.common.reset_pipeline_state``), so a failed or cancelled run never leaves
@@ -13,21 +14,16 @@ a stale cache to the next one.
 
 from __future__ import annotations
 
-import torch
-
 from .jobs.common import transformers_of
 
 _KEY = "_studio_step_cache"
 
 
 def cache_config(mode: str, threshold: float, steps: int):
-    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+    from diffusers import FirstBlockCacheConfig
 
     if mode == "first_block":
         return FirstBlockCacheConfig(threshold=threshold)
-    if mode == "taylorseer":
-        return TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=max(1, steps // 10),
-                                     taylor_factors_dtype=torch.float32)
     raise ValueError(f"unknown step cache {mode!r}")
 
 
