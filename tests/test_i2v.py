@@ -241,6 +241,17 @@ def test_turbowan_ode_differs_from_sde_and_the_sla_keys_are_dropped_with_a_note(
     assert np.array_equal(last_frame(result), sde)  # same weights, same seed: the same video
 
 
+def test_turbowan_under_every_memory_mode_gives_the_frames_of_none(disk_engine, start_image):
+    turbo = TurboWanSettings(enabled=True)
+    base = last_frame(disk_engine.run(i2v(start_image, turbo=turbo)))
+    for mode in SWAP_MODES:
+        swap = SwapSettings(mode=mode, blocks_resident=1, block_size_mb=10)
+        result = disk_engine.run(i2v(start_image, turbo=turbo, swap=swap))
+        assert np.abs(last_frame(result) - base).max() <= 1, mode
+        if mode not in ("none", "cpu_only"):
+            assert result.metadata["memory"]["bytes_moved"] > 0, mode  # the TurboWan experts are in the ledger
+
+
 class NotATensor:
     pass
 
