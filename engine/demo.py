@@ -8,6 +8,9 @@ name               layout (what the real repository looks like)
 flux-dev           FluxPipeline diffusers folder (CLIP + T5 text encoders, VAE, transformer)
 chroma             ChromaPipeline diffusers folder (T5 only); transformer shaped like flux-dev
 wan22-i2v          WanImageToVideoPipeline folder with two experts and ``boundary_ratio``
+wan22-ti2v-5b      Wan2.2-TI2V-5B-Diffusers layout: WanPipeline, one transformer, ``expand_timesteps``, 48-ch VAE
+turbowan22-i2v     ``TurboWan2.2-I2V-A14B-{high,low}-720P[-quant].pth``: the wan22-i2v experts in TurboDiffusion's
+                   key layout (torch.save of a state dict; ``-quant``: int8 128x128-block weights + scales)
 qwen-image         QwenImagePipeline folder (Qwen2.5-VL text encoder)
 loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format), and
                    ``QWEN_LORA_LAYOUT_FILES``: the same kind of LoRA in ComfyUI (``diffusion_model.*``), kohya
@@ -39,13 +42,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DEMO_VERSION = "3"  # 2: the IP-Adapter also as ip-adapter.bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts
+DEMO_VERSION = "4"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth
 MARKER_NAME = ".built-v1"
 DEMO_DIRNAME = "demo"
 
 FLUX_DEV = "flux-dev"
 CHROMA = "chroma"
 WAN22_I2V = "wan22-i2v"
+WAN22_TI2V = "wan22-ti2v-5b"
+TURBOWAN = "turbowan22-i2v"
 QWEN_IMAGE = "qwen-image"
 FLUX_IP_ADAPTER = "flux-ip-adapter"
 SIGLIP = "siglip"
@@ -58,6 +63,8 @@ DEMO_NAMES: tuple[str, ...] = (
     FLUX_DEV,
     CHROMA,
     WAN22_I2V,
+    WAN22_TI2V,
+    TURBOWAN,
     QWEN_IMAGE,
     FLUX_IP_ADAPTER,
     SIGLIP,
@@ -210,7 +217,11 @@ def _build_all(root: Path) -> dict[str, float]:
         with timed(CHROMA):
             _build_chroma(root / CHROMA)
         with timed(WAN22_I2V):
-            _build_wan(root / WAN22_I2V)
+            wan = _build_wan(root / WAN22_I2V)
+        with timed(WAN22_TI2V):
+            _build_wan_ti2v(root / WAN22_TI2V)
+        with timed(TURBOWAN):
+            _build_turbowan(root / TURBOWAN, wan)
         with timed(QWEN_IMAGE):
             _build_qwen(root / QWEN_IMAGE, root)
         with timed(SIGLIP):
@@ -487,7 +498,7 @@ def _wan_transformer():
     ).eval()
 
 
-def _build_wan(out: Path) -> None:
+def _build_wan(out: Path):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
 
     with _seeded(3001):
@@ -517,6 +528,45 @@ def _build_wan(out: Path) -> None:
         boundary_ratio=WAN_BOUNDARY_RATIO,
     )
     pipe.save_pretrained(out, safe_serialization=True)
+    return pipe
+
+
+def _build_wan_ti2v(out: Path) -> None:
+    """Wan2.2-TI2V-5B-Diffusers: a WanPipeline with ``expand_timesteps`` (the start image is latent frame 0, with
+    timestep 0 there), one 48-in/48-out transformer and the Wan 2.2 VAE (48 channels, patchified, 16x spatial)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    with _seeded(3101):
+        text_encoder = _t5_encoder(umt5=True)
+    with _seeded(3102):
+        vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                               latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
+    with _seeded(3103):
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+            text_dim=FLUX_JOINT_DIM, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        ).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    WanPipeline(tokenizer=_t5_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                transformer=transformer, transformer_2=None, boundary_ratio=None,
+                expand_timesteps=True).save_pretrained(out, safe_serialization=True)
+
+
+def _build_turbowan(out: Path, wan) -> None:
+    """The wan22-i2v experts written as TurboDiffusion writes its checkpoints (``torch.save(net.state_dict())``
+    in upstream's Wan key layout), plain and ``-quant``, so the conversion path loads real-layout files."""
+    import torch
+
+    from .turbowan import to_upstream
+
+    out.mkdir(parents=True, exist_ok=True)
+    for expert, module in (("high", wan.transformer), ("low", wan.transformer_2)):
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        for suffix, quantized in (("", False), ("-quant", True)):
+            torch.save(to_upstream(state, quantized), out / f"TurboWan2.2-I2V-A14B-{expert}-720P{suffix}.pth")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -155,7 +155,8 @@ class ModelStore:
         with self._lock:
             if key in self._pipelines:
                 return self._pipelines[key]
-            shared = {n: self._components[(root, n, str(dtype))] for n in index if (root, n, str(dtype)) in self._components}
+            shared = {n: self._components[(root, n, str(dtype))] for n in index  # an explicit kwarg (None: skip it) wins
+                      if (root, n, str(dtype)) in self._components and n not in kwargs}
             pipe = self._from_pretrained(folder, cls_name, ref.label, dtype=dtype, **shared, **kwargs)
             for name, module in module_components(pipe).items():
                 self._components[(root, name, str(dtype))] = module

@@ -108,6 +108,8 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
             expect(page.locator("#ip-run")).to_be_visible()
         elif label == "LoRA stack":
             expect(page.locator("#lora-run")).to_be_visible()
+        elif label == "Image to video":
+            expect(page.locator("#i2v-run")).to_be_visible()
         else:
             expect(panel).to_contain_text("not built yet")
 
@@ -209,3 +211,25 @@ def test_lora_stack_build_reorder_disable_and_run(page):
     page.locator("#lora-run").click()
     expect(page.locator("#lora-status")).to_contain_text("none (stack unchanged)", timeout=120_000)
     expect(page.locator("#lora-plan")).to_contain_text("Measured")
+
+
+def test_image_to_video_tab_runs_and_shows_a_video(page, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    start = tmp_path / "start.png"
+    Image.new("RGB", (80, 60), (30, 120, 200)).save(start)
+    page.get_by_role("tab", name="Image to video", exact=True).click()
+    page.locator("#i2v-run").click()  # no start image: the status line names it
+    expect(page.locator("#i2v-status")).to_contain_text("Start image", timeout=TIMEOUT_MS)
+    page.locator("#i2v-image input[type=file]").set_input_files(str(start))
+    page.locator("#i2v-prompt textarea").fill("the sea, slow pan")
+    expect(page.locator("#i2v-plan")).to_contain_text("Plan", timeout=10_000)
+    page.locator("#i2v-run").click()
+    expect(page.locator("#i2v-video video")).to_be_visible(timeout=120_000)
+    expect(page.locator("#i2v-status")).to_contain_text("Done")
+    expect(page.locator("#i2v-info")).to_contain_text(".mp4")
+    expect(page.locator("#i2v-last-frame")).to_be_visible()
+    page.get_by_text("Loaded modules").click()
+    expect(page.locator("#vram-modules")).to_contain_text("transformer_2", timeout=10_000)  # both experts listed
+    page.screenshot(path=str(tmp_path / "i2v.png"), full_page=True)

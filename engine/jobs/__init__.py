@@ -19,6 +19,7 @@ RUNNERS = {
     "sdnq_quantize": "quantize",
     "ipadapter": "ipadapter",
     "lora_stack": "lora_stack",
+    "i2v": "i2v",
 }
 
 

@@ -1,9 +1,244 @@
-"""Image to video: not built yet; the tab says so in one line."""
+"""Image to video: Wan 2.2 I2V A14B (two experts) or TI2V 5B, optionally the TurboWan few-step experts (rCM),
+with the memory-mode widget, a live preview while it denoises, and the video, its last frame and its request out."""
 
 from __future__ import annotations
 
-from ..components import not_built
+import queue
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from engine import I2VRequest, ModelRef, Result
+from engine.requests import (
+    ASPECT_RATIOS,
+    FIT_MODES,
+    RESOLUTIONS,
+    STEP_CACHES,
+    TURBOWAN_REPO,
+    VIDEO_FORMATS,
+    TurboWanSettings,
+)
+
+from .. import zerogpu
+from ..components import GPU_POOL, CancelSlots, as_int, engine_progress, run_row, run_with_feedback, seed_input
+from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
+
+MODELS = {
+    "Wan-AI/Wan2.2-I2V-A14B-Diffusers": "Wan 2.2 I2V A14B (two experts)",
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": "Wan 2.2 TI2V 5B (one transformer, for 8-12 GB cards)",
+}
+LABELS = {
+    "model": "Model", "image": "Start image", "prompt": "Prompt", "negative_prompt": "Negative prompt",
+    "resolution": "Resolution", "aspect_ratio": "Aspect ratio", "width": "Width", "height": "Height",
+    "fit": "Fit the start image", "num_frames": "Frames", "steps": "Steps", "guidance_scale": "Guidance (high noise)",
+    "guidance_scale_2": "Guidance (low noise)", "boundary_ratio": "Expert boundary", "fps": "FPS", "seed": "Seed",
+    "output_format": "Format", "quality": "Quality", "loop": "Loop (gif)", "step_cache": "Step cache",
+    "cache_threshold": "Cache threshold", "preview_every": "Preview every", "turbo": "TurboWan",
+    "turbo.high_path": "High-noise .pth", "turbo.low_path": "Low-noise .pth", "turbo.sigma_max": "sigma max",
+    "swap": "Memory mode",
+}
+SLA_NOTE = ("Attention: original. TurboDiffusion's SLA / SageSLA need the SpargeAttn kernels, which no maintained "
+            "package provides, so this app runs the standard attention (the checkpoints still work, a little slower).")
+
+
+def defaults(demo: bool) -> dict:
+    if demo:  # the tiny demo model: small and quick on a CPU
+        return {"resolution": "custom", "width": 64, "height": 64, "frames": 9, "steps": 4, "max_side": 512}
+    return {"resolution": "480p", "width": 832, "height": 480, "frames": 81, "steps": 40, "max_side": 2048}
+
+
+def build_request(model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
+                  guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
+                  turbo_quant, high_path, low_path, sigma_max, ode, *swap_values) -> I2VRequest:
+    turbo = TurboWanSettings(enabled=bool(turbo_on), checkpoints=ModelRef(repo_id=TURBOWAN_REPO),
+                             quantized=bool(turbo_quant), high_path=(high_path or "").strip(),
+                             low_path=(low_path or "").strip(), sigma_max=sigma_max, ode=bool(ode))
+    request = I2VRequest(
+        model=ModelRef(repo_id=model or ""), image=image or "", prompt=prompt or "", negative_prompt=negative or "",
+        resolution=resolution, aspect_ratio=aspect, width=as_int(width), height=as_int(height), fit=fit,
+        num_frames=as_int(frames), steps=as_int(steps), guidance_scale=guidance, guidance_scale_2=guidance_2,
+        boundary_ratio=boundary, fps=as_int(fps), seed=as_int(seed), output_format=fmt, quality=as_int(quality),
+        loop=bool(loop), step_cache=cache, cache_threshold=threshold, preview_every=as_int(preview_every),
+        turbo=turbo, **({"swap": swap_settings(*swap_values)} if swap_values else {}),
+    )
+    request.validate()
+    return request
+
+
+def plan_request(model, width, height, frames, *swap_values):
+    """The plan needs the model, the size and the frames; the rest is a stand-in (no image yet is fine)."""
+    req = I2VRequest(model=ModelRef(repo_id=model or ""), resolution="custom", width=as_int(width),
+                     height=as_int(height), num_frames=as_int(frames), swap=swap_settings(*swap_values))
+    for check in (req.model.validate, lambda: req.swap.validate("swap")):
+        check()
+    return req
+
+
+def preset_size(resolution, aspect, width, height):
+    if resolution == "custom":
+        return gr.update(interactive=True), gr.update(interactive=True)
+    w, h = I2VRequest.size_for(resolution, aspect)
+    return gr.update(value=w, interactive=False), gr.update(value=h, interactive=False)
+
+
+def format_result(result: Result) -> str:
+    t = result.timings
+    parts = [f"{label} {t[key]:.2f} s" for key, label in (("load", "load"), ("denoise_decode", "denoise + decode"),
+                                                          ("encode_video", "video file")) if key in t]
+    m = result.metadata
+    folder = Path(result.files[0]).parent if result.files else ""
+    return (f"**{t.get('total', 0.0):.2f} s** ({' · '.join(parts)}) · {m.get('frames')} frames "
+            f"{m.get('size', ['?', '?'])[0]}x{m.get('size', ['?', '?'])[1]} · {m.get('experts', '')} · "
+            f"saved {', '.join(f'`{Path(f).name}`' for f in result.files)} in `{folder}`")
+
+
+class Reporter:
+    """The engine's progress callable, plus ``preview(image, step)``: the runner sends live previews there."""
+
+    def __init__(self, progress: gr.Progress):
+        self.report = engine_progress(progress)
+        self.previews: queue.Queue = queue.Queue()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.report(fraction, message)
+
+    def preview(self, image, step: int) -> None:
+        self.previews.put(image)
 
 
 def build(engine) -> None:
-    not_built("**Image to video** (Wan 2.2 image-to-video) is not built yet in this version of the app.")
+    d = defaults(engine.demo)
+    slots = CancelSlots()
+
+    def generate(request: I2VRequest, progress, cancel) -> Result:
+        return engine.run(request, progress, cancel)
+
+    on_gpu = zerogpu.gpu(generate, lambda req, *_: zerogpu.estimate_seconds(req.steps * req.num_frames // 4,
+                                                                             req.width, req.height))
+    with gr.Row():
+        with gr.Column(scale=5):
+            suffix = " (tiny demo stand-in)" if engine.demo else ""
+            model = gr.Dropdown([(label + suffix, repo) for repo, label in MODELS.items()], value=next(iter(MODELS)),
+                                label="Model")
+            image = gr.Image(type="filepath", label="Start image", elem_id="i2v-image", height=220)
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="the waves roll in, the camera pans slowly left",
+                                elem_id="i2v-prompt")
+            with gr.Accordion("Negative prompt", open=False):
+                negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid (CFG only)")
+            with gr.Row():
+                resolution = gr.Dropdown(list(RESOLUTIONS), value=d["resolution"], label="Resolution",
+                                         elem_id="i2v-resolution")
+                aspect = gr.Dropdown(list(ASPECT_RATIOS), value="16:9", label="Aspect ratio")
+                fit = gr.Radio(list(FIT_MODES), value="crop", label="Fit the start image",
+                               info="crop: cover and cut the edges · pad: fit with black bars · stretch")
+            with gr.Row():
+                custom = d["resolution"] == "custom"
+                width = gr.Slider(16, d["max_side"], value=d["width"], step=16, precision=0, label="Width",
+                                  interactive=custom)
+                height = gr.Slider(16, d["max_side"], value=d["height"], step=16, precision=0, label="Height",
+                                   interactive=custom)
+            with gr.Row():
+                frames = gr.Slider(1, 241, value=d["frames"], step=4, precision=0, label="Frames",
+                                   info="4k+1 (the Wan VAE packs 4 frames after the first)")
+                steps = gr.Slider(1, 100, value=d["steps"], step=1, precision=0, label="Steps")
+                fps = gr.Slider(1, 60, value=16, step=1, precision=0, label="FPS")
+            with gr.Row():
+                guidance = gr.Slider(0, 30, value=3.5, step=0.5, label="Guidance (high noise)")
+                guidance_2 = gr.Slider(0, 30, value=3.5, step=0.5, label="Guidance (low noise)")
+                boundary = gr.Slider(0.01, 0.99, value=0.9, step=0.01, label="Expert boundary",
+                                     info="the high-noise expert runs while t >= boundary x 1000")
+            seed = seed_input(0, elem_id="i2v-seed")
+            with gr.Accordion("TurboWan few-step (rCM, 1-4 steps)", open=False):
+                turbo_on = gr.Checkbox(False, label="Use the TurboWan experts", elem_id="i2v-turbo")
+                turbo_quant = gr.Checkbox(True, label="int8 '-quant' files (dequantised on load)")
+                with gr.Row():
+                    high_path = gr.Textbox(label="High-noise .pth", placeholder=f"default: {TURBOWAN_REPO}")
+                    low_path = gr.Textbox(label="Low-noise .pth", placeholder="give both or neither")
+                with gr.Row():
+                    sigma_max = gr.Number(200.0, label="sigma max", minimum=1, maximum=1000)
+                    ode = gr.Checkbox(False, label="ODE sampling (sharper, less robust; SDE by default)")
+                gr.Markdown(SLA_NOTE)
+            with gr.Accordion("Speed and output", open=False):
+                with gr.Row():
+                    cache = gr.Dropdown(list(STEP_CACHES), value="none", label="Step cache",
+                                        info="on both experts; reset before every run")
+                    threshold = gr.Number(0.05, label="Cache threshold", minimum=0,
+                                          info="First Block Cache: skip when the first block changes less")
+                    preview_every = gr.Slider(0, 20, value=2, step=1, precision=0, label="Preview every",
+                                              info="steps between live previews; 0 = off")
+                with gr.Row():
+                    fmt = gr.Radio(list(VIDEO_FORMATS), value="mp4", label="Format")
+                    quality = gr.Slider(1, 10, value=8, step=1, precision=0, label="Quality")
+                    loop = gr.Checkbox(True, label="Loop (gif)")
+            memory = memory_mode_widget(engine, "i2v", "i2v")
+            status, run = run_row(slots, "i2v", cancel_api="i2v_cancel")
+        with gr.Column(scale=6):
+            video = gr.Video(label="Video", elem_id="i2v-video", height=380, autoplay=True, loop=True)
+            preview = gr.Image(label="Live preview (latent projection)", type="pil", elem_id="i2v-preview",
+                               height=140, interactive=False)
+            info = gr.Markdown("", elem_id="i2v-info")
+            with gr.Row():
+                last_frame = gr.DownloadButton("Last frame (PNG)", visible=False, elem_id="i2v-last-frame")
+                save_json = gr.DownloadButton("Save request JSON", visible=False, elem_id="i2v-save-json")
+            memory.trace_plot.render()
+
+    for trigger in (resolution, aspect):
+        trigger.change(preset_size, [resolution, aspect, width, height], [width, height], queue=False,
+                       api_visibility="private")
+    turbo_on.change(lambda on, s: 4 if on and s > 4 else s, [turbo_on, steps], steps, queue=False,
+                    api_visibility="private")
+    wire_plan(engine, memory, plan_request, [model, width, height, frames, *memory.inputs])
+    inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
+              guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
+              turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs]
+
+    def run_i2v(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_, steps_,
+                guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_, threshold_, every_,
+                turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, mode, max_vram, resident, block_mb, prefetch,
+                streams, trace, request: gr.Request, progress=gr.Progress()):
+        # explicit parameters: Gradio reads the signature to pass gr.Request and gr.Progress
+        swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
+        req = build_request(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_,
+                            steps_, guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_,
+                            threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, *swap_values)
+        cancel = slots.start(request)
+        reporter = Reporter(progress)
+        box: dict = {}
+        try:
+            yield {status: "Running…", preview: None}
+            engine.prepare(req, reporter, cancel)  # downloads never hold the GPU
+
+            def work():
+                try:
+                    box["result"] = on_gpu(req, reporter, cancel)
+                except BaseException as exc:  # re-raised below, in the handler, where the feedback wrapper sees it
+                    box["error"] = exc
+
+            worker = threading.Thread(target=work, name="i2v-run", daemon=True)
+            worker.start()
+            while worker.is_alive() or not reporter.previews.empty():
+                try:
+                    yield {preview: reporter.previews.get(timeout=0.25)}
+                except queue.Empty:
+                    continue
+            worker.join()
+        finally:
+            slots.finish(request, cancel)
+        if "error" in box:
+            raise box["error"]
+        result = box["result"]
+        for warning in result.metadata.get("warnings") or []:
+            gr.Warning(warning, title="Note")
+        png = next((f for f in result.files if f.endswith(".png")), None)
+        saved = next((f for f in result.files if f.endswith(".json")), None)
+        plan_line = plan_text(engine, plan_request, model_, width_, height_, frames_, *swap_values)
+        yield {video: result.video_path, info: format_result(result),
+               last_frame: gr.update(value=png, visible=png is not None),
+               save_json: gr.update(value=saved, visible=saved is not None),
+               status: f"Done in {result.timings.get('total', 0.0):.1f} s.",
+               **after_run(engine, memory, result, plan_line)}
+
+    run.click(run_with_feedback(run_i2v, status, LABELS), inputs,
+              [video, preview, info, last_frame, save_json, status, memory.plan, memory.trace_plot],
+              api_name="i2v", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[video])

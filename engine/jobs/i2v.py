@@ -1,0 +1,108 @@
+"""Image to video on Wan 2.2: A14B (two experts switched at ``boundary_ratio``) or TI2V 5B (one transformer)
+through diffusers' ``WanImageToVideoPipeline``, or the TurboWan experts with the rCM sampler (``engine.rcm``).
+Every call goes through ``run_denoise``, so the memory mode decides where each expert, encoder and the VAE are."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import InputError
+from ..requests import I2VRequest
+from ..result import Result
+from ..start_image import load_start_image
+from ..step_cache import apply_step_cache
+from ..video import save_video_result
+from .common import generator_for, run_denoise
+
+PIPELINE = "WanImageToVideoPipeline"
+
+
+def prepare(engine, req: I2VRequest, progress, cancel) -> None:
+    engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    if req.turbo.enabled:
+        from ..turbowan import turbo_files
+
+        turbo_files(engine, req.turbo, progress, cancel)
+
+
+def load(engine, req: I2VRequest, progress, cancel):
+    """The pipeline this request runs (and notes on how it was loaded)."""
+    report = engine.download_progress(progress)
+    if not req.turbo.enabled:
+        return engine.store.load_pipeline(req.model, PIPELINE, progress=report, cancel=cancel), []
+    from ..turbowan import turbo_pipeline
+
+    # the base model lends text encoder, VAE, tokenizer and configs; its own experts are never loaded
+    base = engine.store.load_pipeline(req.model, PIPELINE, progress=report, cancel=cancel, transformer=None,
+                                      transformer_2=None)
+    return turbo_pipeline(engine, req, base, progress, cancel)
+
+
+def check_size(pipe, req: I2VRequest) -> None:
+    """Width and height must fit the VAE's compression times the patch size (16 on A14B, 32 on TI2V 5B)."""
+    transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+    multiple = pipe.vae_scale_factor_spatial * transformer.config.patch_size[1]
+    for name in ("width", "height"):
+        value = getattr(req, name)
+        if value % multiple:
+            lower = value - value % multiple
+            raise InputError(name, f"this model needs a multiple of {multiple} (try {lower or multiple} or "
+                                   f"{lower + multiple}), got {value}")
+
+
+def call_kwargs(pipe, req: I2VRequest, image) -> dict:
+    kwargs = {"image": image, "prompt": req.prompt, "height": req.height, "width": req.width,
+              "num_frames": req.num_frames, "num_inference_steps": req.steps, "generator": generator_for(req.seed),
+              "output_type": "np"}
+    if req.turbo.enabled:  # rCM: no classifier-free guidance, upstream's switch on t
+        return {**kwargs, "sigma_max": req.turbo.sigma_max, "boundary": req.boundary_ratio, "ode": req.turbo.ode}
+    kwargs["guidance_scale"] = req.guidance_scale
+    if req.negative_prompt.strip():
+        kwargs["negative_prompt"] = req.negative_prompt
+    if pipe.transformer_2 is not None:
+        kwargs["guidance_scale_2"] = req.guidance_scale_2
+    return kwargs
+
+
+def experts_note(pipe, req: I2VRequest) -> str:
+    if pipe.transformer_2 is None:
+        return "one transformer (TI2V 5B layout)"
+    return f"two experts, switch at t = {req.boundary_ratio:g} x 1000"
+
+
+def run(engine, req: I2VRequest, progress, cancel) -> Result:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress(0.0, f"loading {req.model.label}")
+    pipe, notes = load(engine, req, progress, cancel)
+    timings["load"] = time.perf_counter() - t0
+    check_size(pipe, req)
+    if pipe.transformer_2 is not None and not req.turbo.enabled:
+        pipe.register_to_config(boundary_ratio=req.boundary_ratio)  # diffusers reads it from the config per call
+    image, image_notes = load_start_image(req.image, req.width, req.height, req.fit)
+    notes += image_notes
+    cached = apply_step_cache(pipe, req.step_cache, req.cache_threshold, req.steps)
+    sink = getattr(progress, "preview", None)
+    preview = None
+    if sink is not None and req.preview_every:
+        from ..preview import LatentPreview
+
+        preview = LatentPreview(pipe, image, req.preview_every, sink)
+    try:
+        out = run_denoise(engine, pipe, call_kwargs(pipe, req, image), req.steps, req.swap, progress, cancel, timings)
+    finally:
+        if preview is not None:
+            preview.close()
+    frames = out.frames[0]
+    t1 = time.perf_counter()
+    files = save_video_result(frames, engine.outputs_dir, req)
+    timings["encode_video"] = time.perf_counter() - t1
+    metadata = {"pipeline": type(pipe).__name__, "experts": experts_note(pipe, req), "frames": int(len(frames)),
+                "size": [int(frames.shape[2]), int(frames.shape[1])], "step_cache": cached}
+    if notes:
+        metadata["warnings"] = list(dict.fromkeys(notes))
+    return Result(request=req, video_path=files[0], files=files, timings=timings, metadata=metadata)
+
+
+def plan_ref(engine, req: I2VRequest):
+    return req.model  # TurboWan experts have the base experts' shapes: the base folder's headers size them
