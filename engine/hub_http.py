@@ -269,6 +269,7 @@ def get_body(url: str, headers: dict, f: BinaryIO, start: int, size: int | None,
                     if not chunk:
                         continue
                     f.write(chunk)  # first: what arrived is on disk before any cancel is raised
+                    f.flush()  # in the file, not Python's buffer: a killed process keeps it too
                     have += len(chunk)
                     got += len(chunk)
                     pending += len(chunk)
