@@ -1,0 +1,172 @@
+"""OmniX task adapters over a shared Flux transformer: which files, checked before loading, loaded through
+diffusers' LoRA loader for one run, and removed again so the shared transformer is left as it was.
+
+The repository layout is upstream's (HKU-MMLab/OmniX ``pipeline_omnix.py:18-51``):
+``<repo>/<task>/<adapter>/pytorch_lora_weights.safetensors``, one adapter per batch item, condition first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError, ModelLoadError
+from .omnix_attention import CrossItemFluxAttnProcessor, route_items
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class OmniXTask:
+    folder: str  # upstream task name
+    adapters: tuple[str, ...]  # one per batch item
+    conditions: tuple[int, ...]  # items that hold the clean input latent
+    target: int  # the item whose decoded image is the map
+
+    def weight_name(self, adapter: str) -> str:
+        return f"{self.folder}/{adapter}/{WEIGHT_NAME}"
+
+
+#: Our task names -> upstream's ``TASK_ADAPTERS`` entries (``rgb_to_<x>``: rgb condition, item 0; target, item 1).
+TASKS: dict[str, OmniXTask] = {
+    name: OmniXTask(f"rgb_to_{name}", ("rgb", name), (0,), 1) for name in ("depth", "normal", "albedo", "pbr", "semantic")
+}
+
+
+def allow_patterns(tasks) -> list[str]:
+    """What to download from the adapter repo for these tasks (it also holds generation adapters)."""
+    return [f"{TASKS[t].folder}/*/{WEIGHT_NAME}" for t in tasks]
+
+
+def adapter_name(task: str, adapter: str) -> str:
+    # unique per task (every task has its own "rgb" adapter); no dots, which peft's ModuleDicts refuse
+    return f"omnix_{TASKS[task].folder}_{adapter}"
+
+
+def check_adapter_folder(root: Path, tasks, transformer: torch.nn.Module, base_label: str) -> None:
+    """Every file a task needs is there and fits this transformer, checked from the safetensors headers before
+    anything loads: a missing task or a LoRA made for another base model gets a message, not a shape error."""
+    from safetensors import safe_open
+
+    modules = dict(transformer.named_modules())
+    for task in tasks:
+        spec = TASKS[task]
+        for adapter in spec.adapters:
+            path = root / spec.weight_name(adapter)
+            if not path.is_file():
+                raise InputError("adapters", f"the adapter folder has no {task} adapters: {spec.weight_name(adapter)} "
+                                             f"is missing from {root}")
+            try:
+                with safe_open(str(path), "pt") as f:
+                    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            except Exception as exc:  # a truncated or foreign file: safetensors says why
+                raise ModelLoadError(f"cannot read {spec.weight_name(adapter)}: {exc}") from None
+            _check_fits(spec.weight_name(adapter), shapes, modules, base_label)
+
+
+def _check_fits(name: str, shapes: dict, modules: dict, base_label: str) -> None:
+    lora = {k: v for k, v in shapes.items() if ".lora_A." in k or ".lora_B." in k}
+    if not lora:
+        raise ModelLoadError(f"{name} holds no LoRA weights (no lora_A/lora_B tensors); is it an OmniX adapter?")
+    for key, shape in lora.items():
+        module_name = key.split(".lora_")[0].removeprefix("transformer.")
+        module = modules.get(module_name)
+        if not key.startswith("transformer.") or module is None:
+            raise ModelLoadError(
+                f"{name} was made for another base model: it has weights for {module_name!r}, which the "
+                f"{base_label} transformer does not have"
+            )
+        if not isinstance(module, torch.nn.Linear) or len(shape) != 2:
+            continue
+        want = module.in_features if ".lora_A." in key else module.out_features
+        got = shape[1] if ".lora_A." in key else shape[0]
+        if got != want:
+            side = "inputs" if ".lora_A." in key else "outputs"
+            raise ModelLoadError(
+                f"{name} was made for another base model: its {module_name} has {got} {side}, the {base_label} "
+                f"transformer's has {want} (OmniX adapters fit FLUX.1-dev)"
+            )
+
+
+_UNSET = object()
+
+
+class AdapterWeights(torch.nn.Module):
+    """A ledger view of one loaded adapter: the very LoRA parameters peft put into the transformer."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        super().__init__()
+        self.weights = torch.nn.ParameterList(params)
+
+
+class OmniXSession:
+    """OmniX on a shared Flux pipeline for the length of one run.
+
+    On entry the transformer's attention processors and peft state are noted; ``task(name)`` loads that task's
+    adapter pair with ``load_lora_weights`` (registered in the ledger), routes batch items to them and installs
+    the cross-item attention; leaving ``task`` removes them again, and leaving the session restores everything
+    noted (also after a cancel or an exception), so another tab's next run sees the transformer as it was.
+    """
+
+    def __init__(self, pipe, root: Path, memory, label: str = "OmniX"):
+        self.pipe, self.root, self.memory, self.label = pipe, Path(root), memory, label
+        self.transformer = pipe.transformer
+        self.peak_ledger_bytes = 0  # the most the ledger held while a task's adapters were in
+
+    def __enter__(self):
+        t = self.transformer
+        self._processors = dict(t.attn_processors)
+        self._had_peft = bool(getattr(t, "peft_config", None))
+        self._active = list(t.active_adapters()) if self._had_peft else []
+        self._flag = t.__dict__.get("_hf_peft_config_loaded", _UNSET)
+        return self
+
+    def __exit__(self, *exc):
+        t = self.transformer
+        t.set_attn_processor(dict(self._processors))  # it consumes the dict
+        ours = [n for n in (getattr(t, "peft_config", None) or {}) if n.startswith("omnix_")]
+        if ours:
+            t.delete_adapters(ours)
+        if not self._had_peft:
+            t.unload_lora()  # no adapters were there before: take the peft wrappers off again
+            t.__dict__.pop("_hf_peft_config_loaded", None)
+            if self._flag is not _UNSET:
+                t._hf_peft_config_loaded = self._flag
+        elif self._active:
+            t.set_adapters(self._active)
+        return False
+
+    @contextlib.contextmanager
+    def task(self, task: str):
+        spec = TASKS[task]
+        names = tuple(adapter_name(task, a) for a in spec.adapters)
+        ledger, handles = [], []
+        try:
+            for adapter, name in zip(spec.adapters, names):
+                self.pipe.load_lora_weights(str(self.root), weight_name=spec.weight_name(adapter), adapter_name=name,
+                                            local_files_only=True)
+                params = [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
+                entry = f"{self.label}/{spec.folder}/{adapter}"
+                self.memory.register(entry, AdapterWeights(params), "lora")
+                ledger.append(entry)
+            self.memory.refresh(ledger)
+            held = sum(self.memory.entry(n).bytes for n in self.memory.names())
+            self.peak_ledger_bytes = max(self.peak_ledger_bytes, held)
+            # every adapter active at weight 1 (upstream's set_adapters(lora_names)); the routing decides per item
+            self.transformer.set_adapters(list(names))
+            handles = route_items(self.transformer, names)
+            self.transformer.set_attn_processor(CrossItemFluxAttnProcessor())
+            yield names
+        finally:
+            for h in handles:
+                h.remove()
+            self.transformer.set_attn_processor(dict(self._processors))  # it consumes the dict
+            loaded = [n for n in names if n in (getattr(self.transformer, "peft_config", None) or {})]
+            if loaded:
+                self.transformer.delete_adapters(loaded)
+            for entry in ledger:
+                self.memory.unregister(entry)
+
