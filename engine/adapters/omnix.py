@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft.tuners.lora import LoraLayer
 
 from ..errors import InputError, ModelLoadError
 from .omnix_attention import CrossItemFluxAttnProcessor, route_items
@@ -94,6 +95,18 @@ def _check_fits(name: str, shapes: dict, modules: dict, base_label: str) -> None
 _UNSET = object()
 
 
+@contextlib.contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 class AdapterWeights(torch.nn.Module):
     """A ledger view of one loaded adapter: the very LoRA parameters peft put into the transformer."""
 
@@ -127,16 +140,19 @@ class OmniXSession:
     def __exit__(self, *exc):
         t = self.transformer
         t.set_attn_processor(dict(self._processors))  # it consumes the dict
-        ours = [n for n in (getattr(t, "peft_config", None) or {}) if n.startswith("omnix_")]
-        if ours:
-            t.delete_adapters(ours)
         if not self._had_peft:
-            t.unload_lora()  # no adapters were there before: take the peft wrappers off again
+            if getattr(t, "peft_config", None) is not None or any(isinstance(m, LoraLayer) for m in t.modules()):
+                t.unload_lora()  # no adapters were there before: take the peft wrappers off again
             t.__dict__.pop("_hf_peft_config_loaded", None)
             if self._flag is not _UNSET:
                 t._hf_peft_config_loaded = self._flag
-        elif self._active:
-            t.set_adapters(self._active)
+            return False
+        ours = [n for n in (getattr(t, "peft_config", None) or {}) if n.startswith("omnix_")]
+        with torch.inference_mode():  # adapters loaded inside a run hold inference tensors
+            if ours:
+                t.delete_adapters(ours)
+            if self._active:
+                t.set_adapters(self._active)
         return False
 
     @contextlib.contextmanager
@@ -146,8 +162,9 @@ class OmniXSession:
         ledger, handles = [], []
         try:
             for adapter, name in zip(spec.adapters, names):
-                self.pipe.load_lora_weights(str(self.root), weight_name=spec.weight_name(adapter), adapter_name=name,
-                                            local_files_only=True)
+                with _quiet_diffusers():  # it says, per file, that the text encoder gets no LoRA keys: true
+                    self.pipe.load_lora_weights(str(self.root), weight_name=spec.weight_name(adapter),
+                                                adapter_name=name, local_files_only=True)
                 params = [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
                 entry = f"{self.label}/{spec.folder}/{adapter}"
                 self.memory.register(entry, AdapterWeights(params), "lora")
@@ -166,7 +183,8 @@ class OmniXSession:
             self.transformer.set_attn_processor(dict(self._processors))  # it consumes the dict
             loaded = [n for n in names if n in (getattr(self.transformer, "peft_config", None) or {})]
             if loaded:
-                self.transformer.delete_adapters(loaded)
+                with torch.inference_mode():  # they were loaded inside the run: inference tensors
+                    self.transformer.delete_adapters(loaded)
             for entry in ledger:
                 self.memory.unregister(entry)
 
