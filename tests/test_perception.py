@@ -156,7 +156,7 @@ def test_item_i_goes_through_adapter_i_only(engine, models_dir, panorama, monkey
     omnix_route = omnix.route_items
     monkeypatch.setattr(omnix, "route_items", route_and_probe)
     try:
-        with OmniXSession(pipe, root, engine.memory) as session, torch.inference_mode():
+        with OmniXSession(pipe, root, engine.memory, ["depth"]) as session, torch.inference_mode():
             pipe(_pano_tensor(panorama), ["depth"], session, num_inference_steps=1)
     finally:
         for probe in probes:
@@ -196,7 +196,7 @@ def _run_with_steps(pipe, root, memory, panorama, **kw):
         steps.append({k: v.clone() for k, v in tensors.items()})
         return tensors
 
-    with OmniXSession(pipe, root, memory) as session, torch.inference_mode():
+    with OmniXSession(pipe, root, memory, ["depth"]) as session, torch.inference_mode():
         out = pipe(_pano_tensor(panorama), ["depth"], session, num_inference_steps=2, seed=3,
                    callback_on_step_end=on_step, **kw)
     return out, steps

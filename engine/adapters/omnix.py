@@ -108,26 +108,36 @@ def _quiet_diffusers():
 
 
 class AdapterWeights(torch.nn.Module):
-    """A ledger view of one loaded adapter: the very LoRA parameters peft put into the transformer."""
+    """A ledger view of one loaded adapter: the very LoRA parameters peft put into the transformer.
+
+    The adapter lives inside the transformer and moves with it (the memory strategies move the transformer), so
+    moving this view is a no-op: an eviction of the view can never pull LoRA weights out from under a layer."""
 
     def __init__(self, params: list[torch.nn.Parameter]):
         super().__init__()
         self.weights = torch.nn.ParameterList(params)
 
+    def _apply(self, fn, recurse=True):
+        return self
+
 
 class OmniXSession:
     """OmniX on a shared Flux pipeline for the length of one run.
 
-    On entry the transformer's attention processors and peft state are noted; ``task(name)`` loads that task's
-    adapter pair with ``load_lora_weights`` (registered in the ledger), routes batch items to them and installs
-    the cross-item attention; leaving ``task`` removes them again, and leaving the session restores everything
-    noted (also after a cancel or an exception), so another tab's next run sees the transformer as it was.
+    Entering notes the transformer's attention processors and peft state, then loads every chosen task's adapter
+    pair with diffusers' ``load_lora_weights`` (upstream's call and file names), each registered in the ledger.
+    That happens before the pipeline call, so the memory mode places the transformer with its adapters in it.
+    ``task(name)`` routes batch items to that task's pair and installs the cross-item attention for the length
+    of the task; leaving the session removes every adapter and restores what was noted (also after a cancel or
+    an exception), so another tab's next run sees the transformer as it was.
     """
 
-    def __init__(self, pipe, root: Path, memory, label: str = "OmniX"):
+    def __init__(self, pipe, root: Path, memory, tasks, label: str = "OmniX"):
         self.pipe, self.root, self.memory, self.label = pipe, Path(root), memory, label
+        self.tasks = tuple(tasks)
         self.transformer = pipe.transformer
-        self.peak_ledger_bytes = 0  # the most the ledger held while a task's adapters were in
+        self.peak_ledger_bytes = 0  # what the ledger held with the adapters in
+        self._entries: list[str] = []
 
     def __enter__(self):
         t = self.transformer
@@ -135,11 +145,33 @@ class OmniXSession:
         self._had_peft = bool(getattr(t, "peft_config", None))
         self._active = list(t.active_adapters()) if self._had_peft else []
         self._flag = t.__dict__.get("_hf_peft_config_loaded", _UNSET)
+        try:
+            for task in self.tasks:
+                self._load(task)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.peak_ledger_bytes = sum(self.memory.entry(n).bytes for n in self.memory.names())
         return self
+
+    def _load(self, task: str) -> None:
+        spec = TASKS[task]
+        for adapter in spec.adapters:
+            name = adapter_name(task, adapter)
+            with _quiet_diffusers():  # it says, per file, that the text encoder gets no LoRA keys: true
+                self.pipe.load_lora_weights(str(self.root), weight_name=spec.weight_name(adapter), adapter_name=name,
+                                            local_files_only=True)
+            params = [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
+            entry = f"{self.label}/{spec.folder}/{adapter}"
+            self.memory.register(entry, AdapterWeights(params), "lora")
+            self._entries.append(entry)
 
     def __exit__(self, *exc):
         t = self.transformer
         t.set_attn_processor(dict(self._processors))  # it consumes the dict
+        for entry in self._entries:
+            self.memory.unregister(entry)
+        self._entries.clear()
         if not self._had_peft:
             if getattr(t, "peft_config", None) is not None or any(isinstance(m, LoraLayer) for m in t.modules()):
                 t.unload_lora()  # no adapters were there before: take the peft wrappers off again
@@ -148,43 +180,21 @@ class OmniXSession:
                 t._hf_peft_config_loaded = self._flag
             return False
         ours = [n for n in (getattr(t, "peft_config", None) or {}) if n.startswith("omnix_")]
-        with torch.inference_mode():  # adapters loaded inside a run hold inference tensors
-            if ours:
-                t.delete_adapters(ours)
-            if self._active:
-                t.set_adapters(self._active)
+        if ours:
+            t.delete_adapters(ours)
+        if self._active:
+            t.set_adapters(self._active)
         return False
 
     @contextlib.contextmanager
     def task(self, task: str):
-        spec = TASKS[task]
-        names = tuple(adapter_name(task, a) for a in spec.adapters)
-        ledger, handles = [], []
+        """Item *i* through this task's adapter *i*, keys and values joined across items, for the block."""
+        names = tuple(adapter_name(task, a) for a in TASKS[task].adapters)
+        handles = route_items(self.transformer, names)
         try:
-            for adapter, name in zip(spec.adapters, names):
-                with _quiet_diffusers():  # it says, per file, that the text encoder gets no LoRA keys: true
-                    self.pipe.load_lora_weights(str(self.root), weight_name=spec.weight_name(adapter),
-                                                adapter_name=name, local_files_only=True)
-                params = [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
-                entry = f"{self.label}/{spec.folder}/{adapter}"
-                self.memory.register(entry, AdapterWeights(params), "lora")
-                ledger.append(entry)
-            self.memory.refresh(ledger)
-            held = sum(self.memory.entry(n).bytes for n in self.memory.names())
-            self.peak_ledger_bytes = max(self.peak_ledger_bytes, held)
-            # every adapter active at weight 1 (upstream's set_adapters(lora_names)); the routing decides per item
-            self.transformer.set_adapters(list(names))
-            handles = route_items(self.transformer, names)
             self.transformer.set_attn_processor(CrossItemFluxAttnProcessor())
             yield names
         finally:
             for h in handles:
                 h.remove()
-            self.transformer.set_attn_processor(dict(self._processors))  # it consumes the dict
-            loaded = [n for n in names if n in (getattr(self.transformer, "peft_config", None) or {})]
-            if loaded:
-                with torch.inference_mode():  # they were loaded inside the run: inference tensors
-                    self.transformer.delete_adapters(loaded)
-            for entry in ledger:
-                self.memory.unregister(entry)
-
+            self.transformer.set_attn_processor(dict(self._processors))

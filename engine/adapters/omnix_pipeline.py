@@ -48,7 +48,7 @@ class OmniXPerceptionPipeline(FluxPipeline):
         self,
         image: torch.Tensor,  # [1, 3, H, W] in [-1, 1] (upstream: x / 127.5 - 1)
         tasks: list[str],
-        session,  # OmniXSession: loads and removes each task's adapters
+        session,  # OmniXSession: the tasks' adapters are in; task(name) routes the batch to one pair
         prompt: str = PROMPT,
         num_inference_steps: int = 28,
         guidance_scale: float = 3.5,

@@ -71,7 +71,7 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
         "num_inference_steps": req.steps, "guidance_scale": req.guidance_scale, "seed": req.seed,
         "seam_blending": req.seam_blending,
     }
-    with OmniXSession(pipe, root, engine.memory, label=req.adapters.label) as session:
+    with OmniXSession(pipe, root, engine.memory, req.tasks, label=req.adapters.label) as session:
         kwargs["session"] = session
         out = run_denoise(engine, pipe, kwargs, len(req.tasks) * req.steps, req.swap, progress, cancel, timings)
 
