@@ -42,6 +42,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .omnix_tasks import TASKS as _OMNIX
+from .omnix_tasks import WEIGHT_NAME as _OMNIX_WEIGHT_NAME
+
 DEMO_VERSION = "5"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
 # 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata)
 MARKER_NAME = ".built-v1"
@@ -83,15 +86,9 @@ QWEN_LORA_LAYOUT_FILES: dict[str, str] = {
     "seed004": "loras/qwen-seed004-names.safetensors",
 }
 
-#: OmniX task -> adapter names (condition first, target last), as in upstream HKU-MMLab/OmniX.
-OMNIX_TASKS: dict[str, tuple[str, ...]] = {
-    "rgb_to_depth": ("rgb", "depth"),
-    "rgb_to_normal": ("rgb", "normal"),
-    "rgb_to_albedo": ("rgb", "albedo"),
-    "rgb_to_pbr": ("rgb", "pbr"),
-    "rgb_to_semantic": ("rgb", "semantic"),
-}
-OMNIX_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: OmniX task folder -> adapter names (condition first, target last), as in upstream HKU-MMLab/OmniX.
+OMNIX_TASKS: dict[str, tuple[str, ...]] = {t.folder: t.adapters for t in _OMNIX.values()}
+OMNIX_WEIGHT_NAME = _OMNIX_WEIGHT_NAME
 
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter.safetensors"
 IP_ADAPTER_BIN_NAME = "ip-adapter.bin"  # the file InstantX/FLUX.1-dev-IP-Adapter publishes

@@ -13,9 +13,10 @@ from PIL import Image
 
 from engine import Cancelled, Engine, InputError, ModelLoadError, ModelRef, PerceptionRequest, TextToImageRequest
 from engine import panorama_seam as seam
-from engine.adapters.omnix import TASKS, OmniXSession, adapter_name
+from engine.adapters.omnix import OmniXSession
 from engine.demo import demo_path
 from engine.jobs.perception import image_tensor, omnix_pipeline
+from engine.omnix_tasks import TASKS, adapter_name
 from engine.requests import PERCEPTION_TASKS, request_from_dict
 
 FLUX = ModelRef(repo_id="black-forest-labs/FLUX.1-dev")

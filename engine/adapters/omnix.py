@@ -8,43 +8,14 @@ The repository layout is upstream's (HKU-MMLab/OmniX ``pipeline_omnix.py:18-51``
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft.tuners.lora import LoraLayer
 
 from ..errors import InputError, ModelLoadError
+from ..omnix_tasks import TASKS, adapter_name
 from .omnix_attention import CrossItemFluxAttnProcessor, route_items
-
-WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-
-@dataclass(frozen=True)
-class OmniXTask:
-    folder: str  # upstream task name
-    adapters: tuple[str, ...]  # one per batch item
-    conditions: tuple[int, ...]  # items that hold the clean input latent
-    target: int  # the item whose decoded image is the map
-
-    def weight_name(self, adapter: str) -> str:
-        return f"{self.folder}/{adapter}/{WEIGHT_NAME}"
-
-
-#: Our task names -> upstream's ``TASK_ADAPTERS`` entries (``rgb_to_<x>``: rgb condition, item 0; target, item 1).
-TASKS: dict[str, OmniXTask] = {
-    name: OmniXTask(f"rgb_to_{name}", ("rgb", name), (0,), 1) for name in ("depth", "normal", "albedo", "pbr", "semantic")
-}
-
-
-def allow_patterns(tasks) -> list[str]:
-    """What to download from the adapter repo for these tasks (it also holds generation adapters)."""
-    return [f"{TASKS[t].folder}/*/{WEIGHT_NAME}" for t in tasks]
-
-
-def adapter_name(task: str, adapter: str) -> str:
-    # unique per task (every task has its own "rgb" adapter); no dots, which peft's ModuleDicts refuse
-    return f"omnix_{TASKS[task].folder}_{adapter}"
 
 
 def check_adapter_folder(root: Path, tasks, transformer: torch.nn.Module, base_label: str) -> None:

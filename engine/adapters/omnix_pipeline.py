@@ -27,7 +27,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
 from .. import panorama_seam as seam
-from .omnix import TASKS
+from ..omnix_tasks import TASKS
 
 PROMPT = "[EQUIRECTANGULAR]"  # upstream's camera prompt for equirectangular inputs
 

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from .. import panorama_input, perception_maps
-from ..adapters.omnix import OmniXSession, allow_patterns, check_adapter_folder
+from ..adapters.omnix import OmniXSession, check_adapter_folder
 from ..adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
 from ..errors import EngineError
+from ..omnix_tasks import allow_patterns
 from ..outputs import run_stem, save_request
 from ..panorama_seam import seam_error
 from ..requests import PerceptionRequest
