@@ -194,7 +194,7 @@ def _run_with_steps(pipe, root, memory, panorama, **kw):
     steps = []
 
     def on_step(p, i, t, tensors):
-        steps.append({k: v.clone() for k, v in tensors.items()})
+        steps.append({**{k: v.clone() for k, v in tensors.items()}, "t": float(t)})
         return tensors
 
     with OmniXSession(pipe, root, memory, ["depth"]) as session, torch.inference_mode():
@@ -252,6 +252,24 @@ def test_seam_decode_makes_the_edges_agree_and_plain_decoding_does_not(engine):
     assert blended.shape == plain.shape == (1, 3, 2 * lat_h, 2 * lat_w)
     assert seam.seam_error(blended) < 0.6 * seam.seam_error(plain)
     assert vae.use_tiling is False  # the shared VAE's own flag is untouched
+
+
+def test_schedule_is_flux_dynamic_shift_on_the_seam_extended_length(stepped):
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    pipe, _, _, steps = stepped
+    s = pipe.vae_scale_factor
+    tokens = (H // s // 2) * ((W // s + seam.BLEND_EXTEND) // 2)  # packed 2x2 tokens of the extended latent
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    c = scheduler.config
+    mu = calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 2, 2), mu=mu)
+    assert [step["t"] for step in steps] == pytest.approx(scheduler.timesteps.tolist())
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 2, 2),
+                            mu=calculate_shift(tokens - H // s // 2 * 3, c.base_image_seq_len, c.max_image_seq_len,
+                                               c.base_shift, c.max_shift))
+    assert [step["t"] for step in steps] != pytest.approx(scheduler.timesteps.tolist())  # not the unextended one
 
 
 def test_blend_is_upstreams_cross_fade():
