@@ -21,8 +21,10 @@ def pano(tmp_path):
 
 
 def test_build_request_round_trips_and_names_bad_fields(pano, tmp_path):
-    req = build_request(pano, ["depth", "pbr"], "", 2.0, 3.5, 7.0)
+    req = build_request(pano, ["depth", "pbr"], "", 2.0, 3.5, 7.0, True, True, "model_offload", 0, 0, 100, 1.0, True,
+                        False)
     assert req.tasks == ("depth", "pbr") and req.steps == 2 and type(req.seed) is int
+    assert req.swap.mode == "model_offload" and req.swap.prefetch == 1
     assert request_from_dict(json.loads(json.dumps(req.to_dict()))) == req
     with pytest.raises(InputError) as err:
         build_request(pano, [], "", 2, 3.5, 0)
@@ -52,12 +54,13 @@ def test_aspect_note_offers_pad_and_crop_only_when_they_help(pano, tmp_path):
 def _perceive(client, path, tasks=("depth", "semantic")):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(path), list(tasks), "", 1, 3.5, 1, True, True, api_name="/perception")
+    memory = ("block_swap", 0, 1, 100, 1, True, False)  # the memory-mode widget's values
+    return client.predict(handle_file(path), list(tasks), "", 1, 3.5, 1, True, True, *memory, api_name="/perception")
 
 
 def test_api_perception_returns_maps_3d_view_and_every_file(client, pano):
-    gallery, model3d, files, info, status = _perceive(client, pano)
-    assert status.startswith("Done")
+    gallery, model3d, files, info, status, plan, _plot = _perceive(client, pano)
+    assert status.startswith("Done") and "block_swap" in plan and "Measured" in plan
     captions = [item["caption"] for item in gallery]
     assert captions[0] == "depth (distance)" and captions[1].startswith("semantic (")
     assert all(Path(item["image"]).is_file() for item in gallery)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import ModelRef, PerceptionRequest, Result
+from engine import PerceptionRequest, Result
 from engine import panorama_input as pano
 from engine.requests import PERCEPTION_TASKS
 
@@ -21,6 +21,7 @@ from ..components import (
     seed_input,
     steps_slider,
 )
+from ..memory_mode import measured_text, memory_mode_widget, plan_text, swap_settings, trace_plot_update, wire_plan
 
 TASK_LABELS = {"depth": "Depth (distance)", "normal": "Normal", "albedo": "Albedo",
                "pbr": "PBR (roughness, metallic)", "semantic": "Semantic"}
@@ -36,15 +37,21 @@ def defaults(demo: bool) -> dict:
 
 
 def build_request(panorama, tasks, prompt, steps, guidance_scale, seed, seam_blending=True, sphere_mesh=True,
-                  model: str = "black-forest-labs/FLUX.1-dev", adapters: str = "KevinHuang/OmniX") -> PerceptionRequest:
-    """The request these widget values describe, validated (raises ``InputError`` naming the field)."""
+                  *swap_values) -> PerceptionRequest:
+    """The request these widget values describe, validated (raises ``InputError`` naming the field).
+    ``swap_values`` are the memory-mode widget's (none: the default mode)."""
     request = PerceptionRequest(
-        model=ModelRef(repo_id=model), adapters=ModelRef(repo_id=adapters), panorama=panorama or "",
-        tasks=tuple(tasks or ()), prompt=prompt or "", steps=as_int(steps), guidance_scale=guidance_scale,
-        seed=as_int(seed), seam_blending=bool(seam_blending), sphere_mesh=bool(sphere_mesh),
+        panorama=panorama or "", tasks=tuple(tasks or ()), prompt=prompt or "", steps=as_int(steps),
+        guidance_scale=guidance_scale, seed=as_int(seed), seam_blending=bool(seam_blending),
+        sphere_mesh=bool(sphere_mesh), **({"swap": swap_settings(*swap_values)} if swap_values else {}),
     )
     request.validate()
     return request
+
+
+def plan_request(*swap_values) -> PerceptionRequest:
+    """What the plan line needs: the base model and the memory settings (the panorama does not change it)."""
+    return PerceptionRequest(swap=swap_settings(*swap_values))
 
 
 def aspect_note(path) -> tuple[str, bool]:
@@ -105,6 +112,7 @@ def build(engine) -> None:
             with gr.Row():
                 seam_blending = gr.Checkbox(True, label="Seam blending", info="left and right edges of every map agree")
                 sphere = gr.Checkbox(True, label="3D sphere (.glb)", info="with depth")
+            memory = memory_mode_widget(engine, "text_to_image", "pano")  # Flux, as on Text to image
             status, run = run_row(slots, "pano", cancel_api="perception_cancel")
         with gr.Column(scale=6):
             gallery = gr.Gallery(label="Maps", columns=2, height=420, object_fit="contain", elem_id="pano-maps",
@@ -114,6 +122,9 @@ def build(engine) -> None:
             info = gr.Markdown("", elem_id="pano-info")
             files = gr.File(label="All files (maps, 16-bit depth, .npy data, .glb, request JSON)", file_count="multiple",
                             elem_id="pano-files")
+            memory.trace_plot.render()
+
+    wire_plan(engine, memory, plan_request, memory.inputs)
 
     def check(path):
         text, fixable = aspect_note(path)
@@ -136,9 +147,10 @@ def build(engine) -> None:
     pad.click(fix("pad"), panorama, panorama, api_name="perception_pad")
     crop.click(fix("crop"), panorama, panorama, api_name="perception_crop")
 
-    def run_perception(panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere,
-                       request: gr.Request, progress=gr.Progress()):
-        req = build_request(panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere)
+    def run_perception(panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, mode, max_vram,
+                       resident, block_mb, prefetch, streams, trace, request: gr.Request, progress=gr.Progress()):
+        swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
+        req = build_request(panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, *swap_values)
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
@@ -151,11 +163,13 @@ def build(engine) -> None:
             files: list(result.files),
             info: format_result(result),
             status: f"Done in {result.timings.get('total', 0.0):.1f} s.",
+            memory.plan: f"{plan_text(engine, plan_request, *swap_values)}  \n{measured_text(result)}",
+            memory.trace_plot: trace_plot_update(result),
         }
 
     run.click(
         run_with_feedback(run_perception, status, LABELS),
-        [panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere],
-        [gallery, viewer, files, info, status],
+        [panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, *memory.inputs],
+        [gallery, viewer, files, info, status, memory.plan, memory.trace_plot],
         api_name="perception", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
