@@ -42,7 +42,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DEMO_VERSION = "4"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth
+from .omnix_tasks import TASKS as _OMNIX
+from .omnix_tasks import WEIGHT_NAME as _OMNIX_WEIGHT_NAME
+
+DEMO_VERSION = "5"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
+# 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata)
 MARKER_NAME = ".built-v1"
 DEMO_DIRNAME = "demo"
 
@@ -82,15 +86,9 @@ QWEN_LORA_LAYOUT_FILES: dict[str, str] = {
     "seed004": "loras/qwen-seed004-names.safetensors",
 }
 
-#: OmniX task -> adapter names (condition first, target last), as in upstream HKU-MMLab/OmniX.
-OMNIX_TASKS: dict[str, tuple[str, ...]] = {
-    "rgb_to_depth": ("rgb", "depth"),
-    "rgb_to_normal": ("rgb", "normal"),
-    "rgb_to_albedo": ("rgb", "albedo"),
-    "rgb_to_pbr": ("rgb", "pbr"),
-    "rgb_to_semantic": ("rgb", "semantic"),
-}
-OMNIX_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: OmniX task folder -> adapter names (condition first, target last), as in upstream HKU-MMLab/OmniX.
+OMNIX_TASKS: dict[str, tuple[str, ...]] = {t.folder: t.adapters for t in _OMNIX.values()}
+OMNIX_WEIGHT_NAME = _OMNIX_WEIGHT_NAME
 
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter.safetensors"
 IP_ADAPTER_BIN_NAME = "ip-adapter.bin"  # the file InstantX/FLUX.1-dev-IP-Adapter publishes
@@ -114,7 +112,10 @@ QWEN_SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-_FLUX_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+# What upstream OmniX trains (HKU-MMLab/OmniX src/utils/lora.py): peft suffix matching puts these on the double
+# blocks' q/k/v/out and image feed-forward (not add_*_proj, not ff_context) and on the single blocks' q/k/v only.
+OMNIX_LORA_TARGETS = ["attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "ff.net.0.proj", "ff.net.2"]
+OMNIX_LORA_RANK = 4  # upstream: 64, with lora_alpha = rank (scale 1)
 _QWEN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
@@ -686,27 +687,29 @@ def _save_qwen_layout_loras(transformer, root: Path) -> None:
     save_file(seed004, str(root / QWEN_LORA_LAYOUT_FILES["seed004"]))
 
 
-def _save_lora(pipeline_cls, transformer, targets: list[str], seed: int, out: Path) -> None:
-    """A random (non-zero) LoRA for ``transformer`` saved in diffusers format with ``pipeline_cls``."""
+def _save_lora(pipeline_cls, transformer, targets: list[str], seed: int, out: Path, rank: int = 4,
+               with_metadata: bool = True) -> None:
+    """A random (non-zero) LoRA for ``transformer`` saved in diffusers format with ``pipeline_cls``.
+
+    ``with_metadata=False`` writes no peft config into the file, as diffusers before 0.34 saved LoRAs (the OmniX
+    release): the loader then infers rank from the shapes and alpha = rank, the same path the real files take."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     name = f"demo_{seed}"
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
     with _seeded(seed):
         transformer.add_adapter(config, adapter_name=name)
     try:
         state = get_peft_model_state_dict(transformer, adapter_name=name)
         state = {k: v.detach().clone().contiguous() for k, v in state.items()}
-        metadata = transformer.peft_config[name].to_dict()
-        metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: keep files byte-reproducible
+        extra = {}
+        if with_metadata:
+            metadata = transformer.peft_config[name].to_dict()
+            metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: keep files byte-reproducible
+            extra["transformer_lora_adapter_metadata"] = metadata
         out.parent.mkdir(parents=True, exist_ok=True)
-        pipeline_cls.save_lora_weights(
-            out.parent,
-            transformer_lora_layers=state,
-            weight_name=out.name,
-            transformer_lora_adapter_metadata=metadata,
-        )
+        pipeline_cls.save_lora_weights(out.parent, transformer_lora_layers=state, weight_name=out.name, **extra)
     finally:
         transformer.delete_adapters(name)
 
@@ -789,13 +792,16 @@ def _build_ip_adapter(out: Path, transformer) -> None:
 
 
 def _build_omnix(out: Path, transformer) -> None:
+    """``KevinHuang/OmniX`` layout: ``<task>/<adapter>/pytorch_lora_weights.safetensors`` (upstream's
+    ``load_task_specific_adapters`` path), keys ``transformer.<module>.lora_{A,B}.weight``, no adapter metadata."""
     from diffusers import FluxPipeline
 
     seed = 7000
     for task, adapters in OMNIX_TASKS.items():
         for adapter in adapters:
             seed += 1
-            _save_lora(FluxPipeline, transformer, _FLUX_LORA_TARGETS, seed, out / task / adapter / OMNIX_WEIGHT_NAME)
+            _save_lora(FluxPipeline, transformer, OMNIX_LORA_TARGETS, seed, out / task / adapter / OMNIX_WEIGHT_NAME,
+                       rank=OMNIX_LORA_RANK, with_metadata=False)
 
 
 def folder_size(path: str | os.PathLike) -> int:

@@ -110,6 +110,8 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
             expect(page.locator("#lora-run")).to_be_visible()
         elif label == "Image to video":
             expect(page.locator("#i2v-run")).to_be_visible()
+        elif label == "Panorama perception":
+            expect(page.locator("#pano-run")).to_be_visible()
         else:
             expect(panel).to_contain_text("not built yet")
 
@@ -233,3 +235,44 @@ def test_image_to_video_tab_runs_and_shows_a_video(page, tmp_path):
     page.get_by_text("Loaded modules").click()
     expect(page.locator("#vram-modules")).to_contain_text("transformer_2", timeout=10_000)  # both experts listed
     page.screenshot(path=str(tmp_path / "i2v.png"), full_page=True)
+
+
+def test_perception_tab_offers_to_pad_a_panorama_that_is_not_two_to_one(page, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (300, 100), (90, 120, 150)).save(wide)
+    page.get_by_role("tab", name="Panorama perception", exact=True).click()
+    page.locator("#pano-input input[type=file]").set_input_files(str(wide))
+    expect(page.locator("#pano-note")).to_contain_text("not an equirectangular 2:1", timeout=TIMEOUT_MS)
+    expect(page.locator("#pano-pad")).to_be_visible()
+    page.locator("#pano-pad").click()
+    expect(page.locator("#pano-note")).to_contain_text("300×150 panorama", timeout=TIMEOUT_MS)
+    expect(page.locator("#pano-pad")).to_be_hidden()
+
+
+def test_perception_tab_shows_the_maps_and_the_3d_view(page, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    pano = tmp_path / "pano.png"
+    x = np.linspace(0, 2 * np.pi, 128)
+    rgb = np.stack([np.sin(x), np.cos(x), np.sin(2 * x)], -1)[None].repeat(64, 0) * 0.4 + 0.5
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(pano)
+
+    page.get_by_role("tab", name="Panorama perception", exact=True).click()
+    page.locator("#pano-input input[type=file]").set_input_files(str(pano))
+    expect(page.locator("#pano-note")).to_contain_text("128×64 panorama", timeout=TIMEOUT_MS)
+    for label in ("Normal", "Albedo"):  # depth only: a short run
+        page.locator("#pano-tasks").get_by_label(label).uncheck()
+    page.locator("#pano-run").click()
+    expect(page.locator("#pano-status")).to_contain_text("Done", timeout=180_000)
+    expect(page.locator("#pano-maps img").first).to_be_visible()
+    # the 3D view holds the .glb (headless Chromium has no WebGL to draw it, so its canvas is not checked)
+    expect(page.locator("#pano-3d a[href$='-sphere.glb']")).to_be_attached(timeout=TIMEOUT_MS)
+    expect(page.locator("#pano-files").get_by_role("row", name=re.compile(r"-sphere\.glb"))).to_be_visible()
+    expect(page.locator("#pano-files").get_by_role("row", name=re.compile(r"-depth16\.png"))).to_be_visible()
+    expect(page.locator("#pano-info")).to_contain_text("seam error")
+    page.screenshot(path=str(tmp_path / "perception.png"), full_page=True)

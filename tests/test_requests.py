@@ -34,6 +34,17 @@ def image_file(tmp_path):
     return str(path)
 
 
+def _panorama(tmp_path) -> str:
+    path = tmp_path / "pano.png"
+    Image.new("RGB", (128, 64), (10, 20, 30)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def panorama_file(tmp_path):
+    return _panorama(tmp_path)
+
+
 def good_requests(image_file, tmp_path):
     lora = tmp_path / "a.safetensors"
     lora.write_bytes(b"0")
@@ -44,7 +55,7 @@ def good_requests(image_file, tmp_path):
                         components=("transformer", "text_encoder_2")),
         IPAdapterRequest(model=FLUX, prompt="a fox", references=(ReferenceImage(image_file, 0.5),), weight=0.75,
                          end_percent=0.9, ramp=True),
-        PerceptionRequest(panorama=image_file, tasks=("depth", "normal")),
+        PerceptionRequest(panorama=_panorama(tmp_path), tasks=("depth", "normal")),
         I2VRequest(image=image_file, prompt="waves", num_frames=49, swap=SwapSettings(mode="adaptive", max_vram_gb=12)),
         LoraStackRequest(prompt="a fox", loras=(LoraSpec(path=str(lora), weight=0.5, name="a"),)),
     ]
@@ -106,13 +117,15 @@ def test_unreadable_and_missing_images(tmp_path):
         assert err.value.field == "references[0].path" and words in err.value.message
 
 
-def test_job_specific_rules(image_file, tmp_path):
+def test_job_specific_rules(image_file, panorama_file, tmp_path):
     cases = [
         (IPAdapterRequest(prompt="x", references=(ReferenceImage(image_file),), start_percent=0.8, end_percent=0.2),
          "end_percent"),
         (I2VRequest(image=image_file, prompt="x", num_frames=50), "num_frames"),
-        (PerceptionRequest(panorama=image_file, tasks=("depth", "height")), "tasks[1]"),
-        (PerceptionRequest(panorama=image_file, tasks=()), "tasks"),
+        (PerceptionRequest(panorama=panorama_file, tasks=("depth", "height")), "tasks[1]"),
+        (PerceptionRequest(panorama=panorama_file, tasks=()), "tasks"),
+        (PerceptionRequest(panorama=panorama_file, tasks=("depth", "depth")), "tasks"),
+        (PerceptionRequest(panorama=image_file), "panorama"),  # 32x16: 2:1 but too small
         (QuantizeRequest(source=ModelRef(path=str(tmp_path)), weights_dtype="int1"), "weights_dtype"),
         (QuantizeRequest(source=ModelRef(path=str(tmp_path)), group_size=48), "group_size"),
         (QuantizeRequest(source=ModelRef(path=str(tmp_path)), output_name="../escape"), "output_name"),

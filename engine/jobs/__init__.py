@@ -20,6 +20,7 @@ RUNNERS = {
     "ipadapter": "ipadapter",
     "lora_stack": "lora_stack",
     "i2v": "i2v",
+    "perception": "perception",
 }
 
 

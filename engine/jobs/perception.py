@@ -1,0 +1,112 @@
+"""Panorama perception (OmniX): maps from a 360° panorama with task adapters over the shared Flux pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import panorama_input, perception_maps
+from ..adapters.omnix import OmniXSession, check_adapter_folder
+from ..adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
+from ..errors import EngineError
+from ..omnix_tasks import allow_patterns
+from ..outputs import run_stem, save_request
+from ..panorama_seam import seam_error
+from ..requests import PerceptionRequest
+from ..result import Result
+from .common import run_denoise
+
+
+def adapters_root(engine, req: PerceptionRequest, progress=None, cancel=None) -> Path:
+    """The local adapter folder: a path, the demo stand-in, a models-dir copy, or only the chosen tasks' files
+    from the hub (the repo also holds generation adapters)."""
+    ref = req.adapters
+    if ref.path or engine.demo or (engine.models_dir / ref.label.split("/")[-1]).exists():
+        return engine.store.resolve(ref, progress, cancel)
+    from .. import hub
+
+    folder = hub.download(ref.repo_id, revision=ref.revision or None, allow_patterns=allow_patterns(req.tasks),
+                          progress=progress, cancel=cancel)
+    return folder / ref.subfolder if ref.subfolder else folder
+
+
+def prepare(engine, req: PerceptionRequest, progress, cancel) -> None:
+    downloads = engine.download_progress(progress)
+    engine.store.resolve(req.model, progress=downloads, cancel=cancel)
+    adapters_root(engine, req, downloads, cancel)
+
+
+def omnix_pipeline(flux) -> OmniXPerceptionPipeline:
+    """The perception pipeline over the Flux pipeline's own components (the same objects, one ledger copy)."""
+    from diffusers import FluxPipeline
+
+    if not isinstance(flux, FluxPipeline):
+        raise EngineError(f"OmniX adapters are made for FLUX.1-dev; this model loads as {type(flux).__name__}")
+    pipe = OmniXPerceptionPipeline(**flux.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_tensor(image) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1], upstream's ``x / 127.5 - 1``."""
+    data = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+    return data.permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress(0.0, f"loading {req.model.label}")
+    flux = engine.store.load_pipeline(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    pipe = omnix_pipeline(flux)
+    root = adapters_root(engine, req)
+    check_adapter_folder(root, req.tasks, pipe.transformer, req.model.label)
+    panorama, info = panorama_input.prepare(panorama_input.check_panorama(req.panorama))
+    timings["load"] = time.perf_counter() - t0
+
+    kwargs = {
+        "image": image_tensor(panorama), "tasks": list(req.tasks), "prompt": perception_prompt(req.prompt),
+        "num_inference_steps": req.steps, "guidance_scale": req.guidance_scale, "seed": req.seed,
+        "seam_blending": req.seam_blending,
+    }
+    with OmniXSession(pipe, root, engine.memory, req.tasks, label=req.adapters.label) as session:
+        kwargs["session"] = session
+        out = run_denoise(engine, pipe, kwargs, len(req.tasks) * req.steps, req.swap, progress, cancel, timings)
+
+    t1 = time.perf_counter()
+    result = write_outputs(engine.outputs_dir, req, out.maps, panorama)
+    timings["write"] = time.perf_counter() - t1
+    result.timings = timings
+    result.metadata.update(info, pipeline=type(pipe).__name__, peak_ledger_bytes=session.peak_ledger_bytes,
+                           seam_error={task: seam_error(m) for task, m in out.maps.items()})
+    return result
+
+
+def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama) -> Result:
+    """Every map's files, the resized input, the sphere ``.glb`` (with depth) and the request JSON."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = run_stem(req.kind, req.seed)
+    result = Result(request=req)
+    input_path = out_dir / f"{stem}-input.png"
+    panorama.save(input_path)
+    result.files.append(str(input_path))
+    depth = None
+    for task, image in maps.items():
+        encoded = perception_maps.encode(task, image, out_dir, stem)
+        result.files.extend(str(p) for p in encoded.files)
+        for path, caption in encoded.previews:
+            result.maps[caption] = str(path)
+        depth = encoded.arrays.get("depth", depth)
+    if depth is not None and req.sphere_mesh:
+        from ..pano_mesh import write_glb
+
+        glb = write_glb(depth, panorama, out_dir / f"{stem}-sphere.glb")
+        result.files.append(str(glb))
+        result.metadata["mesh"] = str(glb)
+    result.files.append(str(save_request(req, out_dir / f"{stem}.json")))
+    return result
+
