@@ -19,6 +19,7 @@ import tempfile
 import torch
 from swap_harness import FLUX_FULL, WAN_FULL, build, gib, inputs, run_mode, scaled
 
+from engine.memory.block_stream import find_blocks
 from engine.requests import SwapSettings
 
 MODES = ("none", "model_offload", "block_swap", "adaptive", "chunkwise", "layerwise")
@@ -44,8 +45,13 @@ def main() -> None:
         model = build(kind, config, torch.bfloat16)
         feed = inputs(kind, config, "cpu", torch.bfloat16, **dims)
         total = sum(p.numel() * p.element_size() for p in model.parameters())
+        blocks = sorted((sum(t.numel() * t.element_size() for t in b.parameters()) for _, b in find_blocks(model)),
+                        reverse=True)
+        # adaptive's budget: what streaming every block needs (prefetch 1: two blocks at once), plus half a block,
+        # so that it must choose how many to keep
+        budget = total - sum(blocks) + blocks[0] + blocks[1] + blocks[-1] // 2
         settings = {mode: SwapSettings(mode=mode, blocks_resident=1, block_size_mb=2048, prefetch=1,
-                                       max_vram_gb=round(total * 0.9 / 2**30, 3) if mode == "adaptive" else 0.0)
+                                       max_vram_gb=round(budget / 2**30, 4) if mode == "adaptive" else 0.0)
                     for mode in MODES}
         results = {mode: [] for mode in MODES}
         with tempfile.TemporaryDirectory() as disk:
