@@ -141,6 +141,7 @@ def run_mode(model: torch.nn.Module, kind_inputs: dict, settings: SwapSettings, 
                 result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
     finally:
         ledger.swap.remove()
+        ledger.to_host(["transformer"])  # back in RAM before the ledger (and its disk files) goes
         ledger.unregister("transformer")
     if trace is not None:
         result.trace = trace.summary()
