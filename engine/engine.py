@@ -84,7 +84,7 @@ class Engine:
         from .requests import SwapSettings
 
         if not self.memory.compute_device.startswith("cuda"):
-            return SwapSettings(), ("CPU only: no GPU found, runs compute on the CPU; the modes still work (and give "
+            return SwapSettings(), ("No GPU found: runs use the CPU. The modes still work (and give "
                                     "the same pixels) but only save memory on a GPU")
         total = next((d["total"] for d in self.memory.snapshot()["devices"] if d["device"] == self.memory.compute_device), 0)
         profile = profile_for_vram(load_vram_profiles(), total)
