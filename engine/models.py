@@ -143,9 +143,11 @@ class ModelStore:
         return hub.download(ref.repo_id, revision=ref.revision or None, progress=progress, cancel=cancel, **patterns)
 
     # ------------------------------------------------------------ load
-    def load_pipeline(self, ref: ModelRef, pipeline_class: str | None = None, progress=None, cancel=None, **kwargs):
-        """Load (or reuse) a diffusers pipeline; components already loaded from the same files are shared."""
-        folder = self.resolve(ref, progress, cancel)
+    def load_pipeline(self, ref: ModelRef, pipeline_class: str | None = None, progress=None, cancel=None,
+                      allow_patterns=None, **kwargs):
+        """Load (or reuse) a diffusers pipeline; components already loaded from the same files are shared.
+        ``allow_patterns``: download only these files (components passed as None need none of theirs)."""
+        folder = self.resolve(ref, progress, cancel, allow_patterns)
         index = read_model_index(folder)
         check_trusted(folder, index)
         cls_name = pipeline_class or index["_class_name"]

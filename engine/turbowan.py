@@ -212,6 +212,12 @@ def to_upstream(state: dict[str, torch.Tensor], quantized: bool) -> dict[str, to
 
 
 # ---------------------------------------------------------------- loading through the engine's store
+# The base repo lends text encoder, VAE, tokenizer and configs to a TurboWan pair: its own two experts (2 x 28 GB
+# for A14B) are never loaded, so they are never downloaded either.
+BASE_PATTERNS = ("model_index.json", "*/*.json", "*/*.txt", "*/*.model", "text_encoder/*.safetensors",
+                 "vae/*.safetensors", "image_encoder/*.safetensors")
+
+
 def turbo_files(engine, turbo, progress=None, cancel=None) -> tuple[Path, Path]:
     """The two expert files of ``turbo`` (a ``TurboWanSettings``): given paths, a local/demo folder, or the two
     files of the hub repo (only those are downloaded)."""
@@ -247,7 +253,7 @@ def turbo_pipeline(engine, req, base, progress=None, cancel=None):
 
     store = engine.store
     high, low = turbo_files(engine, req.turbo, progress, cancel)
-    folder = store.resolve(req.model)
+    folder = store.resolve(req.model, allow_patterns=list(BASE_PATTERNS))
     dtype = base.text_encoder.dtype if base.text_encoder is not None else torch.float32
     stamp = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (high, low))
     key = ("turbowan", str(folder.resolve()), stamp, str(dtype))

@@ -396,3 +396,28 @@ def test_request_round_trips_with_the_export_fields(start_image):
     assert data["swap"]["max_vram_gb"] == 16.0 and data["swap"]["block_size_mb"] == 300
     with pytest.raises(EngineError):
         I2VRequest.from_dict({**data, "turbo": {**data["turbo"], "attention": "sla"}}).validate()
+
+
+def test_a_turbowan_run_downloads_no_base_experts(models_dir, start_image, tmp_path, monkeypatch):
+    """Without --demo, through huggingface_hub from a local fake hub: the base repo lends text encoder, VAE and
+    configs, and its two experts (2 x 28 GB for the real A14B) are never fetched; the TurboWan repo gives only its
+    two files."""
+    from engine.demo import demo_path
+    from engine.requests import TURBOWAN_REPO
+    from tests.fakehub import FakeHub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    with FakeHub() as hub:
+        hub.add_repo("Wan-AI/Wan2.2-I2V-A14B-Diffusers", demo_path(models_dir, "wan22-i2v"))
+        hub.add_repo(TURBOWAN_REPO, demo_path(models_dir, "turbowan22-i2v"))
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        engine = Engine(device="cpu", models_dir=tmp_path / "models", outputs_dir=tmp_path / "out")
+        result = engine.run(i2v(start_image, steps=2, turbo=TurboWanSettings(enabled=True)))
+        assert result.video_path
+        assert hub.count(contains="text_encoder/") > 0 and hub.count(contains="vae/") > 0
+        assert hub.count("GET", "transformer/diffusion_pytorch_model") == 0
+        assert hub.count("GET", "transformer_2/diffusion_pytorch_model") == 0
+        assert hub.count(contains="-high-720P-quant.pth") > 0 and hub.count(contains="-high-720P.pth") == 0

@@ -17,8 +17,18 @@ from .common import generator_for, run_denoise
 PIPELINE = "WanImageToVideoPipeline"
 
 
+def base_patterns(req: I2VRequest):
+    """What to fetch of the base repo: everything, or with TurboWan everything but its two experts."""
+    if not req.turbo.enabled:
+        return None
+    from ..turbowan import BASE_PATTERNS
+
+    return list(BASE_PATTERNS)
+
+
 def prepare(engine, req: I2VRequest, progress, cancel) -> None:
-    engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel,
+                         allow_patterns=base_patterns(req))
     if req.turbo.enabled:
         from ..turbowan import turbo_files
 
@@ -34,7 +44,7 @@ def load(engine, req: I2VRequest, progress, cancel):
 
     # the base model lends text encoder, VAE, tokenizer and configs; its own experts are never loaded
     base = engine.store.load_pipeline(req.model, PIPELINE, progress=report, cancel=cancel, transformer=None,
-                                      transformer_2=None)
+                                      transformer_2=None, allow_patterns=base_patterns(req))
     return turbo_pipeline(engine, req, base, progress, cancel)
 
 
