@@ -5,6 +5,7 @@ models, through the engine's own strategies.
   of max(all-resident compute time, streamed bytes / measured host-to-device bandwidth).
 - The IP-Adapter's full-size pieces (SigLIP so400m, projector, 57 IP layers): ledger bytes, what offloading the
   encoder and projector frees, encode vs cached tokens, and the IP attention's cost per step (bench/ipadapter.py).
+- The Wan 2.2 I2V expert pair (2 x 14B): model_offload, block_swap, adaptive, none, the switch included.
 - One Wan 2.2 A14B expert (14B, bf16) at 480p x 81 frames (or fewer with --frames): compute-bound. Goal:
   block_swap with <= 25% of its blocks resident at <= 1.05x the all-resident step time, >= 90% of copy time
   hidden behind compute (from the per-block trace: CUDA events on both streams).
@@ -22,7 +23,7 @@ import json
 import time
 
 import torch
-from swap_harness import FLUX_FULL, WAN_FULL, build, gib, h2d_bandwidth, inputs, run_mode, scaled
+from swap_harness import FLUX_FULL, WAN_FULL, build, gib, h2d_bandwidth, inputs, run_mode, run_pair, scaled
 
 from engine.requests import SwapSettings
 
@@ -79,6 +80,38 @@ def check(kind: str, config: dict, dims: dict, steps: int, device: str, budget_g
     return rows
 
 
+def check_wan_pair(config: dict, dims: dict, steps: int, device: str, budget_gb: float) -> list[dict]:
+    """Wan 2.2 I2V's two full-size experts per mode: the high-noise one for the first steps, then the low-noise
+    one (boundary 0.9 of the schedule: the first ~1/3 of 40 steps; here the first half of ``steps``), CFG on.
+    Peak allocator bytes and seconds per step, the expert switch included."""
+    t0 = time.perf_counter()
+    experts = [build("wan", config, torch.bfloat16), build("wan", config, torch.bfloat16)]
+    print(f"[wan pair] built 2 experts in {time.perf_counter() - t0:.0f} s", flush=True)
+    feed = inputs("wan", config, device, torch.bfloat16, **dims)
+    quarter = max(1, config["num_layers"] // 4)
+    rows = []
+    for settings in (SwapSettings(mode="model_offload"),
+                     SwapSettings(mode="block_swap", blocks_resident=quarter, prefetch=1),
+                     SwapSettings(mode="adaptive", max_vram_gb=budget_gb, prefetch=1),
+                     SwapSettings(mode="none")):
+        try:
+            r = run_pair(experts, feed, settings, device, "cpu", steps, switch_at=max(1, steps // 2))
+        except torch.OutOfMemoryError as exc:
+            rows.append({"model": "wan-pair", "mode": settings.mode, "error": f"OOM: {str(exc).splitlines()[0]}"})
+            torch.cuda.empty_cache()
+            continue
+        rows.append({"model": "wan-pair", "mode": settings.mode, "layout": r.layout, "step_s": r.median,
+                     "steps_s": r.step_s, "peak_allocated_gib": r.peak_allocated / 2**30,
+                     "peak_weights_gib": r.peak_ledger / 2**30, "moved_per_step_gib": r.moved_per_step / 2**30,
+                     "notes": r.notes})
+        print(f"[wan pair] {settings.mode:13} {r.layout:24} {r.median:7.2f} s/step (switch included: "
+              f"{max(r.step_s):.2f} s) peak {r.peak_allocated / 2**30:6.1f} GiB", flush=True)
+    del experts, feed
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu_check.json")
@@ -86,6 +119,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--quick", action="store_true", help="fewer frames, no layerwise (about half the time)")
     ap.add_argument("--tiny", action="store_true", help="small shapes: checks the script, not the GPU")
+    ap.add_argument("--no-pair", action="store_true", help="skip the Wan 2.2 two-expert run")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -110,7 +144,9 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = check("flux", flux, flux_dims, args.steps, device, 12.0, args.quick, bandwidth)
     rows += check("wan", wan, wan_dims, args.steps, device, 12.0, args.quick, bandwidth)
+    pair = [] if args.no_pair else check_wan_pair(wan, wan_dims, max(2, args.steps), device, 12.0)
     report["rows"] = rows
+    report["wan_pair"] = pair
     from ipadapter import full_size_check, print_full_size  # bench/ipadapter.py: the IP-Adapter's full-size pieces
 
     report["ipadapter"] = full_size_check(device, tiny=args.tiny)
@@ -139,6 +175,12 @@ def main() -> None:
               f"{bound:>8} {r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f} "
               f"{(r['hidden_fraction'] or 0):6.0%}")
     print_full_size(report["ipadapter"])
+    for r in pair:
+        if "error" in r:
+            print(f"wan2  {r['mode']:11} {r['error']}")
+            continue
+        print(f"wan2  {r['mode']:11} {r['layout'] or '-':24} {r['step_s']:7.2f}      -        - "
+              f"{r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f}      -")
     print("goals:", json.dumps(goals), f"· total {report['wall_s']:.0f} s · written to {args.out}")
 
 

@@ -163,3 +163,45 @@ def h2d_bandwidth(device: str, nbytes: int = 2**30) -> float:
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
+
+
+def run_pair(experts: list[torch.nn.Module], kind_inputs: dict, settings: SwapSettings, compute: str,
+             offload: str, steps: int, switch_at: int) -> ModeResult:
+    """A two-expert Wan 2.2 run: ``steps`` denoising steps with CFG (two forwards each), the high-noise expert
+    before step ``switch_at`` and the low-noise one after, both experts in one session as the app holds them
+    (the mode decides who is on the device: with offloading the high-noise expert leaves before the other comes)."""
+    cuda = compute.startswith("cuda")
+    ledger = MemoryManager(compute, offload_device=offload)
+    names = ["transformer", "transformer_2"]
+    for name, model in zip(names, experts):
+        ledger.register(name, model, "transformer")
+    comps = [Component(n, n, m, "transformer") for n, m in zip(names, experts)]
+    result = ModeResult(settings.mode)
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode(), ledger.swap.session(comps, settings, SwapContext()) as info:
+            for step in range(steps):
+                model = experts[0] if step < switch_at else experts[1]
+                moved0 = ledger.bytes_moved
+                t0 = time.perf_counter()
+                for _ in range(2):  # cond and uncond
+                    model(**kind_inputs)
+                if cuda:
+                    torch.cuda.synchronize()
+                result.step_s.append(time.perf_counter() - t0)
+                result.moved_per_step = max(result.moved_per_step, ledger.bytes_moved - moved0)
+            if cuda:
+                result.peak_allocated = torch.cuda.max_memory_allocated()
+            result.peak_ledger = ledger.peak_compute
+            result.notes = info.notes
+            layout = info.layouts.get("transformer")
+            if layout is not None:
+                result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
+    finally:
+        ledger.swap.remove()
+        ledger.to_host(names)
+        for name in names:
+            ledger.unregister(name)
+    return result
