@@ -86,7 +86,10 @@ class Engine:
         if not self.memory.compute_device.startswith("cuda"):
             return SwapSettings(), ("No GPU found: runs use the CPU. The modes still work (and give "
                                     "the same pixels) but only save memory on a GPU")
-        total = next((d["total"] for d in self.memory.snapshot()["devices"] if d["device"] == self.memory.compute_device), 0)
+        from .memory.devices import cuda_stats
+
+        # the device's size only: a full snapshot would read every loaded tensor for one number
+        total = cuda_stats(torch.device(self.memory.compute_device).index or 0)["total"]
         profile = profile_for_vram(load_vram_profiles(), total)
         kind = job if job in ("text_to_image", "i2v") else "text_to_image"
         try:
@@ -124,7 +127,7 @@ class Engine:
             except (OSError, ValueError, KeyError) as exc:  # an unreadable header must not stop the run itself
                 log.warning("no memory plan for this run: %s", exc)
             if plan is not None:
-                check_budget(self, request, plan)
+                check_budget(request, plan)
         with self._device_lock:  # one job on the accelerator at a time
             reset_peak()
             self._memory_notes = []

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 
 from .errors import InputError, OutOfBudgetError
-from .memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, minimum_bytes, plan_swap
+from .memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, plan_swap
 from .models import role_of
 
 # bytes per element of the safetensors dtypes
@@ -152,7 +152,7 @@ def plan_request(engine, request) -> Plan:
     return plan_swap(sizes, settings, device, budget, act)
 
 
-def check_budget(engine, request, plan: Plan) -> None:
+def check_budget(request, plan: Plan) -> None:
     """Refuse, before anything loads, a run the plan says cannot work: a ``max_vram_gb`` below what even the
     leanest mode needs (the message names the minimum), or a streaming mode with no layout that fits."""
     settings = getattr(request, "swap", None)
@@ -164,6 +164,3 @@ def check_budget(engine, request, plan: Plan) -> None:
     if settings.mode in STREAMING_MODES and not plan.layouts:
         raise OutOfBudgetError(f"{plan.explanation}; {plan.suggestion}")
 
-
-def minimum_gb(sizes: list[ComponentSize], activations: int) -> float:
-    return (minimum_bytes(sizes) + activations) / GiB

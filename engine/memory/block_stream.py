@@ -62,12 +62,12 @@ class _BlockHook(ModelHook):
 
 class BlockStreamer:
     def __init__(self, name: str, module: torch.nn.Module, store: TensorStore, layout: Layout,
-                 on_change: Callable[[int, int], None], trace: SwapTrace | None = None):
+                 on_change: Callable[[int], None], trace: SwapTrace | None = None):
         self.name = name
         self.module = module
         self.store = store
         self.layout = layout
-        self.on_change = on_change  # (bytes now on the compute device, bytes copied) -> ledger
+        self.on_change = on_change  # bytes copied -> the ledger (which reads ``on_compute`` itself)
         self.trace = trace
         self.blocks = find_blocks(module)
         self.block_keys = [store.keys_under(prefix + ".") for prefix, _ in self.blocks]
@@ -83,7 +83,6 @@ class BlockStreamer:
         self._events: dict[int, object] = {}
         self._kept_loaded = False
         self.on_compute = 0
-        self.max_groups_seen = 0
         self._hooks: list[tuple[torch.nn.Module, str]] = []
         self._install()
 
@@ -214,7 +213,6 @@ class BlockStreamer:
         if self.trace is not None:
             self.trace.copy_done(self.name, g, started, self.store.stream)
         self._loaded_groups.add(g)
-        self.max_groups_seen = max(self.max_groups_seen, len(self._loaded_groups))
         self._changed(moved)
 
     def _wait(self, g: int, index: int) -> None:
@@ -236,4 +234,4 @@ class BlockStreamer:
     def _changed(self, copied: int) -> None:
         kept = self.kept_bytes if self._kept_loaded else 0
         self.on_compute = kept + sum(self.group_bytes[g] for g in self._loaded_groups)
-        self.on_change(self.on_compute, copied)
+        self.on_change(copied)

@@ -37,9 +37,6 @@ class SwapController:
         self.ledger = ledger
         self._applied: dict[str, Applied] = {}  # ledger name -> what covers it now
 
-    def applied_for(self, name: str) -> Applied | None:
-        return self._applied.get(name)
-
     def remove(self, names: list[str] | None = None) -> None:
         """Take the strategies covering these modules (all when None) off."""
         targets = {id(a): a for n, a in self._applied.items() if names is None or n in names}

@@ -14,8 +14,8 @@ instead of freeing them; the ledger and the UI need all four.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +106,6 @@ class TensorStore:
         self.slots: dict[str, Slot] = collect_slots(module)
         self.pins = PinReport()
         self.moved_bytes = 0
-        self.copy_seconds = 0.0
         self._noop = self.compute.type == "cpu" and place == "cpu"
         want_pin = self.wants_pin(self.compute, stream) if want_pin is None else want_pin
         self.stream = torch.cuda.Stream(self.compute) if stream and self.compute.type == "cuda" else None
@@ -185,11 +184,10 @@ class TensorStore:
         todo = [self.slots[k] for k in keys if not self.slots[k].on_compute]
         if not todo:
             return 0
-        t0 = time.perf_counter()
         # the stream that will compute with these tensors: read before switching to the side stream
         compute_stream = torch.cuda.current_stream(self.compute) if self.stream is not None else None
         with torch.inference_mode(False), torch.no_grad():
-            ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+            ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
             with ctx:
                 if self.place == "disk":
                     self._load_from_disk(todo, compute_stream)
@@ -201,7 +199,6 @@ class TensorStore:
                         self.moved_bytes += slot.nbytes
         for slot in todo:
             slot.on_compute = True
-        self.copy_seconds += time.perf_counter() - t0
         return sum(slot.nbytes for slot in todo)
 
     def _load_from_disk(self, todo: list[Slot], compute_stream) -> None:
@@ -254,25 +251,11 @@ class TensorStore:
     def _set(self, slot: Slot, tensor: torch.Tensor) -> None:
         set_tensor(slot, tensor)
 
-    def fingerprint(self) -> tuple:
-        """Changes when tensors are added or removed (a LoRA loaded): the store must then be rebuilt."""
-        return _fingerprint(self.module)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _fingerprint(module: torch.nn.Module) -> tuple:
-    return tuple(sorted(k for k, _ in _named_tensors(module)))
 
 
 def module_fingerprint(module: torch.nn.Module) -> tuple:
-    return _fingerprint(module)
+    """Changes when tensors are added or removed (a LoRA loaded): a strategy on the module must be re-applied."""
+    return tuple(sorted(k for k, _ in _named_tensors(module)))
 
 
 def _named_tensors(module: torch.nn.Module):

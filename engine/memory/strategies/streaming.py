@@ -55,8 +55,7 @@ class Streaming(Strategy):
 
             def make(module, place, disk_file, c=c, layout=layout, use_stream=use_stream):
                 store = TensorStore(module, ledger.compute_device, place, disk_file, stream=use_stream)
-                return BlockStreamer(c.name, module, store, layout, lambda _now, copied: ledger.residency_changed(copied),
-                                     ctx.trace)
+                return BlockStreamer(c.name, module, store, layout, ledger.residency_changed, ctx.trace)
 
             streamer = ledger.attach_residency(c.name, make)
             applied.removers.append(lambda name=c.name: ledger.detach_residency(name))
