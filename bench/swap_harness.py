@@ -100,6 +100,21 @@ class ModeResult:
         return s[len(s) // 2] if s else float("nan")
 
 
+def _summarise(result: ModeResult, ledger: MemoryManager, info) -> None:
+    result.peak_ledger = ledger.peak_compute
+    result.notes = info.notes
+    layout = info.layouts.get("transformer")
+    if layout is not None:
+        result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
+
+
+def _release(ledger: MemoryManager, names: list[str]) -> None:
+    ledger.swap.remove()
+    ledger.to_host(names)  # back in RAM before the ledger (and its disk files) goes
+    for name in names:
+        ledger.unregister(name)
+
+
 def run_mode(model: torch.nn.Module, kind_inputs: dict, settings: SwapSettings, compute: str, offload: str,
              steps: int, warmup: int = 1, activations: int = 0, disk_dir: str | None = None) -> ModeResult:
     """``steps`` timed forwards of ``model`` under ``settings`` (after ``warmup`` untimed ones), the way a run
@@ -134,15 +149,9 @@ def run_mode(model: torch.nn.Module, kind_inputs: dict, settings: SwapSettings, 
                     result.moved_per_step = ledger.bytes_moved - moved0
                     if cuda:
                         result.peak_allocated = max(result.peak_allocated, torch.cuda.max_memory_allocated())
-            result.peak_ledger = ledger.peak_compute
-            result.notes = info.notes
-            layout = info.layouts.get("transformer")
-            if layout is not None:
-                result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
+            _summarise(result, ledger, info)
     finally:
-        ledger.swap.remove()
-        ledger.to_host(["transformer"])  # back in RAM before the ledger (and its disk files) goes
-        ledger.unregister("transformer")
+        _release(ledger, ["transformer"])
     if trace is not None:
         result.trace = trace.summary()
     return result
@@ -194,14 +203,7 @@ def run_pair(experts: list[torch.nn.Module], kind_inputs: dict, settings: SwapSe
                 result.moved_per_step = max(result.moved_per_step, ledger.bytes_moved - moved0)
             if cuda:
                 result.peak_allocated = torch.cuda.max_memory_allocated()
-            result.peak_ledger = ledger.peak_compute
-            result.notes = info.notes
-            layout = info.layouts.get("transformer")
-            if layout is not None:
-                result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
+            _summarise(result, ledger, info)
     finally:
-        ledger.swap.remove()
-        ledger.to_host(names)
-        for name in names:
-            ledger.unregister(name)
+        _release(ledger, names)
     return result
