@@ -127,15 +127,46 @@ def _decode(hint: Any, value: Any, name: str) -> Any:
 
 
 # ---------------------------------------------------------------- shared parts
+SINGLE_FILE_PARTS = ("transformer", "transformer_2", "vae", "text_encoder", "text_encoder_2", "image_encoder")
+
+
+@dataclass(frozen=True)
+class SingleFiles(_Serialisable):
+    """Pieces of a model given as single files (a ComfyUI models folder, or any ``.safetensors``), each an absolute
+    path; an empty piece comes from the ModelRef's repo/folder, which also supplies every config. The ComfyUI
+    export names each file by its path inside the ComfyUI category folder (``vae/ae.safetensors`` -> ``ae.safetensors``).
+
+    transformer: ``diffusion_models``/``unet``/``checkpoints`` (Wan 2.2 A14B: the high-noise expert);
+    transformer_2: the Wan 2.2 A14B low-noise expert; text_encoder: CLIP-L (Flux), T5-XXL (Chroma), umT5 (Wan),
+    Qwen2.5-VL (Qwen-Image); text_encoder_2: T5-XXL (Flux); image_encoder: ``clip_vision`` (SigLIP)."""
+
+    transformer: str = ""
+    transformer_2: str = ""
+    vae: str = ""
+    text_encoder: str = ""
+    text_encoder_2: str = ""
+    image_encoder: str = ""
+
+    def given(self) -> dict[str, str]:
+        return {part: getattr(self, part) for part in SINGLE_FILE_PARTS if getattr(self, part)}
+
+    def validate(self, name: str = "files") -> None:
+        for part, path in self.given().items():
+            if not isinstance(path, str) or not os.path.isfile(path):
+                raise InputError(f"{name}.{part}", f"file not found: {path}")
+
+
 @dataclass(frozen=True)
 class ModelRef(_Serialisable):
-    """Where a model lives: a hub repo id (downloaded into the HF cache) or a local folder/file."""
+    """Where a model lives: a hub repo id (downloaded into the HF cache) or a local folder/file; ``files`` swaps in
+    single-file pieces (the repo/folder then supplies configs and whatever ``files`` leaves empty)."""
 
     repo_id: str = ""
     path: str = ""
     revision: str = ""
     subfolder: str = ""
     dtype: str = "auto"  # auto = bfloat16 on an accelerator, float32 on CPU
+    files: SingleFiles = field(default_factory=SingleFiles)
 
     def validate(self, name: str = "model") -> None:
         if bool(self.repo_id) == bool(self.path):
@@ -145,9 +176,14 @@ class ModelRef(_Serialisable):
         if self.path and not os.path.exists(self.path):
             raise InputError(f"{name}.path", f"no such file or folder: {self.path}")
         check_choice(f"{name}.dtype", self.dtype, DTYPES)
+        if not isinstance(self.files, SingleFiles):
+            raise InputError(f"{name}.files", "must be an object of single-file paths")
+        self.files.validate(f"{name}.files")
 
     @property
     def label(self) -> str:
+        if self.files.transformer:
+            return os.path.basename(self.files.transformer)
         return self.repo_id or os.path.basename(os.path.normpath(self.path))
 
 
