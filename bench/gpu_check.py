@@ -5,6 +5,8 @@ models, through the engine's own strategies.
   of max(all-resident compute time, streamed bytes / measured host-to-device bandwidth).
 - The IP-Adapter's full-size pieces (SigLIP so400m, projector, 57 IP layers): ledger bytes, what offloading the
   encoder and projector frees, encode vs cached tokens, and the IP attention's cost per step (bench/ipadapter.py).
+- Panorama perception (OmniX) at 720 x 1440: FLUX.1-dev with rank-64 adapter pairs; seam error with and without
+  blending, each task alone vs all five in one run (bench/perception_full.py).
 - The Wan 2.2 I2V expert pair (2 x 14B): model_offload, block_swap, adaptive, none, the switch included.
 - One Wan 2.2 A14B expert (14B, bf16) at 480p x 81 frames (or fewer with --frames): compute-bound. Goal:
   block_swap with <= 25% of its blocks resident at <= 1.05x the all-resident step time, >= 90% of copy time
@@ -120,6 +122,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer frames, no layerwise (about half the time)")
     ap.add_argument("--tiny", action="store_true", help="small shapes: checks the script, not the GPU")
     ap.add_argument("--no-pair", action="store_true", help="skip the Wan 2.2 two-expert run")
+    ap.add_argument("--no-perception", action="store_true", help="skip the OmniX perception check")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -150,6 +153,10 @@ def main() -> None:
     from ipadapter import full_size_check, print_full_size  # bench/ipadapter.py: the IP-Adapter's full-size pieces
 
     report["ipadapter"] = full_size_check(device, tiny=args.tiny)
+    if not args.no_perception:
+        from perception_full import full_size_check as perception_check  # bench/perception_full.py
+
+        report["perception"] = perception_check(device, tiny=args.tiny, steps=args.steps)
     report["wall_s"] = time.perf_counter() - t0
     goals = {}
     wan_bs = [r for r in rows if r["model"] == "wan" and r["mode"] == "block_swap" and "error" not in r]
@@ -175,6 +182,10 @@ def main() -> None:
               f"{bound:>8} {r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f} "
               f"{(r['hidden_fraction'] or 0):6.0%}")
     print_full_size(report["ipadapter"])
+    if "perception" in report:
+        from perception_full import print_full_size as print_perception
+
+        print_perception(report["perception"])
     for r in pair:
         if "error" in r:
             print(f"wan2  {r['mode']:11} {r['error']}")
