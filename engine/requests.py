@@ -555,7 +555,7 @@ RESOLUTIONS = (*VIDEO_RESOLUTIONS, "custom")
 ASPECT_RATIOS = ("16:9", "9:16", "4:3", "3:4", "1:1")
 VIDEO_FORMATS = ("mp4", "webm", "gif")
 FIT_MODES = ("crop", "pad", "stretch")  # how the start image meets the video size
-STEP_CACHES = ("none", "first_block")  # TaylorSeer/MagCache: see engine/step_cache.py
+STEP_CACHES = ("none", "first_block", "mag_cache")  # TaylorSeer: see engine/step_cache.py
 TURBOWAN_REPO = "TurboDiffusion/TurboWan2.2-I2V-A14B-720P"
 MAX_IMAGE_PIXELS = 64 * 2**20  # a start image above 64 MP is refused before it is decoded
 
@@ -681,6 +681,9 @@ class I2VRequest(Request):
         if not isinstance(self.loop, bool):
             raise InputError("loop", f"must be true or false, got {self.loop!r}")
         check_choice("step_cache", self.step_cache, STEP_CACHES)
+        if self.step_cache == "mag_cache" and self.turbo.enabled:
+            raise InputError("step_cache", "MagCache skips some of many steps; TurboWan's 1-4 rCM steps leave none "
+                                           "to skip (pick none or first_block)")
         check_float("cache_threshold", self.cache_threshold, 0.0, 1e9)
         check_int("preview_every", self.preview_every, 0, MAX_STEPS)
         self.turbo.validate("turbo")

@@ -314,6 +314,84 @@ def test_the_step_cache_is_reset_after_an_exception_mid_run(models_dir, start_im
     assert np.abs(plain - after).max() > 0  # forced skipping changed the frames
 
 
+@pytest.fixture
+def mag_dir(monkeypatch, models_dir):
+    """MagCache calibrations of this test only (the demo models folder is shared by the session)."""
+    import shutil
+    import uuid
+
+    from engine import mag_cache
+
+    name = f"mag-cache-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(mag_cache, "DIRNAME", name)
+    yield models_dir / name
+    shutil.rmtree(models_dir / name, ignore_errors=True)
+
+
+def ffn_calls(pipe):
+    """Calls of each expert's second block's feed-forward: a step MagCache skips never reaches it."""
+    calls = {"transformer": 0, "transformer_2": 0}
+
+    def counter(attr):
+        def pre(module, args):
+            calls[attr] += 1
+        return pre
+
+    handles = [getattr(pipe, a).blocks[1].ffn.register_forward_pre_hook(counter(a)) for a in calls]
+    return calls, handles
+
+
+def test_mag_cache_calibrates_once_then_skips_steps(engine, start_image, mag_dir):
+    from engine.mag_cache import expert_steps
+
+    pipe = engine.store.load_pipeline(A14B, "WanImageToVideoPipeline")
+    plain = last_frame(engine.run(i2v(start_image, steps=10)))
+    req = i2v(start_image, steps=10, step_cache="mag_cache", cache_threshold=0.5)
+    calls, handles = ffn_calls(pipe)
+    try:
+        first = engine.run(req)  # calibration: skips nothing
+        calibrated = dict(calls)
+        saved = json.loads(next(mag_dir.glob("*.json")).read_text())
+        counts = expert_steps(pipe, 10, req.boundary_ratio)
+        assert {k: len(v) for k, v in saved["ratios"].items()} == counts == {"transformer": 3, "transformer_2": 7}
+        assert calibrated == {k: 2 * n for k, n in counts.items()}  # cond + uncond per step
+        assert np.array_equal(last_frame(first), plain)
+        assert "calibrated" in " ".join(first.metadata["warnings"])
+        for key in calls:
+            calls[key] = 0
+        second = engine.run(req)
+        assert second.metadata["step_cache"] == ["WanTransformer3DModel"] * 2
+        assert sum(calls.values()) < sum(calibrated.values())  # steps were skipped, on the low-noise expert too
+        assert calls["transformer_2"] < calibrated["transformer_2"]
+        swapped = engine.run(i2v(start_image, steps=10, step_cache="mag_cache", cache_threshold=0.5,
+                                 swap=SwapSettings(mode="block_swap", blocks_resident=1)))
+        assert np.array_equal(last_frame(swapped), last_frame(second))  # the cache and the memory mode agree
+    finally:
+        for h in handles:
+            h.remove()
+    engine.run(i2v(start_image, steps=10))
+    assert not pipe.transformer.is_cache_enabled and not pipe.transformer_2.is_cache_enabled
+
+
+def test_a_cancelled_mag_cache_calibration_saves_nothing(engine, start_image, mag_dir):
+    from diffusers.hooks import HookRegistry
+
+    cancel = threading.Event()
+
+    def progress(fraction, message):
+        if message.startswith("step 2/"):
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        engine.run(i2v(start_image, steps=10, step_cache="mag_cache"), progress, cancel)
+    assert not list(mag_dir.glob("*.json"))
+    pipe = engine.store.load_pipeline(A14B, "WanImageToVideoPipeline")
+    for block in (pipe.transformer.blocks[0], pipe.transformer.blocks[-1]):  # the recording hooks are gone
+        assert not any(name.startswith("studio_mag") for name in HookRegistry.check_if_exists_or_initialize(block).hooks)
+    with pytest.raises(InputError, match="TurboWan"):
+        i2v(start_image, steps=2, step_cache="mag_cache", turbo=TurboWanSettings(enabled=True)).validate()
+
+
 def test_live_preview_arrives_every_n_steps(engine, start_image):
     got = []
 

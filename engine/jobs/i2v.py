@@ -80,6 +80,18 @@ def experts_note(pipe, req: I2VRequest) -> str:
     return f"two experts, switch at t = {req.boundary_ratio:g} x 1000"
 
 
+def step_cache_for(engine, pipe, req: I2VRequest):
+    """Put the request's step cache on both experts: ``(names that carry it, Calibration or None)``; a MagCache
+    run without saved ratios for this model and step count records them instead (remove, then save, after it)."""
+    mag, calibration = None, None
+    if req.step_cache == "mag_cache":
+        from .. import mag_cache
+
+        boundary = req.boundary_ratio if pipe.transformer_2 is not None else None
+        mag, calibration = mag_cache.prepare(pipe, engine.models_dir, req.model.to_dict(), req.steps, boundary)
+    return apply_step_cache(pipe, req.step_cache, req.cache_threshold, req.steps, mag), calibration
+
+
 def run(engine, req: I2VRequest, progress, cancel) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -91,7 +103,7 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
         pipe.register_to_config(boundary_ratio=req.boundary_ratio)  # diffusers reads it from the config per call
     image, image_notes = load_start_image(req.image, req.width, req.height, req.fit)
     notes += image_notes
-    cached = apply_step_cache(pipe, req.step_cache, req.cache_threshold, req.steps)
+    cached, calibration = step_cache_for(engine, pipe, req)
     sink = getattr(progress, "preview", None)
     preview = None
     if sink is not None and req.preview_every:
@@ -103,6 +115,11 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     finally:
         if preview is not None:
             preview.close()
+        if calibration is not None:
+            calibration.remove()
+    if calibration is not None and calibration.save(req.model.to_dict()):
+        notes.append("MagCache: this run calibrated the model's magnitude ratios (nothing skipped); the next run "
+                     "with these steps skips steps")
     frames = out.frames[0]
     t1 = time.perf_counter()
     files = save_video_result(frames, engine.outputs_dir, req)

@@ -162,9 +162,11 @@ def build(engine) -> None:
             with gr.Accordion("Speed and output", open=False):
                 with gr.Row():
                     cache = gr.Dropdown(list(STEP_CACHES), value="none", label="Step cache",
-                                        info="on both experts; reset before every run")
+                                        info="on both experts; reset before every run. mag_cache: the first run "
+                                             "of a model and step count calibrates (skips nothing)")
                     threshold = gr.Number(0.05, label="Cache threshold", minimum=0,
-                                          info="First Block Cache: skip when the first block changes less")
+                                          info="skip while the change stays below it (first block: relative "
+                                               "change; MagCache: accumulated error, 0.06 typical)")
                     preview_every = gr.Slider(0, 20, value=2, step=1, precision=0, label="Preview every",
                                               info="steps between live previews; 0 = off")
                 with gr.Row():
