@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import InputError, OutOfBudgetError
@@ -94,7 +95,8 @@ def _config(folder: Path, name: str) -> dict:
         return {}
 
 
-def activation_estimate(tcfg: dict, vcfg: dict, width: int, height: int, frames: int, elem: int) -> int:
+def activation_estimate(tcfg: dict, vcfg: dict, width: int, height: int, frames: int, elem: int,
+                        batch: int = 1) -> int:
     """Rough activation bytes at the busiest moment of a run (a transformer block, or the VAE decode).
 
     Tokens: the VAE divides each side by 8 and the transformer patches 2x2 (Flux, Chroma, Qwen-Image, Wan);
@@ -104,7 +106,7 @@ def activation_estimate(tcfg: dict, vcfg: dict, width: int, height: int, frames:
     inner = int(tcfg.get("num_attention_heads", 24)) * int(tcfg.get("attention_head_dim", 128))
     latent_frames = (frames - 1) // 4 + 1 if frames > 1 else 1
     tokens = (width // 16) * (height // 16) * latent_frames + 512
-    denoise = 12 * tokens * inner * elem
+    denoise = 12 * tokens * inner * elem * batch
     channels = max(vcfg.get("block_out_channels") or [vcfg.get("base_dim", 96) * 4])
     decode = 4 * width * height * int(channels) * elem * (4 if frames > 1 else 1)
     return max(denoise, decode)
@@ -121,6 +123,42 @@ def activation_bytes(pipe, kwargs: dict) -> int:
     return activation_estimate(dict(transformer.config), dict(getattr(vae, "config", {}) or {}),
                                int(kwargs.get("width") or 1024), int(kwargs.get("height") or 1024),
                                int(kwargs.get("num_frames") or 1), elem)
+
+
+@dataclass
+class PlanExtra:
+    """What a runner adds to the base model's sizes (``runner.plan_extra``): weights that live inside the
+    transformer's blocks (LoRA layers: ``in_blocks``, spread over the blocks by their size), weights resident
+    beside it while it computes (IP-Adapter layers: ``beside``), other components that come in one at a time
+    (an image encoder), and the batch the transformer runs (OmniX: one item per adapter)."""
+
+    in_blocks: int = 0
+    beside: int = 0
+    components: list[ComponentSize] = field(default_factory=list)
+    batch: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+def file_bytes(path: Path, elem: int) -> int:
+    """A weights file's bytes as loaded: from a safetensors header, else the file's size (pickles)."""
+    if path.suffix == ".safetensors":
+        return sum(_nbytes(info, elem) for info in read_header(path).values())
+    return path.stat().st_size
+
+
+def with_extra(sizes: list[ComponentSize], extra: PlanExtra) -> list[ComponentSize]:
+    out = []
+    for comp in sizes:
+        if comp.streams and (extra.in_blocks or extra.beside):
+            total_blocks, before, blocks = sum(comp.blocks) or 1, 0, []
+            for b in comp.blocks:  # cumulative shares: the spread adds up to in_blocks exactly
+                share = extra.in_blocks * (before + b) // total_blocks - extra.in_blocks * before // total_blocks
+                blocks.append(b + share)
+                before += b
+            blocks = tuple(blocks)
+            comp = replace(comp, blocks=blocks, total=comp.rest + extra.beside + sum(blocks))
+        out.append(comp)
+    return out + list(extra.components)
 
 
 def load_elem_bytes(dtype: str, device: str) -> int:
@@ -145,11 +183,14 @@ def plan_request(engine, request) -> Plan:
                     explanation=f"{settings.mode}: {ref.label} is not downloaded yet, so its sizes are unknown; "
                                 "the plan appears once it is here")
     elem = load_elem_bytes(ref.dtype, device)
-    sizes = folder_sizes(folder, elem)
+    extra = runner.plan_extra(engine, request, elem) if hasattr(runner, "plan_extra") else PlanExtra()
+    sizes = with_extra(folder_sizes(folder, elem), extra)
     act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
                               int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
-                              int(getattr(request, "num_frames", 1)), elem)
-    return plan_swap(sizes, settings, device, budget, act)
+                              int(getattr(request, "num_frames", 1)), elem, batch=extra.batch)
+    plan = plan_swap(sizes, settings, device, budget, act)
+    plan.notes.extend(extra.notes)
+    return plan
 
 
 def check_budget(request, plan: Plan) -> None:

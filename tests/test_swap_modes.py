@@ -218,6 +218,42 @@ def test_plan_predicts_the_measured_peak(models_dir, tmp_path):
     assert "of 4 blocks resident" in adaptive[3] and not adaptive[3].startswith("adaptive: 4 of 4"), adaptive
 
 
+def test_the_plan_counts_adapters_loras_and_the_omnix_batch(disk_engine, models_dir, tmp_path):
+    """IP layers + projector + image encoder, LoRA layers and OmniX's adapter pairs are on the device during a
+    run: the plan adds their bytes (from safetensors headers) to the base model's, and OmniX's two-item batch."""
+    from engine import IPAdapterRequest, PerceptionRequest, ReferenceImage
+    from engine.omnix_tasks import lora_files
+    from engine.plan import file_bytes
+    from engine.requests import LoraSpec, LoraStackRequest
+
+    demo = models_dir / "demo"
+    image = tmp_path / "ref.png"
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(image)
+    none = swap("none")
+    base = disk_engine.plan(t2i(FLUX, "none"))
+    ip = disk_engine.plan(IPAdapterRequest(prompt="x", width=64, height=64, swap=none,
+                                           references=(ReferenceImage(path=str(image)),)))
+    encoder = file_bytes(demo / "siglip" / "model.safetensors", 4)
+    adapter = file_bytes(demo / "flux-ip-adapter" / "ip-adapter.safetensors", 4)
+    assert ip.weights_peak - base.weights_peak == encoder + adapter
+
+    lora = demo / "loras" / "qwen-style-a.safetensors"
+    plain = disk_engine.plan(LoraStackRequest(prompt="x", width=64, height=64, swap=none))
+    stacked = disk_engine.plan(LoraStackRequest(prompt="x", width=64, height=64, swap=none,
+                                                loras=(LoraSpec(path=str(lora)),)))
+    assert stacked.weights_peak - plain.weights_peak == file_bytes(lora, 4)
+    off = disk_engine.plan(LoraStackRequest(prompt="x", width=64, height=64, swap=none,
+                                            loras=(LoraSpec(path=str(lora), enabled=False),)))
+    assert off.weights_peak == plain.weights_peak  # a disabled entry is not loaded
+
+    tasks = ("depth", "normal")
+    pano = disk_engine.plan(PerceptionRequest(panorama=str(image), tasks=tasks, swap=none))
+    pairs = sum(file_bytes(demo / "omnix" / f, 4) for f in lora_files(tasks))
+    assert pano.weights_peak - base.weights_peak == pairs
+    square = disk_engine.plan(t2i(FLUX, "none", width=1024, height=1024))
+    assert pano.activations >= square.activations and pano.activations > 0
+
+
 def test_bad_memory_settings_get_a_clear_message(disk_engine):
     with pytest.raises(InputError) as err:
         disk_engine.run(t2i(FLUX, "adaptive", max_vram_gb=0.000001))

@@ -8,6 +8,7 @@ original processors come back in ``finally``.
 
 from __future__ import annotations
 
+import json
 import time
 
 from ..adapters import ipadapter_flux, ipadapter_pieces
@@ -120,3 +121,36 @@ def _schedule(pipe, req: IPAdapterRequest, references, device) -> ipadapter_flux
         ramp=(req.weight_start, req.weight_end, req.ramp_steps) if req.ramp else None,
         norm_values=req.ip_norm == "kv",
     )
+
+
+def plan_extra(engine, req: IPAdapterRequest, elem: int):
+    """The plan's additions: the IP layers (one K/V pair per attention processor, resident beside the transformer
+    while it denoises), and the image encoder and projector (in for encoding, then offloaded)."""
+    from ..adapters.ipadapter_loader import adapter_file
+    from ..plan import ComponentSize, PlanExtra, component_size, file_bytes
+
+    extra = PlanExtra()
+    folder = engine.store.resolve_local(req.model)
+    try:
+        config = json.loads((folder / "transformer" / "config.json").read_text()) if folder else {}
+    except (OSError, ValueError):
+        config = {}
+    if config:  # to_k_ip / to_v_ip: Linear(joint, inner, bias=False) per processor (double + single blocks)
+        processors = int(config.get("num_layers", 0)) + int(config.get("num_single_layers", 0))
+        inner = int(config.get("num_attention_heads", 0)) * int(config.get("attention_head_dim", 0))
+        extra.beside = processors * 2 * int(config.get("joint_attention_dim", 0)) * inner * elem
+    adapter_dir = engine.store.resolve_local(req.ip_adapter)
+    try:
+        path = adapter_file(adapter_dir, req.ip_adapter_file) if adapter_dir else None
+    except ModelLoadError:
+        path = None
+    if path is not None:  # the rest of the adapter file is the projector (a .bin is read as fp16 on disk)
+        total = file_bytes(path, elem) if path.suffix == ".safetensors" else path.stat().st_size * elem // 2
+        extra.components.append(ComponentSize("projector", "projector", max(0, total - extra.beside)))
+    else:
+        extra.notes.append("the IP-Adapter file is not here yet: its projector is not in the plan")
+    encoder = engine.store.resolve_local(req.image_encoder)
+    size = component_size("image_encoder", encoder, elem) if encoder else None
+    if size is not None:
+        extra.components.append(size)
+    return extra

@@ -245,3 +245,26 @@ def _run_nunchaku(engine, req, pipe, progress, cancel, timings) -> Result:  # pr
         out = run_denoise(engine, pipe, stage1_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
     return Result(request=req, images=list(out.images), timings=timings,
                   metadata={"pipeline": type(pipe).__name__, "backend": "nunchaku", "fingerprint": fingerprint(items)})
+
+
+def plan_extra(engine, req: LoraStackRequest, elem: int):
+    """The LoRA layers of both stages' enabled entries live inside the transformer's blocks (peft wraps the
+    targeted linears), so they move with the blocks in every streaming mode."""
+    from pathlib import Path
+
+    from ..plan import PlanExtra, file_bytes
+
+    extra = PlanExtra()
+    seen = set()
+    for spec in (*req.loras, *(req.stage2_loras if req.stage2 else ())):
+        if not spec.enabled:
+            continue
+        try:
+            path = Path(lora_file(spec, cached_only=True))
+        except ModelLoadError:
+            extra.notes.append(f"{spec.label} is not downloaded yet: its bytes are not in the plan")
+            continue
+        if path.resolve() not in seen and path.is_file():
+            seen.add(path.resolve())
+            extra.in_blocks += file_bytes(path, elem)
+    return extra

@@ -110,3 +110,19 @@ def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama) -
     result.files.append(str(save_request(req, out_dir / f"{stem}.json")))
     return result
 
+
+
+def plan_extra(engine, req: PerceptionRequest, elem: int):
+    """Every chosen task's adapter pair sits in the transformer's blocks for the run, and each task denoises a
+    batch of one item per adapter (condition + target)."""
+    from ..omnix_tasks import TASKS, lora_files
+    from ..plan import PlanExtra, file_bytes
+
+    extra = PlanExtra(batch=max(len(TASKS[t].adapters) for t in req.tasks))
+    root = engine.store.resolve_local(req.adapters) if req.adapters.path or engine.demo else None
+    files = [root / f for f in lora_files(req.tasks)] if root else []
+    if files and all(f.is_file() for f in files):
+        extra.in_blocks = sum(file_bytes(f, elem) for f in files)
+    else:
+        extra.notes.append("the OmniX adapters are not all here yet: their bytes are not in the plan")
+    return extra
