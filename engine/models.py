@@ -201,16 +201,17 @@ class ModelStore:
         pipe.set_progress_bar_config(disable=True)  # progress goes through the engine's callback
         return pipe
 
-    def _register(self, name: str, module: torch.nn.Module, role: str) -> None:
+    def _register(self, name: str, module: torch.nn.Module, role: str, part_of=None) -> None:
         if id(module) in self._names:  # shared component: one ledger entry
             return
-        self.memory.register(name, module, role)
+        self.memory.register(name, module, role, part_of=part_of)
         self._names[id(module)] = name
 
-    def register_module(self, name: str, module: torch.nn.Module, role: str) -> str:
-        """Register a module the store did not load itself (an adapter, a projector)."""
+    def register_module(self, name: str, module: torch.nn.Module, role: str, part_of=None) -> str:
+        """Register a module the store did not load itself (an adapter, a projector); ``part_of``: the loaded
+        module that holds its tensors (LoRA layers inside the transformer)."""
         with self._lock:
-            self._register(name, module, role)
+            self._register(name, module, role, part_of)
             return self._names[id(module)]
 
     def unregister_module(self, module: torch.nn.Module) -> None:

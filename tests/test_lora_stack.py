@@ -248,6 +248,11 @@ def test_each_lora_has_a_ledger_row_with_its_bytes_and_removing_frees_it(files, 
     # 14 layers of rank 4, fp32: A is 4 x in, B is out x 4 (48 wide attention, 192 wide MLP hidden)
     expected = sum(t.numel() * 4 for t in load_file(files["comfyui"].path).values())
     assert comfy["bytes"] == expected
+    snap = engine.memory.snapshot()
+    transformer = comfy["part_of"]
+    assert transformer and all(r["part_of"] == transformer for r in rows.values())
+    # counted once: the transformer's own bytes already hold its LoRA layers
+    assert snap["resident"] == sum(m["bytes_on_compute"] for m in snap["modules"] if not m["part_of"])
     engine.run(stack_request([files["a"]]))
     names = [m["name"] for m in engine.memory.snapshot()["modules"] if m["role"] == "lora"]
     assert len(names) == 1 and "qwen-style-a" in names[0]

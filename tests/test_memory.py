@@ -54,6 +54,28 @@ def test_register_records_role_bytes_dtype_device(mm):
         mm.register("b", mlp(8, 1), "gpu-thing")
 
 
+def test_a_part_is_shown_on_its_own_row_but_counted_and_moved_with_its_parent(tmp_path):
+    # a LoRA's peft layers live inside the transformer: one row each, the bytes once
+    mm = MemoryManager("cpu", offload_device="disk", disk_dir=tmp_path / "offload", budget_bytes=10**9)
+    parent = mlp(32, 0)
+    part = nn.ModuleList([parent[0], parent[2]])  # tensors the parent already holds
+    mm.register("transformer", parent, "transformer")
+    row = mm.register("transformer/lora/a", part, "lora", part_of=parent)
+    assert row.part_of == "transformer" and row.bytes == module_bytes(part) > 0
+    mm.ensure_loaded("transformer")
+    snap = mm.snapshot()
+    assert snap["resident"] == module_bytes(parent)  # not parent + part
+    rows = {m["name"]: m for m in snap["modules"]}
+    assert rows["transformer/lora/a"]["part_of"] == "transformer"
+    assert rows["transformer/lora/a"]["bytes_on_compute"] == module_bytes(part)  # its own row still says where
+    mm.offload(["transformer/lora/a"])  # a part does not move on its own
+    assert real_device(parent) == "cpu"
+    mm.offload(["transformer"])
+    assert mm.entry("transformer").device == DISK and mm.snapshot()["resident"] == 0
+    loose = mm.register("loose", mlp(8, 1), "lora", part_of=mlp(8, 2))  # a parent the ledger does not know
+    assert loose.part_of == ""
+
+
 def test_offload_to_disk_and_back_keeps_weights_exact(mm):
     m = mlp(32, 1)
     x = torch.randn(4, 32)

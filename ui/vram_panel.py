@@ -46,7 +46,8 @@ def _module_segments(snapshot: dict, device: str) -> list[tuple[str, int, str]]:
     if device != snapshot.get("compute_device"):
         return []
     held = [(m.get("name", "?") + (f": {m['blocks']}" if m.get("blocks") else ""),  # "transformer: 6 of 57 blocks"
-             int(m.get("bytes_on_compute") or 0)) for m in snapshot.get("modules", [])]
+             int(m.get("bytes_on_compute") or 0)) for m in snapshot.get("modules", [])
+            if not m.get("part_of")]  # a LoRA's layers are inside its transformer's segment already
     held = sorted((h for h in held if h[1] > 0), key=lambda h: -h[1])
     return [(name, n, PALETTE[i % len(PALETTE)]) for i, (name, n) in enumerate(held)]
 
@@ -98,7 +99,7 @@ def module_rows(snapshot: dict) -> list[list]:
     return [
         [
             m.get("name", ""),
-            m.get("role", ""),
+            m.get("role", "") + (f" · in {m['part_of']}" if m.get("part_of") else ""),
             round((m.get("bytes") or 0) / MIB, 1),
             m.get("dtype", ""),
             m.get("device", "") + (f" · {m['blocks']}" if m.get("blocks") else ""),  # "6 of 57 blocks"

@@ -153,7 +153,8 @@ class LoraComposer:
         pipe.load_lora_weights(dict(item.info.state_dict), adapter_name=name)
         self.counters.loads += 1
         layers = _adapter_layers(self.transformer, name)
-        ledger = self.store.register_module(f"{self.ledger_prefix}/lora/{item.label}#{name[5:13]}", layers, "lora")
+        ledger = self.store.register_module(f"{self.ledger_prefix}/lora/{item.label}#{name[5:13]}", layers, "lora",
+                                            part_of=self.transformer)
         # the converted tensors now live in the peft layers: keep the summary, not a second copy in RAM
         self._loaded[name] = _Loaded(dataclasses.replace(item.info, state_dict={}), ledger, layers)
 

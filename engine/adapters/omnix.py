@@ -134,7 +134,7 @@ class OmniXSession:
                                             local_files_only=True)
             params = [p for n, p in self.transformer.named_parameters() if f".{name}." in n]
             entry = f"{self.label}/{spec.folder}/{adapter}"
-            self.memory.register(entry, AdapterWeights(params), "lora")
+            self.memory.register(entry, AdapterWeights(params), "lora", part_of=self.transformer)
             self._entries.append(entry)
 
     def __exit__(self, *exc):

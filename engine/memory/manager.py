@@ -84,9 +84,13 @@ class ModuleEntry:
     disk_file: Path | None = None
     # a swap strategy that owns this module's placement at block granularity (see block_stream.py)
     residency: Any = field(default=None, repr=False)
+    # the entry whose module holds these tensors (a LoRA's layers inside the transformer): shown on its own row,
+    # counted and moved only with that parent
+    part_of: str = ""
 
     def as_row(self) -> dict:
-        return {"name": self.name, "role": self.role, "bytes": self.bytes, "dtype": self.dtype, "device": self.device}
+        return {"name": self.name, "role": self.role, "bytes": self.bytes, "dtype": self.dtype, "device": self.device,
+                "part_of": self.part_of}
 
 
 class MemoryManager:
@@ -121,15 +125,23 @@ class MemoryManager:
         self.swap = SwapController(self)
 
     # ------------------------------------------------------------ registry
-    def register(self, name: str, module: torch.nn.Module, role: str = "other") -> ModuleEntry:
+    def register(self, name: str, module: torch.nn.Module, role: str = "other",
+                 part_of: torch.nn.Module | None = None) -> ModuleEntry:
+        """``part_of``: a registered module that contains ``module``'s tensors (peft layers inside a
+        transformer): the row shows them, totals and moves count them once, with the parent."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         with self._lock:
+            parent = self.name_of(part_of) if part_of is not None else ""  # unregistered parent: a row of its own
             params = list(module.parameters())
             dtype = str(params[0].dtype).replace("torch.", "") if params else "none"
-            entry = ModuleEntry(name, role, module, module_bytes(module), dtype, real_device(module), time.monotonic())
+            entry = ModuleEntry(name, role, module, module_bytes(module), dtype, real_device(module), time.monotonic(),
+                                part_of=parent or "")
             self._entries[name] = entry
             return entry
+
+    def name_of(self, module: torch.nn.Module) -> str | None:
+        return next((e.name for e in list(self._entries.values()) if e.module is module), None)
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -173,7 +185,10 @@ class MemoryManager:
         return None
 
     def compute_bytes(self, e: ModuleEntry) -> int:
-        """Bytes of this module on the compute device now (partial for a streamed transformer)."""
+        """Bytes of this module on the compute device now (partial for a streamed transformer; 0 for a part,
+        which its parent counts)."""
+        if e.part_of:
+            return 0
         if e.residency is not None:
             return e.residency.on_compute
         return e.bytes if e.device == self.compute_device else 0
@@ -272,6 +287,8 @@ class MemoryManager:
             budget = self.effective_budget()
             for name in names:
                 e = self._entries[name]
+                if e.part_of:  # it moves with its parent
+                    continue
                 if e.device != self.compute_device:
                     if budget is not None and self._can_evict():
                         self._make_room(self._need(e), budget, keep=set(names))
@@ -303,7 +320,7 @@ class MemoryManager:
         with self._lock:
             for name in names:
                 e = self._entries[name]
-                if e.device != self.offload_device and name not in self._in_use:
+                if e.device != self.offload_device and name not in self._in_use and not e.part_of:
                     self._move(e, self.offload_device)
             devices.free_cached()
 
@@ -404,7 +421,7 @@ class MemoryManager:
             "compute_device": self.compute_device,
             "offload_device": self.offload_device,
             "budget": self.effective_budget(),
-            "resident": sum(m["bytes_on_compute"] for m in modules),
+            "resident": sum(m["bytes_on_compute"] for m in modules if not m["part_of"]),
             "devices": devices.device_stats(),
             "modules": modules,
         }
