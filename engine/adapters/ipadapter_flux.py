@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.normalization import RMSNorm
-from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from torch import nn
+
+from .flux_attention import flux_out, flux_qkv
 
 IP_NORM_EPS = 1e-5  # upstream: RMSNorm(128, eps=1e-5, elementwise_affine=False)
 
@@ -158,39 +158,15 @@ class IPAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if not self.schedule.active:  # the original processor itself: outside the window nothing differs
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        # FluxAttnProcessor's computation (diffusers 0.42), with the IP branch added where upstream adds it
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        ip_query = query  # after the QK norm, before RoPE and before the text tokens join (double blocks)
-        if attn.added_kv_proj_dim is not None:
-            encoder_query = attn.norm_added_q(encoder_query.unflatten(-1, (-1, attn.head_dim)))
-            encoder_key = attn.norm_added_k(encoder_key.unflatten(-1, (-1, attn.head_dim)))
-            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
-            query = torch.cat([encoder_query, query], dim=1)
-            key = torch.cat([encoder_key, key], dim=1)
-            value = torch.cat([encoder_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        # FluxAttnProcessor's computation (diffusers 0.42), with the IP branch added where upstream adds it: the
+        # query after the QK norm, before RoPE and the text join; its output joins the image tokens before to_out
+        query, key, value, ip_query = flux_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         hidden_states = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
             parallel_config=self._parallel_config,
         )
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-        ip = self.ip_attention(ip_query)
-        if encoder_hidden_states is not None:  # double block: image tokens only, before to_out
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1
-            )
-            hidden_states = attn.to_out[0]((hidden_states + ip).contiguous())
-            hidden_states = attn.to_out[1](hidden_states)
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-            return hidden_states, encoder_hidden_states
-        return hidden_states + ip  # single block: the whole sequence, text tokens included, before proj_out
+        return flux_out(attn, hidden_states, encoder_hidden_states, add=self.ip_attention(ip_query))
 
     def ip_attention(self, query: torch.Tensor) -> torch.Tensor:
         """``sum_i scale * weight_i * sdpa(q, k_i, v_i)`` over the references; ``query`` is [B, S, H, D]."""

@@ -18,9 +18,9 @@ import functools
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from peft.tuners.lora import LoraLayer
+
+from .flux_attention import flux_out, flux_qkv
 
 
 class CrossItemFluxAttnProcessor:
@@ -31,38 +31,14 @@ class CrossItemFluxAttnProcessor:
     _parallel_config = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if attn.added_kv_proj_dim is not None:  # double blocks: text tokens first, as Flux does
-            encoder_query = attn.norm_added_q(encoder_query.unflatten(-1, (-1, attn.head_dim)))
-            encoder_key = attn.norm_added_k(encoder_key.unflatten(-1, (-1, attn.head_dim)))
-            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
-            query = torch.cat([encoder_query, query], dim=1)
-            key = torch.cat([encoder_key, key], dim=1)
-            value = torch.cat([encoder_value, value], dim=1)
-        if image_rotary_emb is not None:  # every item has the same positions, so RoPE is applied per item
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
+        # every item has the same positions, so RoPE applies per item
+        query, key, value, _ = flux_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         key, value = join_items(key), join_items(value)
         hidden_states = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
             parallel_config=self._parallel_config,
         )
-        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-
-        if encoder_hidden_states is None:
-            return hidden_states
-        text_len = encoder_hidden_states.shape[1]
-        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-            [text_len, hidden_states.shape[1] - text_len], dim=1
-        )
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
-        return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+        return flux_out(attn, hidden_states.flatten(2, 3).to(query.dtype), encoder_hidden_states)
 
 
 def join_items(x: torch.Tensor) -> torch.Tensor:
