@@ -18,7 +18,7 @@ from pathlib import Path
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from . import hub, hub_http
+from . import hub, hub_cache, hub_http, hub_progress
 from .presets import CATALOG_PATH, CatalogEntry, load_catalog
 
 SIZE_TOLERANCE = 0.03  # a size within 3% of the hub's is left alone
@@ -48,18 +48,18 @@ def _get_json(env, repo_id: str, commit: str, path: str, transfer, lim: hub_http
 
 
 def check_entry(entry: CatalogEntry) -> Finding:
-    env = hub._env()
+    env = hub_cache.read_env()
     lim = hub_http.limits()
-    transfer = hub._Transfer(entry.repo_id, 0, 0, None, None)
+    transfer = hub_progress.Transfer(entry.repo_id, 0, 0, None, None)
     finding = Finding(entry)
     try:
-        info = hub._model_info(env, entry.repo_id, None, transfer)
+        info = hub.model_info(env, entry.repo_id, None, transfer)
     except Exception as exc:
-        error = hub._translate(exc, env, entry.repo_id, None)
+        error = hub.translate_error(exc, env, entry.repo_id, None)
         finding.rows.append(("repo_id", entry.repo_id, f"cannot be read: {type(error).__name__}: {error}"))
         return finding
     siblings = {s.rfilename: s for s in info.siblings or []}
-    selected = hub._select(siblings, hub.DIFFUSERS_PATTERNS)
+    selected = hub_cache.select(siblings, hub.DIFFUSERS_PATTERNS)
     sizes = [siblings[rel].size for rel in selected]
     finding.hub_bytes = None if None in sizes else sum(sizes)
     if not selected:

@@ -52,25 +52,19 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from filelock import Timeout as LockTimeout
 from huggingface_hub import (
     HfApi,
     constants,
-    get_cached_repo_tree,
     get_hf_file_metadata,
     hf_hub_url,
     snapshot_download,
     try_to_load_from_cache,
 )
 from huggingface_hub.errors import (
-    CachedRepoTreeNotFoundError,
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
@@ -79,20 +73,46 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import (
     HFValidationError,
-    WeakFileLock,
     build_hf_headers,
-    filter_repo_objects,
     validate_repo_id,
 )
-from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from . import hub_http
-from .errors import Cancelled, ModelLoadError
+from .errors import Cancelled
+from .hub_cache import COMMIT as _COMMIT
+from .hub_cache import CacheState, HubEnv
+from .hub_cache import file_size as _file_size
+from .hub_cache import local_state as _local_state
+from .hub_cache import patterns_of as _patterns
+from .hub_cache import read_env as _env
+from .hub_cache import select as _select
+from .hub_cache import storage_of as _storage
+from .hub_errors import (  # noqa: F401  (re-exported: callers catch them as engine.hub.*)
+    ChecksumMismatchError,
+    DownloadInterruptedError,
+    FilesMissingError,
+    GatedRepoAccessError,
+    HubError,
+    HubStalledError,
+    HubUnreachableError,
+    NotEnoughDiskError,
+    OfflineNotCachedError,
+    RevisionMissingError,
+    UnknownRepoError,
+)
+from .hub_fetch import Job as _Job
+from .hub_fetch import fetch as _fetch
+from .hub_fetch import have_bytes as _have
+from .hub_fetch import matches as _matches
 from .hub_http import STREAM_ERRORS as _STREAM_ERRORS
 from .hub_http import TIMEOUTS as _TIMEOUTS
+from .hub_progress import Aborted as _Aborted
+from .hub_progress import ProgressFn
+from .hub_progress import Transfer as _Transfer
+from .hub_progress import bar_class as _bar_class
+from .hub_progress import fmt as _fmt
 
 logger = logging.getLogger(__name__)
 
@@ -110,204 +130,9 @@ DIFFUSERS_PATTERNS: tuple[str, ...] = (
 )
 
 MAX_WORKERS = 4  # files fetched in parallel
-_HUB = "https://huggingface.co"
 _DEFAULT_CHUNK = 10 * 1024 * 1024  # huggingface_hub's DOWNLOAD_CHUNK_SIZE default
 _SMOOTH_CHUNK = 1024 * 1024
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
-ProgressFn = Callable[[int, int, str], None]
-
-
-# ------------------------------------------------------------------------------------------ errors
-class HubError(ModelLoadError):
-    """A model could not be fetched from the hub; the message says why and what to do."""
-
-
-class HubUnreachableError(HubError):
-    """The hub cannot be reached (network, proxy, wrong HF_ENDPOINT) and the model is not fully cached."""
-
-
-class HubStalledError(HubUnreachableError):
-    """The hub accepted the connection but stopped answering (STUDIO_HUB_READ_TIMEOUT seconds of silence)."""
-
-
-class OfflineNotCachedError(HubError):
-    """HF_HUB_OFFLINE is set and the model is not (completely) in the cache."""
-
-
-class UnknownRepoError(HubError):
-    """The repo id does not exist on the hub (or is private and no token gives access)."""
-
-
-class GatedRepoAccessError(HubError):
-    """The repo is gated: its licence must be accepted on the hub and HF_TOKEN set."""
-
-
-class RevisionMissingError(HubError):
-    """The branch, tag or commit does not exist in the repo."""
-
-
-class FilesMissingError(HubError):
-    """The catalog entry asks for files the repo does not have."""
-
-
-class DownloadInterruptedError(HubError):
-    """The transfer broke off; what was received is kept and the next call resumes."""
-
-
-class NotEnoughDiskError(HubError):
-    """Not enough free disk space for what is left to download."""
-
-
-class ChecksumMismatchError(HubError):
-    """A downloaded file does not match the hub's checksum; it was deleted."""
-
-
-# ------------------------------------------------------------------------------------- environment
-@dataclass(frozen=True)
-class _Env:
-    endpoint: str
-    cache_dir: Path
-    token: str | bool
-    offline: bool
-
-
-def _env() -> _Env:
-    """Read the HF_* variables now, the way huggingface_hub reads them at import time."""
-    env = os.environ
-
-    def path(value: str) -> Path:
-        return Path(os.path.expandvars(os.path.expanduser(value)))
-
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
-    token = (env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or "").strip()
-    if not token:
-        token_file = path(env.get("HF_TOKEN_PATH") or os.path.join(home, "token"))
-        try:
-            token = token_file.read_text().strip()
-        except OSError:
-            token = ""
-    offline = (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").upper() in _TRUE
-    return _Env(
-        endpoint=(env.get("HF_ENDPOINT") or _HUB).rstrip("/"),
-        cache_dir=path(cache).resolve(),
-        # False, not None: None would make the client fall back to the token file of the HF_HOME it saw at import
-        token=token or False,
-        # the client's own flag is frozen at import; if it was set then, its HTTP layer refuses anyway
-        offline=offline or constants.HF_HUB_OFFLINE,
-    )
-
-
-# ------------------------------------------------------------------------------------- cache state
-@dataclass(frozen=True)
-class CacheState:
-    state: str  # "absent" | "partial" | "complete"
-    bytes_on_disk: int
-    expected_bytes: int | None  # None when unknown (offline, no tree listing cached)
-    path: Path | None  # the snapshot folder, only when complete
-
-    @property
-    def complete(self) -> bool:
-        return self.state == "complete"
-
-
-def _storage(env: _Env, repo_id: str) -> Path:
-    return env.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
-
-
-def _cached_commit(storage: Path, revision: str | None) -> str | None:
-    revision = revision or constants.DEFAULT_REVISION
-    if _COMMIT.match(revision):
-        return revision
-    try:
-        return (storage / "refs" / revision).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _incomplete_bytes(storage: Path) -> int:
-    # both our `<etag>.incomplete` and the client's orphaned `<etag>.<hex>.incomplete` (what scan_cache_dir reports)
-    return sum(_file_size(p) for p in (storage / "blobs").glob("*.incomplete"))
-
-
-def _unlinked_blob_bytes(storage: Path) -> int:
-    """Verified blobs no snapshot points to yet (fetched, then the process stopped before linking)."""
-    blobs = storage / "blobs"
-    if not blobs.is_dir():
-        return 0
-    linked: set[str] = set()
-    for root, _dirs, names in os.walk(storage / "snapshots"):
-        for name in names:
-            linked.add(os.path.basename(os.path.realpath(os.path.join(root, name))))
-    return sum(
-        _file_size(p) for p in blobs.iterdir() if p.suffix != ".incomplete" and p.name not in linked and p.is_file()
-    )
-
-
-def _patterns(allow_patterns) -> list[str] | None:
-    if not allow_patterns:
-        return None  # everything
-    return [allow_patterns] if isinstance(allow_patterns, str) else list(allow_patterns)
-
-
-def _select(paths, allow_patterns) -> list[str]:
-    return list(filter_repo_objects(items=list(paths), allow_patterns=_patterns(allow_patterns)))
-
-
-def _sum(sizes) -> int | None:
-    sizes = list(sizes)
-    return None if None in sizes else sum(sizes)
-
-
-def _local_state(env: _Env, repo_id: str, revision: str | None, allow_patterns, remote: dict | None = None):
-    """The CacheState from disk alone. ``remote``: {"commit": sha, "files": {path: size}} from the hub, if known."""
-    storage = _storage(env, repo_id)
-    if not storage.is_dir():
-        return CacheState("absent", 0, _sum(remote["files"].values()) if remote else None, None)
-    commit = remote["commit"] if remote else _cached_commit(storage, revision)
-    files: dict[str, int] | None = None
-    if remote:
-        files = remote["files"]
-    elif commit:
-        try:  # the tree listing snapshot_download cached for this commit: the expected files, offline
-            tree = get_cached_repo_tree(repo_id, revision=commit, cache_dir=env.cache_dir)
-            sizes = {f.path: f.size for f in tree}
-            files = {p: sizes[p] for p in _select(sizes, allow_patterns)}
-        except (CachedRepoTreeNotFoundError, OSError, ValueError):
-            files = None
-    snapshot = storage / "snapshots" / commit if commit else None
-    candidates: list[str] = []
-    if files is not None:
-        candidates = list(files)
-    elif snapshot is not None and snapshot.is_dir():
-        found = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
-        candidates = _select(found, allow_patterns)
-    present: dict[str, int] = {}
-    for rel in candidates:
-        cached = try_to_load_from_cache(repo_id, rel, cache_dir=env.cache_dir, revision=commit) if commit else None
-        if isinstance(cached, str) and os.path.isfile(cached):
-            size = os.path.getsize(cached)
-            if files is None or files[rel] is None or files[rel] == size:
-                present[rel] = size
-    partial = _incomplete_bytes(storage)
-    on_disk = sum(present.values()) + partial + _unlinked_blob_bytes(storage)
-    expected = _sum(files.values()) if files is not None else None
-    if files is not None:
-        complete = bool(files) and len(present) == len(files)
-    else:  # no listing: trust a snapshot with files and no partial download, as huggingface_hub does offline
-        complete = bool(present) and partial == 0
-    if complete:
-        return CacheState("complete", on_disk, expected, snapshot)
-    return CacheState("partial" if on_disk else "absent", on_disk, expected, None)
 
 
 def cache_state(
@@ -325,121 +150,19 @@ def cache_state(
     ``expected_bytes`` is known even before a first download); it raises the same errors as ``download``.
     """
     env = _env()
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     remote = None
     if check_remote and not env.offline:
         try:
-            info = _model_info(env, repo_id, revision, _Transfer(repo_id, 0, 0, None, None))
+            info = model_info(env, repo_id, revision, _Transfer(repo_id, 0, 0, None, None))
         except Exception as exc:
-            raise _translate(exc, env, repo_id, revision) from exc
+            raise translate_error(exc, env, repo_id, revision) from exc
         sizes = {s.rfilename: s.size for s in info.siblings or []}
         remote = {"commit": info.sha, "files": {p: sizes[p] for p in _select(sizes, allow_patterns)}}
     return _local_state(env, repo_id, revision, allow_patterns, remote)
 
 
-# -------------------------------------------------------------------------------- progress, cancel
-class _Aborted(Exception):
-    """Another worker failed: stop this one (its partial file stays for the next call)."""
-
-
-class _Transfer:
-    """Shared byte counter, cancel flag and progress callback of one download() call."""
-
-    def __init__(self, repo_id: str, total: int, done: int, progress: ProgressFn | None, cancel):
-        self.repo_id, self.total, self.done = repo_id, total, done
-        self._progress, self._cancel = progress, cancel
-        self.abort = threading.Event()
-        self._lock = threading.Lock()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel is not None and self._cancel.is_set()
-
-    def check(self) -> None:
-        if self.cancelled:
-            raise Cancelled(f"Download of {self.repo_id} cancelled; what was received is kept and will be resumed.")
-        if self.abort.is_set():
-            raise _Aborted()
-
-    def advance(self, n: int, message: str) -> None:
-        with self._lock:  # callbacks under the lock: reports from worker threads arrive in order
-            self.done += n
-            if self._progress is not None:
-                self._progress(self.done, self.total, message)
-
-    def report(self, message: str) -> None:
-        with self._lock:
-            if self._progress is not None:
-                self._progress(self.done, self.total, message)
-
-
-class _Bar:
-    """Duck-typed tqdm that huggingface_hub drives (``tqdm_class=``): forwards bytes and raises on cancel.
-
-    Raising from ``update`` is the documented way to stop a download cleanly (hub_notes.md): it propagates out of
-    ``snapshot_download``. Subclassed per call with ``_transfer`` and ``_count`` set.
-    """
-
-    _transfer: _Transfer
-    _count: bool = True  # False for snapshot_download's bars: it feeds two byte bars with the same bytes
-    _label: str = ""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.total = kwargs.get("total")
-        self.n = kwargs.get("initial") or 0
-        self.desc = kwargs.get("desc") or ""
-        self.unit = kwargs.get("unit", "it")
-        self.disable = True
-        self._transfer.check()
-
-    def update(self, n: int | float | None = 1) -> None:
-        n = int(n or 0)
-        self._transfer.check()
-        self.n += n
-        if self.unit == "B" and self._count:
-            self._transfer.advance(n, f"Downloading {self._label or self.desc}")
-
-    # the rest of the tqdm surface huggingface_hub touches
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        pass
-
-    def refresh(self, *args, **kwargs) -> None:
-        pass
-
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
-        self.desc = desc or ""
-
-    set_description_str = set_description
-
-    def set_postfix_str(self, *args, **kwargs) -> None:
-        pass
-
-    set_postfix = set_postfix_str
-
-    @property
-    def format_dict(self) -> dict:
-        return {"n": self.n, "total": self.total, "rate": None}
-
-
-def _bar_class(transfer: _Transfer, *, count: bool = True, label: str = "") -> type[_Bar]:
-    return type("_CallBar", (_Bar,), {"_transfer": transfer, "_count": count, "_label": label})
-
-
 # ----------------------------------------------------------------------------------------- helpers
-def _fmt(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
 def _free_bytes(folder: Path) -> int:
     for candidate in (folder, *folder.parents):  # the cache folder may not exist yet
         if candidate.exists():
@@ -447,7 +170,7 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage("/").free
 
 
-def _model_info(env: _Env, repo_id: str, revision: str | None, transfer: _Transfer):
+def model_info(env: HubEnv, repo_id: str, revision: str | None, transfer: _Transfer):
     """Model info with file sizes and checksums: explicit timeouts (the client's default is none), 429/5xx
     retried with backoff, a cancel seen while it waits."""
     api = HfApi(endpoint=env.endpoint, token=env.token)
@@ -458,147 +181,7 @@ def _model_info(env: _Env, repo_id: str, revision: str | None, transfer: _Transf
     )
 
 
-def _matches(path: Path, expected: str) -> bool:
-    """sha256 for LFS files (64 hex), git blob sha1 for the others (40 hex) -- what the hub's ETag is."""
-    with open(path, "rb") as f:
-        if len(expected) == 64:
-            return sha_fileobj(f).hex() == expected.lower()
-        return git_hash(f.read()) == expected.lower()
-
-
-@contextmanager
-def _blob_lock(lock_path: Path, transfer: _Transfer) -> Iterator[None]:
-    """The client's own per-blob lock, taken in 1 s slices so that a cancel is seen while waiting."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        transfer.check()
-        try:
-            with WeakFileLock(lock_path, timeout=1.0):
-                yield
-                return
-        except LockTimeout:
-            continue
-
-
-@dataclass
-class _Job:
-    path: str  # in the repo
-    size: int | None
-    expected: str  # sha256 (LFS) or git sha1
-    etag: str  # blob name in the cache
-    have: int = 0  # bytes already on disk when the call started (counted as done)
-    url: str = ""
-    headers: dict | None = None
-
-
-def _partial_path(blobs: Path, etag: str) -> Path:
-    return blobs / f"{etag}.incomplete"
-
-
-def _have(blobs: Path, job: _Job) -> int:
-    """Bytes of ``job`` already on disk: our partial file or the largest orphan the client left."""
-    files = [_partial_path(blobs, job.etag), *blobs.glob(f"{job.etag}.*.incomplete")]
-    size = max((_file_size(p) for p in files), default=0)
-    return size if job.size is None or size <= job.size else 0
-
-
-def _adopt_orphans(blobs: Path, etag: str) -> None:
-    """Under the blob lock no client is writing ``<etag>.<hex>.incomplete``: keep the longest as our partial."""
-    ours = _partial_path(blobs, etag)
-    for orphan in sorted(blobs.glob(f"{etag}.*.incomplete"), key=_file_size):
-        if _file_size(orphan) > _file_size(ours):
-            os.replace(orphan, ours)
-        else:
-            orphan.unlink(missing_ok=True)
-
-
-@contextmanager
-def _drop_if_empty(part: Path) -> Iterator[None]:
-    """On failure or cancel keep a partial file only if it holds something worth resuming."""
-    try:
-        yield
-    except BaseException:
-        if _file_size(part) == 0:
-            part.unlink(missing_ok=True)
-        raise
-
-
-def _fetch(job: _Job, storage: Path, locks: Path, transfer: _Transfer, endpoint: str) -> None:
-    """Fetch one file into ``blobs/<etag>``, resuming ``blobs/<etag>.incomplete``; verify before the rename."""
-    blobs = storage / "blobs"
-    blob, part = blobs / job.etag, _partial_path(blobs, job.etag)
-    lim = hub_http.limits()
-    with _blob_lock(locks / f"{job.etag}.lock", transfer):
-        if blob.exists():  # another process finished it while we waited for the lock
-            transfer.advance((job.size or 0) - job.have, job.path)
-            return
-        _adopt_orphans(blobs, job.etag)
-        for attempt in (1, 2):
-            have = _file_size(part)
-            if job.size is not None and have > job.size:
-                part.unlink()
-                have = 0
-            if job.size is None or have < job.size:  # a partial as long as the file only needs its checksum
-                _get_into(part, have, job, transfer, lim, storage, endpoint)
-            if _matches(part, job.expected):
-                os.replace(part, blob)  # atomic: a blob under its final name is always a verified one
-                return
-            counted = _file_size(part)
-            part.unlink(missing_ok=True)
-            if counted == 0 or attempt == 2:
-                transfer.advance(-counted, f"{job.path} failed its checksum and was deleted")
-                raise ChecksumMismatchError(
-                    f"{job.path} from {transfer.repo_id} does not match the hub's checksum ({job.expected[:12]}…): "
-                    "it was corrupted in transit or on disk and has been deleted. Run the download again; if it "
-                    "keeps failing, the mirror at HF_ENDPOINT may be serving a bad copy."
-                )
-            # the resumed prefix may have been the bad part (written by another tool, a disk error): start over,
-            # and say so, since the progress bar goes back by those bytes
-            transfer.advance(-counted, f"{job.path} failed its checksum: downloading it again from the start")
-            logger.warning("%s: resumed file failed its checksum, downloading it again from the start", job.path)
-
-
-def _get_into(part: Path, have: int, job: _Job, transfer: _Transfer, lim: hub_http.Limits, storage: Path,
-              endpoint: str) -> None:
-    """Append the rest of ``job``'s body to ``part``; every failure leaves with a message and the bytes kept."""
-
-    def kept() -> str:
-        size = f" of {_fmt(job.size)}" if job.size else ""
-        return f"{_fmt(_file_size(part))}{size} of the file"
-
-    # unbuffered: every chunk handed to write() is on disk, so even SIGKILL leaves a valid prefix
-    with _drop_if_empty(part), open(part, "r+b" if have else "wb", buffering=0) as f:
-        f.seek(have)
-        try:
-            hub_http.get_body(job.url, job.headers or {}, f, have, job.size, transfer, lim, job.path)
-        except hub_http.RangeNotSatisfiable:
-            # the hub has nothing past what is on disk: the checksum decides between "done" and "start again"
-            logger.info("%s: 416 on resume at %d bytes; checking what is on disk", job.path, have)
-        except hub_http.Stalled as exc:
-            raise HubStalledError(
-                f"The hub at {endpoint} stopped answering while sending {job.path} (no data for {exc.seconds:g} s; "
-                f"STUDIO_HUB_READ_TIMEOUT). {kept()} are kept; run the download again to resume."
-            ) from exc
-        except hub_http.BrokeOff as exc:
-            raise DownloadInterruptedError(
-                f"The download of {job.path} from {endpoint} broke off {exc.tries} times in a row ({exc}). "
-                f"{kept()} are kept; run the download again to resume."
-            ) from exc
-        except hub_http.RetriesExhausted as exc:
-            raise HubError(
-                f"The hub at {endpoint} answered HTTP {exc.status} for {job.path} on all {exc.tries} tries; it may "
-                f"be having trouble. {kept()} are kept; try again later to resume."
-            ) from exc
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise NotEnoughDiskError(
-                    f"The disk filled up while downloading {job.path} into {storage.parent}. Free some "
-                    "space (or point HF_HOME to a larger disk) and run the download again to resume."
-                ) from exc
-            raise
-
-
-def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None) -> BaseException:
+def translate_error(exc: BaseException, env: HubEnv, repo_id: str, revision: str | None) -> BaseException:
     """Map huggingface_hub / network errors to HubError subclasses with messages a user can act on."""
     rev = revision or constants.DEFAULT_REVISION
     if isinstance(exc, (HubError, Cancelled)):
@@ -660,7 +243,7 @@ def _translate(exc: BaseException, env: _Env, repo_id: str, revision: str | None
     return exc
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -692,7 +275,7 @@ def download(
     Raises ``Cancelled`` or a ``HubError`` subclass (a ``ModelLoadError``) with a message for the user.
     """
     env = _env()
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     patterns = _patterns(allow_patterns)
     transfer = _Transfer(repo_id, expected_bytes or 0, 0, progress, cancel)
     transfer.check()
@@ -720,7 +303,7 @@ def download(
         if local.complete:  # complete on disk, only the hub's listing was missing: as the client, use the cache
             logger.warning("could not check %s on the hub (%s); using the cached copy", repo_id, _first_line(exc))
             return local.path  # type: ignore[return-value]
-        error = _translate(exc, env, repo_id, revision)
+        error = translate_error(exc, env, repo_id, revision)
         if isinstance(error, HubUnreachableError) and local.state == "partial":
             error = type(error)(
                 f"{error} ({_fmt(local.bytes_on_disk)} of '{repo_id}' are already downloaded and will be resumed.)"
@@ -729,7 +312,7 @@ def download(
 
 
 def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer: _Transfer, local) -> Path:
-    info = _model_info(env, repo_id, revision, transfer)
+    info = model_info(env, repo_id, revision, transfer)
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
     selected = _select(siblings, patterns)

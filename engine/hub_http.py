@@ -63,7 +63,7 @@ except ImportError:  # pragma: no cover
 
 
 class Progress(Protocol):
-    """What a download call hands down: its cancel check and its progress line (``hub._Transfer``)."""
+    """What a download call hands down: its cancel check and its progress line (``hub_progress.Transfer``)."""
 
     def check(self) -> None: ...
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from huggingface_hub.utils.sha import git_hash
 
-from . import hub
+from . import hub, hub_cache, hub_progress
 from .errors import Cancelled
 
 _HEX = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -48,7 +48,7 @@ class VerifyReport:
 
     def summary(self) -> str:
         against = "the hub's checksums" if self.source == "hub" else "the checksums recorded in the cache (offline)"
-        head = f"{self.repo_id}: {len(self.checked)} files ({hub._fmt(self.checked_bytes)}) checked against {against}"
+        head = f"{self.repo_id}: {len(self.checked)} files ({hub_progress.fmt(self.checked_bytes)}) checked against {against}"
         lines = [head + (f" ({self.note})" if self.note else "") + "."]
         if self.bad:
             lines.append("Bad (do not match): " + ", ".join(self.bad) + ".")
@@ -65,7 +65,7 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _hash(path: Path, expected: str, transfer: hub._Transfer) -> bool:
+def _hash(path: Path, expected: str, transfer: hub_progress.Transfer) -> bool:
     """sha256 (64 hex) in 1 MiB reads with progress and cancel; git blob sha1 (40 hex) for the small files."""
     if len(expected) == 40:
         with open(path, "rb") as f:
@@ -83,7 +83,7 @@ def _hash(path: Path, expected: str, transfer: hub._Transfer) -> bool:
 
 def _expected_from_hub(env, repo_id: str, commit: str, patterns, transfer) -> dict[str, str] | None:
     try:
-        info = hub._model_info(env, repo_id, commit, transfer)
+        info = hub.model_info(env, repo_id, commit, transfer)
     except Cancelled:
         raise
     except Exception:  # unreachable, stalled, 5xx after retries: fall back to the cache's own record
@@ -91,7 +91,7 @@ def _expected_from_hub(env, repo_id: str, commit: str, patterns, transfer) -> di
     siblings = {s.rfilename: s for s in info.siblings or []}
     return {
         rel: ((s.lfs.sha256 if s.lfs is not None else s.blob_id) or "").lower()
-        for rel, s in siblings.items() if rel in hub._select(siblings, patterns)
+        for rel, s in siblings.items() if rel in hub_cache.select(siblings, patterns)
     }
 
 
@@ -109,19 +109,19 @@ def verify(
 
     Raises ``Cancelled``, or a ``HubError`` when nothing of the repo is cached (or a repair download fails).
     """
-    env = hub._env()
-    hub._check_repo_id(repo_id)
-    patterns = hub._patterns(allow_patterns)
-    storage = hub._storage(env, repo_id)
-    commit = hub._cached_commit(storage, revision)
+    env = hub_cache.read_env()
+    hub.check_repo_id(repo_id)
+    patterns = hub_cache.patterns_of(allow_patterns)
+    storage = hub_cache.storage_of(env, repo_id)
+    commit = hub_cache.cached_commit(storage, revision)
     snapshot = storage / "snapshots" / commit if commit else None
     if snapshot is None or not snapshot.is_dir():
         raise hub.HubError(f"'{repo_id}' is not in the cache ({env.cache_dir}): nothing to verify. Download it first.")
-    present = hub._select(
+    present = hub_cache.select(
         [p.relative_to(snapshot).as_posix() for p in sorted(snapshot.rglob("*")) if p.is_file()], patterns
     )
     total = sum(os.path.getsize(snapshot / rel) for rel in present)
-    transfer = hub._Transfer(repo_id, total, 0, progress, cancel)
+    transfer = hub_progress.Transfer(repo_id, total, 0, progress, cancel)
     transfer.report(f"Verifying {repo_id}")
 
     expected = None if env.offline else _expected_from_hub(env, repo_id, commit, patterns, transfer)
