@@ -366,6 +366,15 @@ def test_mag_cache_calibrates_once_then_skips_steps(engine, start_image, mag_dir
         swapped = engine.run(i2v(start_image, steps=10, step_cache="mag_cache", cache_threshold=0.5,
                                  swap=SwapSettings(mode="block_swap", blocks_resident=1)))
         assert np.array_equal(last_frame(swapped), last_frame(second))  # the cache and the memory mode agree
+        cancel = threading.Event()
+
+        def stop(fraction, message):
+            if message.startswith("step 5/"):
+                cancel.set()
+
+        with pytest.raises(Cancelled):  # cancelled mid-run (its skip state half-way): the next run is not stale
+            engine.run(req, stop, cancel)
+        assert np.array_equal(last_frame(engine.run(req)), last_frame(second))
     finally:
         for h in handles:
             h.remove()
