@@ -1,0 +1,160 @@
+"""Load one piece of a pipeline from a single file (a ComfyUI models folder, or any checkpoint file), with the
+configs of a diffusers folder (the repo the request names, or its demo stand-in).
+
+Transformers and VAEs go through diffusers' ``from_single_file`` (its converters turn the original key layout into
+diffusers'); text and image encoders through transformers' ``from_pretrained(config=..., state_dict=...)``, which
+also renames the older transformers layouts ComfyUI files use. safetensors are memory-mapped (``load_file`` maps the
+file copy-on-write, never writing it): a tensor whose dtype already matches is used in place, so no second full
+copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mmap=True)``.
+
+Stored fp8: plain ``float8_e4m3fn`` weights stay fp8 through diffusers' layerwise casting (cast to the compute
+dtype one layer at a time); ComfyUI's *scaled* fp8 (``scale_weight`` per layer) is multiplied out on load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError
+from .detect import strip_transformer_prefix
+from .header import HeaderError, load_pickle_weights_only
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FLUX_MLP_RATIO = 4  # FluxSingleTransformerBlock's fixed mlp_ratio (also Chroma's)
+
+
+def read_state(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of the file, memory-mapped; a clear ``ModelLoadError`` for a file that cannot be read."""
+    name = os.path.basename(path)
+    try:
+        if path.lower().endswith((".safetensors", ".sft")):
+            from safetensors.torch import load_file
+
+            from .header import read_safetensors_header
+
+            read_safetensors_header(path)  # empty / truncated files get their own message, not safetensors'
+            return load_file(path)
+        return load_pickle_weights_only(path)
+    except HeaderError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{name}: cannot read the weights ({str(exc).splitlines()[0]})") from None
+
+
+def dequantize_scaled_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict, bool]:
+    """ComfyUI's scaled fp8 (``<layer>.weight`` fp8 + ``<layer>.scale_weight``): weight * scale in ``dtype``."""
+    scales = {k[: -len(".scale_weight")]: k for k in state if k.endswith(".scale_weight")}
+    if not scales and "scaled_fp8" not in state:
+        return state, False
+    out = {}
+    for key, value in state.items():
+        if key == "scaled_fp8" or key.endswith((".scale_weight", ".scale_input")):
+            continue
+        layer = key[: -len(".weight")] if key.endswith(".weight") else None
+        if layer in scales:
+            value = value.to(dtype) * state[scales[layer]].to(dtype)
+        out[key] = value
+    return out, True
+
+
+def flux_family_to_diffusers(state: dict, config: dict, convert) -> dict:
+    """diffusers' Flux/Chroma converter with the width taken from the config: upstream splits each single
+    block's fused ``linear1`` at FLUX.1's fixed 3072 (``inner_dim = 3072`` in the converter), so the split is done
+    here from ``num_attention_heads * attention_head_dim`` and the converter sees meta placeholders of its expected
+    size for those two tensors. Everything else (names, qkv chunks, scale/shift swap) is upstream's code."""
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    sizes = (inner, inner, inner, inner * FLUX_MLP_RATIO)
+    expected = 3 * 3072 + 3072 * FLUX_MLP_RATIO
+    mine = {}
+    for key in [k for k in state if k.startswith("single_blocks.") and ".linear1." in k]:
+        block = key.split(".")[1]
+        part = key.rsplit(".", 1)[1]
+        q, k, v, mlp = torch.split(state[key], sizes, dim=0)
+        prefix = f"single_transformer_blocks.{block}."
+        for name, value in (("attn.to_q", q), ("attn.to_k", k), ("attn.to_v", v), ("proj_mlp", mlp)):
+            mine[f"{prefix}{name}.{part}"] = value
+        shape = (expected, *state[key].shape[1:]) if part == "weight" else (expected,)
+        state[key] = torch.empty(shape[:1] + (0,) * (len(shape) - 1), device="meta")
+    converted = convert(state)
+    converted.update(mine)
+    return converted
+
+
+def _diffusers_class(name: str):
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_single_file"):
+        raise ModelLoadError(f"{name} cannot be loaded from a single file with this diffusers version")
+    return cls
+
+
+def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfolder: str,
+                         dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers model (transformer, VAE) from ``path`` through ``from_single_file``; its config from
+    ``config_folder/subfolder``."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    cls = _diffusers_class(class_name)
+    name = os.path.basename(path)
+    raw = read_state(path)
+    stripped = strip_transformer_prefix(raw) if subfolder.startswith("transformer") else {k: k for k in raw}
+    state = {new: raw[old] for new, old in stripped.items()}
+    state, scaled = dequantize_scaled_fp8(state, dtype)
+    fp8 = not scaled and any(t.dtype in FP8_DTYPES for t in state.values())
+    config = cls.load_config(str(config_folder), subfolder=subfolder, local_files_only=True)
+    try:
+        if class_name == "FluxTransformer2DModel" and "double_blocks.0.img_attn.qkv.weight" in state:
+            state = flux_family_to_diffusers(state, config, sfu.convert_flux_transformer_checkpoint_to_diffusers)
+        elif class_name == "ChromaTransformer2DModel" and "double_blocks.0.img_attn.qkv.weight" in state:
+            state = flux_family_to_diffusers(state, config, sfu.convert_chroma_transformer_checkpoint_to_diffusers)
+        model = cls.from_single_file(state, config=str(config_folder), subfolder=subfolder, torch_dtype=dtype,
+                                     local_files_only=True)
+    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+        raise ModelLoadError(f"{name} does not fit {class_name} of {config_folder.name}/{subfolder} "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                             "pick the file made for this model") from None
+    _check_loaded(model, name)
+    if fp8:
+        store = next(t.dtype for t in state.values() if t.dtype in FP8_DTYPES)
+        # the file's fp8 values are exact in the compute dtype, so storing them back as fp8 loses nothing
+        model.enable_layerwise_casting(storage_dtype=store, compute_dtype=dtype)
+    model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else ("stored" if fp8 else "")}
+    return model.eval()
+
+
+def load_transformers_model(path: str, class_name: str, config_folder: Path, subfolder: str,
+                            dtype: torch.dtype) -> torch.nn.Module:
+    """A transformers model (CLIP, T5, umT5, Qwen2.5-VL, SigLIP) from ``path`` with the folder's config."""
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise ModelLoadError(f"unknown text/image encoder class {class_name}")
+    name = os.path.basename(path)
+    state = read_state(path)
+    prefix = {"CLIPTextModel": "text_model.", "SiglipVisionModel": "vision_model."}.get(class_name)
+    if prefix and all(k.startswith(prefix) for k in state):  # transformers 4 names (ComfyUI's files); 5 has none
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    config = cls.config_class.from_pretrained(str(config_folder / subfolder) if subfolder else str(config_folder))
+    try:
+        model, info = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype, output_loading_info=True)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{name} does not fit {class_name} of {config_folder.name}/{subfolder} "
+                             f"({str(exc).splitlines()[0]}); pick the file made for this model") from None
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:  # transformers would fill these with random values and only warn
+        raise ModelLoadError(f"{name} lacks {len(missing)} of {class_name}'s weights (e.g. {missing[0]}); "
+                             "it is not a complete file for this model")
+    return model.eval()
+
+
+def _check_loaded(model: torch.nn.Module, name: str) -> None:
+    """Every weight must have come from the file: one left on the meta device (or randomly initialised by a
+    loader that only warns) would give noise without an error."""
+    missing = [k for k, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise ModelLoadError(f"{name} lacks {len(missing)} of the model's weights (e.g. {missing[0]}); "
+                             "it is not a complete file for this model")
