@@ -46,6 +46,9 @@ class Engine:
         self.demo = demo
         self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
         self.store = ModelStore(self.memory, self.models_dir, demo=demo)
+        from .comfy_models import ComfyModels  # a ComfyUI models folder, once configured (--comfy-models)
+
+        self.comfy = ComfyModels(cache_file=self.models_dir / ".cache" / "comfy-index.json")
         self._device_lock = threading.Lock()
         self._memory_notes: list[dict] = []  # what each memory session of the current run reported
 

@@ -153,18 +153,39 @@ class ModelStore:
         cls_name = pipeline_class or index["_class_name"]
         dtype = torch_dtype(ref.dtype, self.memory.compute_device)
         root = str(folder.resolve())
-        key = (root, cls_name, str(dtype), tuple(sorted(kwargs.items())))
+        files = {k: v for k, v in ref.files.given().items() if k not in kwargs}  # an explicit kwarg wins
+        key = (root, cls_name, str(dtype), tuple(sorted(kwargs.items())), _file_keys(files))
         with self._lock:
             if key in self._pipelines:
                 return self._pipelines[key]
+            singles = self._single_files(folder, index, cls_name, files, dtype)
             shared = {n: self._components[(root, n, str(dtype))] for n in index  # an explicit kwarg (None: skip it) wins
-                      if (root, n, str(dtype)) in self._components and n not in kwargs}
-            pipe = self._from_pretrained(folder, cls_name, ref.label, dtype=dtype, **shared, **kwargs)
+                      if (root, n, str(dtype)) in self._components and n not in kwargs and n not in singles}
+            pipe = self._from_pretrained(folder, cls_name, ref.label, dtype=dtype, **shared, **singles, **kwargs)
             for name, module in module_components(pipe).items():
-                self._components[(root, name, str(dtype))] = module
+                if name not in singles:  # a single-file piece is never shared as the folder's own component
+                    self._components[(root, name, str(dtype))] = module
                 self._register(f"{ref.label}/{name}", module, role_of(name))
             self._pipelines[key] = pipe
             return pipe
+
+    def _single_files(self, folder: Path, index: dict, cls_name: str, files: dict[str, str], dtype) -> dict:
+        """Modules for the ComfyUI-style single files of a ModelRef (``engine.comfy_models``), each loaded once
+        per file version and dtype and shared by every pipeline of that folder that names the same file."""
+        if not files:
+            return {}
+        from .comfy_models.pieces import load_pieces
+
+        out, todo, keys = {}, {}, {}
+        for part, stamp in zip(files, _file_keys(files)):
+            keys[part] = ("file", str(folder.resolve()), part, stamp, str(dtype))  # one copy per file version
+            if keys[part] in self._components:
+                out[part] = self._components[keys[part]]
+            else:
+                todo[part] = files[part]
+        for part, module in load_pieces(folder, index, cls_name, todo, dtype).items():
+            self._components[keys[part]] = out[part] = module
+        return out
 
     @contextlib.contextmanager
     def transient_pipeline(self, folder: Path, pipeline_class: str, tag: str, **kwargs):
@@ -249,6 +270,18 @@ class ModelStore:
             self._components.clear()
             self.adapters.clear()
             self._names.clear()
+
+
+def _file_keys(files: dict[str, str]) -> tuple:
+    """(path, (size, mtime)) per single file: a file replaced on disk is loaded again, never served stale."""
+    out = []
+    for path in files.values():
+        try:
+            st = Path(path).stat()
+            out.append((path, (st.st_size, st.st_mtime_ns)))
+        except OSError:
+            out.append((path, None))
+    return tuple(out)
 
 
 def _uses_sdnq(folder: Path) -> bool:

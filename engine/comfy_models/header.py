@@ -61,7 +61,7 @@ def read_safetensors_header(path: str) -> TensorTable:
     end = 0
     for name, info in header.items():
         try:
-            dtype, shape, (start, stop) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
+            dtype, shape, (_, stop) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise HeaderError(f"tensor {name!r} has a malformed entry in the header") from None
         tensors[name] = (dtype, shape)

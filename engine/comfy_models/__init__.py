@@ -1,0 +1,10 @@
+"""A ComfyUI models folder as a model source (issue 21): ``folders`` (``--comfy-models``, extra_model_paths.yaml),
+``header`` + ``detect`` + ``index`` (what each file is, from headers only, cached), ``single_file`` + ``pieces``
+(loading through diffusers' ``from_single_file``), ``service`` (what the tabs ask). Nothing here writes into a
+scanned folder."""
+
+from .folders import ComfyFolders, comfy_folders
+from .index import ComfyIndex, Entry
+from .service import BASE_REPOS, ComfyModels, WanPair
+
+__all__ = ["BASE_REPOS", "ComfyFolders", "ComfyIndex", "ComfyModels", "Entry", "WanPair", "comfy_folders"]

@@ -1,0 +1,65 @@
+"""The single-file pieces of one pipeline: which file may stand in for which component (checked from the
+header before anything loads), and their loading with the configs of the pipeline's diffusers folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError, ModelLoadError
+from .detect import detect
+from .header import HeaderError, read_table
+
+#: pipeline family (class name prefix) -> component -> architectures (``detect``) that fit it
+FITS = {
+    "Flux": {"transformer": {"flux-dev", "flux-schnell", "flux-diffusers"}, "text_encoder": {"clip-l"},
+             "text_encoder_2": {"t5-xxl"}, "vae": {"vae-flux", "vae-ldm"}},
+    "Chroma": {"transformer": {"chroma"}, "text_encoder": {"t5-xxl"}, "vae": {"vae-flux", "vae-ldm"}},
+    "QwenImage": {"transformer": {"qwen-image"}, "text_encoder": {"qwen25-vl"}, "vae": {"vae-wan"}},
+    "Wan": {"transformer": {"wan22-i2v-a14b", "wan22-ti2v-5b"}, "transformer_2": {"wan22-i2v-a14b"},
+            "text_encoder": {"umt5-xxl"}, "vae": {"vae-wan", "vae-wan22"}},
+}
+SIGLIP = {"siglip"}
+
+
+def family(pipeline_class: str) -> str:
+    return next((f for f in FITS if pipeline_class.startswith(f)), "")
+
+
+def check_piece(pipeline_class: str, part: str, path: str, field: str) -> None:
+    """Refuse, from the header alone, a file that cannot be this component (a Wan file as a Flux transformer,
+    a truncated file ...), with a message naming the field."""
+    name = os.path.basename(path)
+    try:
+        table = read_table(path)
+    except HeaderError as exc:
+        raise InputError(field, f"{name}: {exc}") from None
+    except OSError as exc:
+        raise InputError(field, f"{name}: cannot read ({exc.strerror or exc})") from None
+    found = detect(table, name)
+    fits = FITS.get(family(pipeline_class), {}).get(part)
+    if fits is None:
+        raise InputError(field, f"{pipeline_class} has no {part} that can come from a single file")
+    if found.arch not in fits:
+        what = found.label if found.arch != "unknown" else f"not a recognised model ({found.reason})"
+        raise InputError(field, f"{name} is {what}; the {part} of {pipeline_class} needs "
+                                f"{' or '.join(sorted(fits))}")
+
+
+def load_pieces(folder: Path, index: dict, pipeline_class: str, files: dict[str, str],
+                dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """component -> module for each single file in ``files``, configs from ``folder`` (a diffusers folder)."""
+    from .single_file import load_diffusers_model, load_transformers_model
+
+    out = {}
+    for part, path in files.items():
+        spec = index.get(part)
+        if not isinstance(spec, list) or len(spec) != 2 or spec[0] is None:
+            raise ModelLoadError(f"{folder.name} has no {part} component to replace with {os.path.basename(path)}")
+        check_piece(pipeline_class, part, path, f"model.files.{part}")
+        library, class_name = spec
+        loader = load_diffusers_model if library == "diffusers" else load_transformers_model
+        out[part] = loader(path, class_name, folder, part, dtype)
+    return out
