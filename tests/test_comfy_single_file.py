@@ -1,0 +1,202 @@
+"""Single-file loading from the fake ComfyUI folder (issue 21): each tiny ComfyUI-layout file goes through diffusers'
+``from_single_file`` (or transformers' state_dict loading) and gives the pixels of the same model loaded from its
+diffusers folder; fp8 files stay fp8 through layerwise casting; safetensors are memory-mapped; bad files are
+refused with a message naming the field; the saved request names the absolute file paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import Engine, I2VRequest, InputError, ModelRef, SwapSettings, TextToImageRequest
+from engine.comfy_models.single_file import flux_family_to_diffusers, load_diffusers_model
+from engine.demo import demo_path
+from engine.demo_comfy import build_demo_comfy
+from engine.requests import SingleFiles
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+CHROMA = "lodestones/Chroma1-HD"
+QWEN = "Qwen/Qwen-Image"
+A14B = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+TI2V = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+
+
+@pytest.fixture(scope="module")
+def comfy(models_dir) -> Path:
+    return build_demo_comfy(models_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir, tmp_path_factory):
+    return Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path_factory.mktemp("comfy-out"))
+
+
+def t2i(engine, repo: str, files: SingleFiles = SingleFiles(), steps: int = 2):
+    req = TextToImageRequest(model=ModelRef(repo_id=repo, files=files), prompt="a red boat", width=32, height=32,
+                             steps=steps, seed=3)
+    result = engine.run(req)
+    return np.asarray(result.images[0]).astype(int), result
+
+
+@pytest.mark.parametrize("repo, files", [
+    (FLUX, {"transformer": "diffusion_models/flux1-dev-tiny.safetensors",
+            "text_encoder": "text_encoders/clip_l-tiny.safetensors",
+            "text_encoder_2": "text_encoders/t5xxl-tiny.safetensors"}),
+    (CHROMA, {"transformer": "diffusion_models/chroma-tiny.safetensors",
+              "text_encoder": "text_encoders/t5xxl-chroma-tiny.safetensors"}),
+    (QWEN, {"transformer": "diffusion_models/qwen_image_tiny_fp32.safetensors",
+            "text_encoder": "text_encoders/qwen_2.5_vl-tiny.safetensors"}),
+], ids=["flux", "chroma", "qwen-image"])
+def test_text_to_image_from_single_files_matches_diffusers_layout(engine, comfy, repo, files):
+    reference, _ = t2i(engine, repo)
+    paths = {part: str(comfy / rel) for part, rel in files.items()}
+    image, result = t2i(engine, repo, SingleFiles(**paths))
+    assert image.std() > 0 and np.array_equal(image, reference)
+    # the request it saved names the absolute file paths (what the ComfyUI export reads)
+    saved = json.loads(Path(next(f for f in result.files if f.endswith(".json"))).read_text())
+    assert {k: v for k, v in saved["model"]["files"].items() if v} == paths
+    label = Path(paths["transformer"]).name
+    ledger = {row["name"]: row for row in result.memory["modules"]}
+    for part in paths:  # every single-file piece is a row of the memory ledger
+        assert ledger[f"{label}/{part}"]["bytes"] > 0
+
+
+def test_fp8_file_stays_fp8_and_equals_the_fp8_rounded_model(engine, comfy, models_dir):
+    from diffusers import FluxPipeline
+
+    from engine.jobs.text2image import pipeline_kwargs
+
+    fp8 = str(comfy / "diffusion_models/flux1-dev-tiny-fp8_e4m3fn.safetensors")
+    image, _ = t2i(engine, FLUX, SingleFiles(transformer=fp8))
+    pipe = engine.store.load_pipeline(ModelRef(repo_id=FLUX, files=SingleFiles(transformer=fp8)))
+    linear = pipe.transformer.transformer_blocks[0].attn.to_q
+    assert linear.weight.dtype == torch.float8_e4m3fn  # stored fp8, cast per layer at compute time
+    assert engine.memory.entry(f"{Path(fp8).name}/transformer").bytes < engine.memory.entry(f"{FLUX}/transformer").bytes
+
+    ref = FluxPipeline.from_pretrained(demo_path(models_dir, "flux-dev"))
+    ref.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        for p in ref.transformer.parameters():
+            p.copy_(p.to(torch.float8_e4m3fn).to(p.dtype))
+    req = TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="a red boat", width=32, height=32, steps=2, seed=3)
+    expected = np.asarray(ref(**pipeline_kwargs(ref, req)).images[0]).astype(int)
+    assert np.array_equal(image, expected)
+
+
+def _mapped_ranges(path: str) -> list[tuple[int, int]]:
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(path):
+            lo, hi = line.split()[0].split("-")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_single_file_weights_are_memory_mapped_not_copied(comfy, models_dir):
+    """Wan's conversion only renames: every weight of the loaded expert lies inside the file's mapping."""
+    path = str(comfy / "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors")
+    model = load_diffusers_model(path, "WanTransformer3DModel", demo_path(models_dir, "wan22-i2v"), "transformer",
+                                 torch.float32)
+    ranges = _mapped_ranges(path)
+    assert ranges
+    params = list(model.parameters())
+    inside = [p for p in params if any(lo <= p.data_ptr() < hi for lo, hi in ranges)]
+    assert len(inside) == len(params)
+
+
+def test_flux_conversion_equals_diffusers_converter_at_flux1_width():
+    """At FLUX.1's real width (3072) our width-aware split gives exactly upstream's conversion; dim 1 is kept tiny."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    gen = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    def checkpoint(chroma: bool) -> dict:
+        sd = {"txt_in.weight": t(4, 2), "txt_in.bias": t(4), "img_in.weight": t(4, 2), "img_in.bias": t(4),
+              "final_layer.linear.weight": t(4, 2), "final_layer.linear.bias": t(4)}
+        if chroma:
+            for n in ("in_proj", "out_proj"):
+                sd |= {f"distilled_guidance_layer.{n}.weight": t(2, 2), f"distilled_guidance_layer.{n}.bias": t(2)}
+            sd |= {f"distilled_guidance_layer.layers.0.{n}.{p}": t(2) for n in ("in_layer", "out_layer")
+                   for p in ("weight", "bias")} | {"distilled_guidance_layer.norms.0.scale": t(2)}
+        else:
+            for n in ("time_in", "vector_in", "guidance_in"):
+                sd |= {f"{n}.{layer}.{p}": t(2) for layer in ("in_layer", "out_layer") for p in ("weight", "bias")}
+            sd |= {"final_layer.adaLN_modulation.1.weight": t(8, 2), "final_layer.adaLN_modulation.1.bias": t(8)}
+        d = "double_blocks.0."
+        for side in ("img", "txt"):
+            sd |= {f"{d}{side}_attn.qkv.weight": t(9, 2), f"{d}{side}_attn.qkv.bias": t(9),
+                   f"{d}{side}_attn.proj.weight": t(3, 2), f"{d}{side}_attn.proj.bias": t(3),
+                   f"{d}{side}_attn.norm.query_norm.scale": t(2), f"{d}{side}_attn.norm.key_norm.scale": t(2)}
+            sd |= {f"{d}{side}_mlp.{i}.{p}": t(2) for i in (0, 2) for p in ("weight", "bias")}
+            if not chroma:
+                sd |= {f"{d}{side}_mod.lin.weight": t(6, 2), f"{d}{side}_mod.lin.bias": t(6)}
+        s = "single_blocks.0."
+        sd |= {f"{s}linear1.weight": t(3 * 3072 + 4 * 3072, 2), f"{s}linear1.bias": t(3 * 3072 + 4 * 3072),
+               f"{s}linear2.weight": t(2, 2), f"{s}linear2.bias": t(2), f"{s}norm.query_norm.scale": t(2),
+               f"{s}norm.key_norm.scale": t(2)}
+        if not chroma:
+            sd |= {f"{s}modulation.lin.weight": t(3, 2), f"{s}modulation.lin.bias": t(3)}
+        return sd
+
+    config = {"num_attention_heads": 24, "attention_head_dim": 128}
+    for chroma, convert in ((False, sfu.convert_flux_transformer_checkpoint_to_diffusers),
+                            (True, sfu.convert_chroma_transformer_checkpoint_to_diffusers)):
+        sd = checkpoint(chroma)
+        upstream = convert(dict(sd))
+        ours = flux_family_to_diffusers(dict(sd), config, convert)
+        assert set(ours) == set(upstream)
+        assert all(torch.equal(ours[k], upstream[k]) for k in upstream)
+
+
+@pytest.fixture(scope="module")
+def start_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("comfy-i2v") / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def last_frame(result) -> np.ndarray:
+    return np.asarray(Image.open(next(f for f in result.files if f.endswith("-last-frame.png")))).astype(int)
+
+
+@pytest.mark.parametrize("repo, files", [
+    (A14B, {"transformer": "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors",
+            "transformer_2": "diffusion_models/wan2.2/wan2.2_i2v_low_noise_14B_tiny.safetensors",
+            "text_encoder": "text_encoders/umt5_xxl-tiny.safetensors"}),
+    (TI2V, {"transformer": "diffusion_models/wan2.2_ti2v_5B_tiny.safetensors"}),
+], ids=["a14b-pair", "ti2v-5b"])
+def test_image_to_video_from_single_files_matches_diffusers_layout(engine, comfy, start_image, repo, files):
+    def run(files):
+        req = I2VRequest(model=ModelRef(repo_id=repo, files=SingleFiles(**files)), image=start_image,
+                         prompt="waves", resolution="custom", width=32, height=32, num_frames=5, steps=1,
+                         swap=SwapSettings(), preview_every=0)
+        return last_frame(engine.run(req))
+
+    reference = run({})
+    frame = run({part: str(comfy / rel) for part, rel in files.items()})
+    assert frame.std() > 0 and np.array_equal(frame, reference)
+
+
+def test_wrong_or_broken_file_is_refused_naming_the_field(engine, comfy, tmp_path):
+    chroma = str(comfy / "diffusion_models/chroma-tiny.safetensors")
+    with pytest.raises(InputError) as err:
+        t2i(engine, FLUX, SingleFiles(transformer=chroma), steps=1)
+    assert err.value.field == "model.files.transformer" and "Chroma" in err.value.message
+    truncated = tmp_path / "half.safetensors"
+    data = (comfy / "diffusion_models/flux1-dev-tiny.safetensors").read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="truncated"):
+        t2i(engine, FLUX, SingleFiles(transformer=str(truncated)), steps=1)
+    with pytest.raises(InputError, match="needs clip-l"):
+        t2i(engine, FLUX, SingleFiles(text_encoder=str(comfy / "text_encoders/t5xxl-tiny.safetensors")), steps=1)
+    with pytest.raises(InputError, match="file not found"):
+        t2i(engine, FLUX, SingleFiles(transformer=str(tmp_path / "missing.safetensors")), steps=1)
