@@ -130,3 +130,32 @@ def qwen25vl_to_comfy(sd: dict) -> dict:
             key = "visual." + key[len("model.visual."):]
         out[key] = value
     return out
+
+
+def ldm_vae_to_original(sd: dict, num_blocks: int) -> dict:
+    """AutoencoderKL state dict -> the LDM layout of BFL's ``ae.safetensors`` (the inverse of diffusers'
+    ``convert_ldm_vae_checkpoint``: decoder up blocks counted from the other end, 1x1 conv attention weights)."""
+    out = {}
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    for key, value in sd.items():
+        side, _, rest = key.partition(".")
+        parts = rest.split(".")
+        if rest.startswith("mid_block.attentions.0."):
+            name = rest[len("mid_block.attentions.0."):]
+            for ours, theirs in attn.items():
+                name = name.replace(ours + ".", theirs + ".")
+            new = f"{side}.mid.attn_1.{name}"
+            value = value[:, :, None, None] if value.ndim == 2 else value
+        elif rest.startswith("mid_block.resnets."):
+            new = f"{side}.mid.block_{int(parts[2]) + 1}." + ".".join(parts[3:])
+        elif parts[0] in ("down_blocks", "up_blocks"):
+            i = int(parts[1]) if side == "encoder" else num_blocks - 1 - int(parts[1])
+            where = "down" if side == "encoder" else "up"
+            if parts[2] == "resnets":
+                new = f"{side}.{where}.{i}.block.{parts[3]}." + ".".join(parts[4:])
+            else:  # downsamplers.0.conv / upsamplers.0.conv
+                new = f"{side}.{where}.{i}.{'downsample' if where == 'down' else 'upsample'}." + ".".join(parts[4:])
+        else:
+            new = key.replace("conv_norm_out", "norm_out")
+        out[new.replace("conv_shortcut", "nin_shortcut")] = value
+    return out

@@ -4,7 +4,8 @@
   ``ComfyUI/models/``  the main base path, ComfyUI's own folder names:
     ``diffusion_models/`` Flux dev (BFL layout; plus an fp8 e4m3fn copy), Chroma (``model.diffusion_model.*``),
                           Qwen-Image, ``wan2.2/`` the I2V A14B high/low noise pair (Wan layout), TI2V 5B
-    ``vae/``              —  (the demo VAEs are too small for diffusers' fixed-depth VAE converters; the repo's VAE runs)
+    ``vae/``              the Flux VAE (LDM layout, as BFL's ``ae.safetensors``); the Wan VAE converter of diffusers assumes
+                          the real depth (2 res blocks), which the tiny Wan VAEs lack, so Wan/Qwen runs take the repo's VAE
     ``text_encoders/``    CLIP-L, T5-XXL (Flux), T5 (Chroma), umT5 (Wan), Qwen2.5-VL (transformers 4 names, as Comfy-Org)
     ``clip_vision/``      SigLIP;  ``ipadapter-flux/`` the InstantX ``ip-adapter.bin`` (a pickle);  ``loras/``
   ``extra/``           a second base path (``extra_model_paths.yaml``): more LoRAs
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from . import demo
 
-COMFY_DEMO_VERSION = "1"
+COMFY_DEMO_VERSION = "2"  # 2: the Flux VAE as ae-tiny.safetensors
 DIRNAME = "demo-comfyui"
 
 #: file -> (demo model, diffusers component) it was written from; names follow the real ComfyUI files'
@@ -36,6 +37,7 @@ FILES = {
     "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors": (demo.WAN22_I2V, "transformer"),
     "diffusion_models/wan2.2/wan2.2_i2v_low_noise_14B_tiny.safetensors": (demo.WAN22_I2V, "transformer_2"),
     "diffusion_models/wan2.2_ti2v_5B_tiny.safetensors": (demo.WAN22_TI2V, "transformer"),
+    "vae/ae-tiny.safetensors": (demo.FLUX_DEV, "vae"),
     "text_encoders/clip_l-tiny.safetensors": (demo.FLUX_DEV, "text_encoder"),
     "text_encoders/t5xxl-tiny.safetensors": (demo.FLUX_DEV, "text_encoder_2"),
     "text_encoders/t5xxl-chroma-tiny.safetensors": (demo.CHROMA, "text_encoder"),
@@ -104,6 +106,8 @@ def original_state(demo_dir: Path, model: str, component: str) -> dict:
             return {f"model.diffusion_model.{k}": v for k, v in layouts.chroma_to_original(
                 state, config["num_layers"], config["num_single_layers"], config["approximator_layers"]).items()}
         return layouts.flux_to_original(state, config["num_layers"], config["num_single_layers"])
+    if component == "vae" and model == demo.FLUX_DEV:
+        return layouts.ldm_vae_to_original(state, len(config["down_block_types"]))
     if model in (demo.WAN22_I2V, demo.WAN22_TI2V) and component.startswith("transformer"):
         return layouts.wan_to_original(state)
     if model == demo.QWEN_IMAGE and component == "text_encoder":

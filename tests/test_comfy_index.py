@@ -26,6 +26,7 @@ EXPECTED = {  # ComfyUI name -> (category, architecture, dtype)
     "wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors": ("diffusion_models", "wan22-i2v-a14b", "fp32"),
     "wan2.2/wan2.2_i2v_low_noise_14B_tiny.safetensors": ("diffusion_models", "wan22-i2v-a14b", "fp32"),
     "wan2.2_ti2v_5B_tiny.safetensors": ("diffusion_models", "wan22-ti2v-5b", "fp32"),
+    "ae-tiny.safetensors": ("vae", "vae-ldm", "fp32"),
     "clip_l-tiny.safetensors": ("text_encoders", "clip-l", "fp32"),
     "t5xxl-tiny.safetensors": ("text_encoders", "t5-xxl", "fp32"),
     "umt5_xxl-tiny.safetensors": ("text_encoders", "umt5-xxl", "fp32"),

@@ -46,7 +46,7 @@ def t2i(engine, repo: str, files: SingleFiles = SingleFiles(), steps: int = 2):
 @pytest.mark.parametrize("repo, files", [
     (FLUX, {"transformer": "diffusion_models/flux1-dev-tiny.safetensors",
             "text_encoder": "text_encoders/clip_l-tiny.safetensors",
-            "text_encoder_2": "text_encoders/t5xxl-tiny.safetensors"}),
+            "text_encoder_2": "text_encoders/t5xxl-tiny.safetensors", "vae": "vae/ae-tiny.safetensors"}),
     (CHROMA, {"transformer": "diffusion_models/chroma-tiny.safetensors",
               "text_encoder": "text_encoders/t5xxl-chroma-tiny.safetensors"}),
     (QWEN, {"transformer": "diffusion_models/qwen_image_tiny_fp32.safetensors",
