@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="local models (default ./models)")
     p.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default ./outputs)")
+    p.add_argument("--comfy-models", default="", metavar="DIR",
+                   help="a ComfyUI models folder (or the ComfyUI folder) whose files every tab can use, read-only")
+    p.add_argument("--comfy-config", default="", metavar="FILE",
+                   help="ComfyUI's extra_model_paths.yaml: its base paths are indexed too")
     p.add_argument("--auth", type=parse_auth, default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     args = p.parse_args(argv)
@@ -87,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError) as exc:  # e.g. --device cuda:7 on a one-GPU machine, or a typo
         print(f"error: cannot use device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+
+    comfy_models, comfy_config = args.comfy_models, args.comfy_config
+    if demo and not comfy_models and not comfy_config:  # the demo's own fake ComfyUI install, so the pickers show
+        from engine.demo_comfy import build_demo_comfy, yaml_path
+
+        comfy_models, comfy_config = build_demo_comfy(args.models_dir), yaml_path(args.models_dir)
+    if comfy_models or comfy_config:
+        print(f"ComfyUI models: {engine.comfy.configure(comfy_models, comfy_config)}", flush=True)
 
     import ui
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import vram_panel, zerogpu
+from . import comfy_panel, vram_panel, zerogpu
 from .components import guard_api_inputs
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
@@ -59,10 +59,12 @@ def build_app(engine) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as app:
         gr.HTML(header_html(engine), elem_id="app-header")
         vram_panel.build(engine)
+        comfy = comfy_panel.settings(engine)  # the tabs' pickers register with it
         with gr.Tabs():
             for label, module in TABS:
                 with gr.Tab(label, id=module.__name__.rsplit(".", 1)[-1]):
                     module.build(engine)
+        comfy_panel.wire(engine, comfy)
     app.queue(default_concurrency_limit=1)
     return guard_api_inputs(app)  # every event, every tab: a message naming the field for every wrong value
 

@@ -156,12 +156,18 @@ def check_fits(projector: MLPProjModel, transformer, encoder_width: int, name: s
         )
 
 
-def load_image_encoder(folder: Path, dtype: torch.dtype, label: str):
-    """SigLIP vision tower and its image processor from a local folder (a hub snapshot or the demo)."""
+def load_image_encoder(folder: Path, dtype: torch.dtype, label: str, file: str = ""):
+    """SigLIP vision tower and its image processor from a local folder (a hub snapshot or the demo); ``file``: the
+    weights from a single file instead (a ComfyUI ``clip_vision`` file), with the folder's config."""
     from transformers import SiglipImageProcessor, SiglipVisionModel
 
     try:
-        encoder = SiglipVisionModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        if file:
+            from ..comfy_models.single_file import load_transformers_model
+
+            encoder = load_transformers_model(file, "SiglipVisionModel", folder, "", dtype)
+        else:
+            encoder = SiglipVisionModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
         processor = SiglipImageProcessor.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"could not load {label} as a SigLIP image encoder: {str(exc).splitlines()[0]}") from None

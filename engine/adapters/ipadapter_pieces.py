@@ -90,7 +90,7 @@ def _file_id(path: Path) -> tuple:
 
 
 def pieces_for(store, adapter_location: Path, adapter_name: str, encoder_folder: Path, transformer,
-               dtype: torch.dtype, labels: tuple[str, str]) -> IPAdapterPieces:
+               dtype: torch.dtype, labels: tuple[str, str], encoder_file: str = "") -> IPAdapterPieces:
     """The loaded pieces for this adapter file, encoder and transformer layout: the kept ones when nothing changed
     (and the ledger still has them), else freshly loaded and registered, the old ones (and their token cache)
     dropped from the ledger first."""
@@ -98,7 +98,8 @@ def pieces_for(store, adapter_location: Path, adapter_name: str, encoder_folder:
     config = transformer.config
     layout = (len(transformer.attn_processors), config.num_attention_heads * config.attention_head_dim,
               config.joint_attention_dim)
-    key = (_file_id(path), str(encoder_folder.resolve()), str(dtype), layout)
+    key = (_file_id(path), str(encoder_folder.resolve()), encoder_file and _file_id(Path(encoder_file)), str(dtype),
+           layout)
     kept: IPAdapterPieces | None = store.adapters.get(STORE_KEY)
     if kept is not None and kept.key == key and all(n in store.memory for n in kept.names.values()):
         return kept
@@ -109,7 +110,7 @@ def pieces_for(store, adapter_location: Path, adapter_name: str, encoder_folder:
     projector = build_projector(state["image_proj"], path.name).to(dtype)
     layers = build_layers(state["ip_adapter"], transformer, path.name).to(dtype)
     del state
-    encoder, image_processor = load_image_encoder(encoder_folder, dtype, encoder_label)
+    encoder, image_processor = load_image_encoder(encoder_folder, dtype, encoder_label, encoder_file)
     check_fits(projector, transformer, encoder.config.hidden_size, path.name)
     names = {
         "image_encoder": store.register_module(f"{encoder_label}/vision_model", encoder, "image_encoder"),

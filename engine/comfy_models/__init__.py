@@ -5,6 +5,7 @@ scanned folder."""
 
 from .folders import ComfyFolders, comfy_folders
 from .index import ComfyIndex, Entry
-from .service import BASE_REPOS, ComfyModels, WanPair
+from .service import BASE_REPOS, CHOICE_PREFIX, ComfyModels, WanPair, choice_value, ref_from_choice
 
-__all__ = ["BASE_REPOS", "ComfyFolders", "ComfyIndex", "ComfyModels", "Entry", "WanPair", "comfy_folders"]
+__all__ = ["BASE_REPOS", "CHOICE_PREFIX", "ComfyFolders", "ComfyIndex", "ComfyModels", "Entry", "WanPair", "choice_value", "comfy_folders",
+           "ref_from_choice"]

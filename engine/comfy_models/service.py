@@ -3,6 +3,7 @@ into the request's ``ModelRef`` (base repo for configs + ``files``) or file path
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..requests import ModelRef, SingleFiles
 from .folders import comfy_folders
-from .index import ComfyIndex, Entry
+from .index import ComfyIndex, Entry, human_size
 
 #: transformer architecture -> the diffusers repo whose configs (and missing pieces) it runs with
 BASE_REPOS = {
@@ -60,6 +61,40 @@ class WanPair:
 
 def _family(arch: str) -> str:
     return "flux" if arch.startswith("flux") else arch.split("-")[0].replace("wan22", "wan")
+
+
+CHOICE_PREFIX = "comfy:"  # a model picker value naming ComfyUI files (JSON after the prefix), never a repo id
+VAE_ARCHS = {"vae-flux", "vae-ldm", "vae-wan", "vae-wan22"}
+FAMILY_OF_REPO = {repo.casefold(): _family(arch) for arch, repo in BASE_REPOS.items()}
+
+
+def choice_value(repo_id: str, files: dict[str, str]) -> str:
+    return CHOICE_PREFIX + json.dumps({"repo_id": repo_id, "files": files}, sort_keys=True)
+
+
+def ref_from_choice(value: str, pieces=(), field: str = "model") -> ModelRef:
+    """The ModelRef a model picker value stands for: a repo id as it is, or a ComfyUI choice (``choice_value``);
+    ``pieces`` ("<arch>:<path>" of VAE / text encoder files) fill the components that fit the model's family."""
+    value = (value or "").strip()
+    if value.startswith(CHOICE_PREFIX):
+        try:
+            data = json.loads(value[len(CHOICE_PREFIX):])
+            repo, files = str(data["repo_id"]), {str(k): str(v) for k, v in dict(data["files"]).items()}
+        except (ValueError, KeyError, TypeError):
+            raise InputError(field, "not a valid ComfyUI model choice; pick one from the list") from None
+    else:
+        repo, files = value, {}
+    family = FAMILY_OF_REPO.get(repo.casefold(), "")
+    for piece in pieces or ():
+        arch, _, path = str(piece).partition(":")
+        part = "vae" if arch in VAE_ARCHS else ENCODER_PARTS.get(family, {}).get(arch)
+        if not part or not path:
+            raise InputError(f"{field}.files", f"{os.path.basename(path) or piece} does not fit {repo or 'this model'}")
+        files[part] = path
+    try:
+        return ModelRef(repo_id=repo, files=SingleFiles(**files))
+    except TypeError:
+        raise InputError(f"{field}.files", f"unknown single-file component in {sorted(files)}") from None
 
 
 class ComfyModels:
@@ -134,6 +169,33 @@ class ComfyModels:
                                           f"{a.name} is taken as high)"))
                 used |= {a.path, b.path}
         return pairs
+
+    # ------------------------------------------------------------ picker choices
+    def model_choices(self, tab: str) -> list[tuple[str, str]]:
+        """(label, value) of every transformer file the tab can run (Wan A14B experts as high/low pairs)."""
+        out = []
+        if tab == "i2v":
+            for pair in self.wan_pairs():
+                out.append((f"{pair.label} · Wan 2.2 I2V A14B · {pair.high.dtype} (ComfyUI, paired {pair.how})",
+                            choice_value(BASE_REPOS["wan22-i2v-a14b"],
+                                         {"transformer": pair.high.path, "transformer_2": pair.low.path})))
+        for e in self.models(tab):
+            if e.arch == "wan22-i2v-a14b":
+                continue  # one expert alone cannot run: offered as pairs only
+            out.append((f"{e.name} · {e.label} · {e.dtype} · {human_size(e.size)} (ComfyUI)",
+                        choice_value(BASE_REPOS[e.arch], {"transformer": e.path})))
+        return out
+
+    def piece_choices(self, tab: str) -> list[tuple[str, str]]:
+        """(label, "<arch>:<path>") of the VAE and text encoder files a tab's models can take."""
+        families = {_family(a) for a in TAB_MODELS.get(tab, ())}
+        archs = set(VAE_ARCHS) | {a for f in families for a in ENCODER_PARTS.get(f, {})}
+        return [(f"{e.name} · {e.label} · {e.dtype}", f"{e.arch}:{e.path}") for kind in ("vae", "text_encoder")
+                for e in self.files_of(kind) if e.arch in archs]
+
+    def file_choices(self, kind: str) -> list[tuple[str, str]]:
+        """(label, path) of the usable files of one kind (``lora``, ``ip_adapter``, ``image_encoder``)."""
+        return [(f"{e.name} · {e.label} · {e.dtype} (ComfyUI)", e.path) for e in self.files_of(kind)]
 
     # ------------------------------------------------------------ picks -> request fields
     def entry(self, path: str, field: str) -> Entry:

@@ -69,6 +69,7 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
         transformer,
         transformer.dtype,
         (req.ip_adapter.label, req.image_encoder.label),
+        req.image_encoder.files.image_encoder,
     )
     timings["load"] = time.perf_counter() - t0
 

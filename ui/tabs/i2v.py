@@ -20,7 +20,7 @@ from engine.requests import (
     TurboWanSettings,
 )
 
-from .. import zerogpu
+from .. import comfy_panel, zerogpu
 from ..components import GPU_POOL, CancelSlots, as_int, engine_progress, run_row, run_with_feedback, seed_input
 from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 
@@ -50,12 +50,13 @@ def defaults(demo: bool) -> dict:
 
 def build_request(model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
                   guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
-                  turbo_quant, high_path, low_path, sigma_max, ode, *swap_values) -> I2VRequest:
+                  turbo_quant, high_path, low_path, sigma_max, ode, *swap_values, pieces=()) -> I2VRequest:
     turbo = TurboWanSettings(enabled=bool(turbo_on), checkpoints=ModelRef(repo_id=TURBOWAN_REPO),
                              quantized=bool(turbo_quant), high_path=(high_path or "").strip(),
                              low_path=(low_path or "").strip(), sigma_max=sigma_max, ode=bool(ode))
     request = I2VRequest(
-        model=ModelRef(repo_id=model or ""), image=image or "", prompt=prompt or "", negative_prompt=negative or "",
+        model=comfy_panel.model_ref(model, pieces), image=image or "", prompt=prompt or "",
+        negative_prompt=negative or "",
         resolution=resolution, aspect_ratio=aspect, width=as_int(width), height=as_int(height), fit=fit,
         num_frames=as_int(frames), steps=as_int(steps), guidance_scale=guidance, guidance_scale_2=guidance_2,
         boundary_ratio=boundary, fps=as_int(fps), seed=as_int(seed), output_format=fmt, quality=as_int(quality),
@@ -68,7 +69,7 @@ def build_request(model, image, prompt, negative, resolution, aspect, width, hei
 
 def plan_request(model, width, height, frames, *swap_values):
     """The plan needs the model, the size and the frames; the rest is a stand-in (no image yet is fine)."""
-    req = I2VRequest(model=ModelRef(repo_id=model or ""), resolution="custom", width=as_int(width),
+    req = I2VRequest(model=comfy_panel.model_ref(model), resolution="custom", width=as_int(width),
                      height=as_int(height), num_frames=as_int(frames), swap=swap_settings(*swap_values))
     for check in (req.model.validate, lambda: req.swap.validate("swap")):
         check()
@@ -119,8 +120,10 @@ def build(engine) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             suffix = " (tiny demo stand-in)" if engine.demo else ""
-            model = gr.Dropdown([(label + suffix, repo) for repo, label in MODELS.items()], value=next(iter(MODELS)),
-                                label="Model")
+            base = [(label + suffix, repo) for repo, label in MODELS.items()]
+            model = gr.Dropdown(comfy_panel.model_choices(engine, "i2v", base), value=next(iter(MODELS)),
+                                label="Model", info="ComfyUI high/low noise files run as one A14B pair")
+            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("i2v"), base)
             image = gr.Image(type="filepath", label="Start image", elem_id="i2v-image", height=220)
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="the waves roll in, the camera pans slowly left",
                                 elem_id="i2v-prompt")
@@ -173,6 +176,7 @@ def build(engine) -> None:
                     fmt = gr.Radio(list(VIDEO_FORMATS), value="mp4", label="Format")
                     quality = gr.Slider(1, 10, value=8, step=1, precision=0, label="Quality")
                     loop = gr.Checkbox(True, label="Loop (gif)")
+            pieces = comfy_panel.tab_picker(engine, "i2v", "i2v")["pieces"]
             memory = memory_mode_widget(engine, "i2v", "i2v")
             status, run = run_row(slots, "i2v", cancel_api="i2v_cancel")
         with gr.Column(scale=6):
@@ -193,17 +197,18 @@ def build(engine) -> None:
     wire_plan(engine, memory, plan_request, [model, width, height, frames, *memory.inputs])
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
-              turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs]
+              turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs, pieces]
 
     def run_i2v(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_, steps_,
                 guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_, threshold_, every_,
                 turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, mode, max_vram, resident, block_mb, prefetch,
-                streams, trace, request: gr.Request, progress=gr.Progress()):
+                streams, trace, pieces=None, request: gr.Request = None, progress=gr.Progress()):
         # explicit parameters: Gradio reads the signature to pass gr.Request and gr.Progress
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_,
                             steps_, guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_,
-                            threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, *swap_values)
+                            threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, *swap_values,
+                            pieces=pieces or ())
         cancel = slots.start(request)
         reporter = Reporter(progress)
         box: dict = {}

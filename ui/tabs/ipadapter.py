@@ -9,8 +9,9 @@ from pathlib import Path
 import gradio as gr
 
 from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
+from engine.requests import SingleFiles
 
-from .. import zerogpu
+from .. import comfy_panel, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -38,16 +39,24 @@ LABELS = {
     "ramp_steps": "Ramp: steps", "ip_adapter": "IP-Adapter", "image_encoder": "Image encoder",
     "ip_norm": "IP normalisation", "ip_adapter_file": "IP-Adapter file",
 }
+SIGLIP_REPO = "google/siglip-so400m-patch14-384"  # the encoder InstantX trained with: configs for a clip_vision file
 NORMS = [("keys and values (ComfyUI pack)", "kv"), ("keys only (InstantX diffusers reference)", "k")]
 
 
 def build_request(model, prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed,
                   references, weight, start_percent, end_percent, ramp, weight_start, weight_end, ramp_steps,
-                  offload_preprocessing, ip_norm, *swap_values) -> IPAdapterRequest:
+                  offload_preprocessing, ip_norm, *swap_values, adapter_file="", encoder_file="") -> IPAdapterRequest:
     """The request these widget values describe, validated. ``references`` is a list of (path or None, weight);
-    ``swap_values`` are the memory-mode widget's (none: the default mode)."""
+    ``swap_values`` are the memory-mode widget's (none: the default mode); ``adapter_file`` / ``encoder_file``:
+    an IP-Adapter and a SigLIP file from the ComfyUI folder ("" = the default repos)."""
+    extra = {}
+    if adapter_file:
+        extra["ip_adapter"] = ModelRef(path=adapter_file)
+    if encoder_file:
+        extra["image_encoder"] = ModelRef(repo_id=SIGLIP_REPO, files=SingleFiles(image_encoder=encoder_file))
     request = IPAdapterRequest(
-        model=ModelRef(repo_id=model or ""),
+        model=comfy_panel.model_ref(model),
+        **extra,
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
         width=as_int(width),
@@ -108,8 +117,10 @@ def build(engine) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             suffix = " (tiny demo stand-in)" if engine.demo else ""
-            model = gr.Dropdown([(label + suffix, repo) for repo, label in MODELS.items()], value=next(iter(MODELS)),
+            base = [(label + suffix, repo) for repo, label in MODELS.items()]
+            model = gr.Dropdown(comfy_panel.model_choices(engine, "ipadapter", base), value=next(iter(MODELS)),
                                 label="Model")
+            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("ipadapter"), base)
             images, weights = [], []
             with gr.Row():
                 for i in range(MAX_REFERENCES):
@@ -146,6 +157,8 @@ def build(engine) -> None:
                 offload = gr.Checkbox(True, label="Offload preprocessing",
                                       info="move the image encoder and projector off the GPU once the tokens exist")
                 norm = gr.Radio(NORMS, value="kv", label="IP normalisation")
+            comfy = comfy_panel.tab_picker(engine, "ipadapter", "ip", pieces=False, files={
+                "ip_adapter": "IP-Adapter file", "image_encoder": "Image encoder (clip_vision, SigLIP)"})
             memory = memory_mode_widget(engine, "text_to_image", "ip")
             status, run = run_row(slots, "ip", cancel_api="ipadapter_cancel")
         with gr.Column(scale=6):
@@ -158,13 +171,14 @@ def build(engine) -> None:
 
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
-                      mode, max_vram, resident, block_mb, prefetch, streams, trace,
-                      request: gr.Request, progress=gr.Progress()):
+                      mode, max_vram, resident, block_mb, prefetch, streams, trace, adapter_file=None,
+                      encoder_file=None, request: gr.Request = None, progress=gr.Progress()):
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         # explicit arguments: Gradio reads this signature
         pairs = [(keep_reference(engine.outputs_dir, ref), w) for ref, w in ((ref1, w1), (ref2, w2), (ref3, w3))]
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, pairs, weight,
-                            start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm, *swap_values)
+                            start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm, *swap_values,
+                            adapter_file=adapter_file or "", encoder_file=encoder_file or "")
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
@@ -178,7 +192,8 @@ def build(engine) -> None:
     run.click(
         run_with_feedback(run_ipadapter, status, LABELS),
         [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
-         weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs],
+         weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs,
+         comfy["ip_adapter"], comfy["image_encoder"]],
         [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="ipadapter", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )

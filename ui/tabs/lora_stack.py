@@ -15,7 +15,7 @@ import gradio as gr
 from engine import LoraStackRequest, ModelRef, Result, SwapSettings
 from engine.adapters import nunchaku
 
-from .. import zerogpu
+from .. import comfy_panel, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -50,11 +50,12 @@ BACKENDS = [("diffusers + peft", "diffusers"), ("Nunchaku (SVDQuant)", "nunchaku
 
 
 def model_ref(value: str | None) -> ModelRef:
-    """A dropdown value: a repo id, or a local folder typed in (an SDNQ model quantized on the catalog tab)."""
+    """A dropdown value: a repo id, a Qwen-Image file of the ComfyUI folder, or a local folder typed in (an SDNQ
+    model quantized on the catalog tab)."""
     value = (value or "").strip()
     if value and os.path.isdir(value):
         return ModelRef(path=value)
-    return ModelRef(repo_id=value)
+    return comfy_panel.model_ref(value)
 
 
 def build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
@@ -118,8 +119,10 @@ def build(engine) -> None:
         with gr.Column(scale=5):
             repos = DEMO_MODELS if demo else tuple(MODELS)
             choices = [(f"{MODELS[r]}{' (tiny demo stand-in)' if demo else ''}", r) for r in repos]
-            model = gr.Dropdown(choices, value=repos[0], label="Model", allow_custom_value=True,
+            model = gr.Dropdown(comfy_panel.model_choices(engine, "lora_stack", choices), value=repos[0], label="Model",
+                                allow_custom_value=True,
                                 info="or type the folder of an SDNQ model you quantized on the catalog tab")
+            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("lora_stack"), choices)
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="lora-prompt",
                                 placeholder="a watercolor fox reading a map, soft light")
             stack = stack_editor(engine, "lora", model, model_ref, "LoRA stack")
@@ -151,6 +154,7 @@ def build(engine) -> None:
                                            visible=state.available)
             with gr.Accordion("Edit an image (Qwen-Image-Edit)", open=False):
                 input_image = gr.Image(type="filepath", label="Input image", sources=["upload"])
+            comfy_panel.tab_picker(engine, "lora_stack", "lora", pieces=False)
             memory = memory_mode_widget(engine, "text_to_image", "lora")
             status, run = run_row(slots, "lora", cancel_api="lora_stack_cancel")
         with gr.Column(scale=6):

@@ -19,6 +19,8 @@ from engine.jobs.lora_stack import inspect as inspect_lora
 from engine.lora_presets import list_presets, load_preset, loras_dir, save_preset, store_upload
 from engine.requests import LORA_FILE_TYPES, LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS
 
+from .. import comfy_panel
+
 SPEC_FIELDS = ("path", "weight", "enabled", "name", "repo_id", "filename", "revision")
 
 
@@ -82,7 +84,7 @@ def folder_choices(engine) -> list[tuple[str, str]]:
     if engine.demo:
         for rel in (*QWEN_LORA_FILES, *QWEN_LORA_LAYOUT_FILES.values()):
             found.append((f"{Path(rel).name} (demo)", str(demo_root(engine.models_dir) / rel)))
-    return found
+    return found + engine.comfy.file_choices("lora")  # the ComfyUI folder's loras (and their yaml base paths)
 
 
 def spec_from_source(engine, path: str = "", repo: str = "", upload: str | None = None) -> LoraSpec:
@@ -148,6 +150,7 @@ def stack_editor(engine, prefix: str, model_box: gr.components.Component, model_
     with gr.Row(equal_height=True):
         pick = gr.Dropdown(folder_choices(engine), label="Add from the LoRA folder", scale=4,
                            elem_id=f"{prefix}-pick")
+        comfy_panel.register_dropdown(pick, lambda: folder_choices(engine))
         add_pick = gr.Button("Add", scale=1, elem_id=f"{prefix}-add")
     with gr.Accordion("Other sources: upload, a local path, a hub repo", open=False):
         upload = gr.File(label="Upload into the app's LoRA folder", file_types=list(LORA_FILE_TYPES),

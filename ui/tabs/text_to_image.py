@@ -6,9 +6,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import ModelRef, Result, TextToImageRequest
+from engine import Result, TextToImageRequest
 
-from .. import zerogpu
+from .. import comfy_panel, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -43,12 +43,13 @@ def defaults(demo: bool) -> dict:
 
 def build_request(
     model: str, prompt: str, negative_prompt: str, width, height, steps, guidance_scale, true_cfg_scale, seed,
-    *swap_values,
+    *swap_values, pieces=(),
 ) -> TextToImageRequest:
     """The request these widget values describe, validated (raises ``InputError`` naming the field).
-    ``swap_values`` are the memory-mode widget's (none: the default mode)."""
+    ``swap_values`` are the memory-mode widget's (none: the default mode); ``model`` is a repo id or a ComfyUI
+    folder choice, ``pieces`` the VAE / text encoder files picked from that folder."""
     request = TextToImageRequest(
-        model=ModelRef(repo_id=model or ""),
+        model=comfy_panel.model_ref(model, pieces),
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
         width=as_int(width),
@@ -95,7 +96,9 @@ def build(engine) -> None:
         with gr.Column(scale=5):
             choices = [(f"{label}{' (tiny demo stand-in)' if engine.demo else ''}", repo) for repo, label in
                        MODELS.items()]
-            model = gr.Dropdown(choices, value=next(iter(MODELS)), label="Model")
+            model = gr.Dropdown(comfy_panel.model_choices(engine, "text_to_image", choices), value=next(iter(MODELS)),
+                                label="Model")
+            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("text_to_image"), choices)
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a lighthouse on a cliff at dusk, oil painting",
                                 elem_id="t2i-prompt")
             width, height = size_sliders(d["size"], d["max_size"])
@@ -107,6 +110,7 @@ def build(engine) -> None:
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
                 true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
                                      info="real classifier-free guidance with the negative prompt; 1 = off")
+            pieces = comfy_panel.tab_picker(engine, "text_to_image", "t2i")["pieces"]
             memory = memory_mode_widget(engine, "text_to_image", "t2i")
             status, run = run_row(slots, "t2i", cancel_api="text_to_image_cancel")
         with gr.Column(scale=6):
@@ -117,9 +121,11 @@ def build(engine) -> None:
     wire_plan(engine, memory, plan_request, plan_inputs)
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
-                          resident, block_mb, prefetch, streams, trace, request: gr.Request, progress=gr.Progress()):
+                          resident, block_mb, prefetch, streams, trace, pieces=None, request: gr.Request = None,
+                          progress=gr.Progress()):
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
-        req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *swap_values)
+        req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *swap_values,
+                            pieces=pieces or ())
         cancel = slots.start(request)
         try:
             yield {status: "Running…"}
@@ -134,7 +140,7 @@ def build(engine) -> None:
 
     run.click(
         run_with_feedback(run_text_to_image, status, LABELS),
-        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs],
+        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces],
         [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="text_to_image", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
