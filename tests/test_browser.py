@@ -276,3 +276,24 @@ def test_perception_tab_shows_the_maps_and_the_3d_view(page, tmp_path):
     expect(page.locator("#pano-files").get_by_role("row", name=re.compile(r"-depth16\.png"))).to_be_visible()
     expect(page.locator("#pano-info")).to_contain_text("seam error")
     page.screenshot(path=str(tmp_path / "perception.png"), full_page=True)
+
+
+def test_comfy_folder_settings_and_a_run_from_a_picked_file(page):
+    """The demo app indexes its fake ComfyUI install: the settings field shows what it found, the Text to image
+    picker lists the folder's files and a run from one of them lists its single-file pieces in the memory panel."""
+    from playwright.sync_api import expect
+
+    page.get_by_text("ComfyUI models folder").first.click()
+    expect(page.locator("#comfy-status")).to_contain_text("usable")
+    page.locator("#comfy-rescan").click()
+    expect(page.locator("#comfy-status")).to_contain_text("from the cache")
+    page.get_by_role("tab", name="Text to image", exact=True).click()
+    page.locator("#t2i-model input").click()
+    page.get_by_role("option", name=re.compile(r"^flux1-dev-tiny\.safetensors")).click()
+    page.locator("#t2i-comfy").get_by_text("ComfyUI models folder").click()
+    expect(page.locator("#t2i-comfy-files")).to_contain_text("Flux dev")
+    page.locator("#t2i-prompt textarea").fill("a windmill")
+    page.locator("#t2i-run").click()
+    expect(page.locator("#t2i-status")).to_contain_text("Done", timeout=120_000)
+    page.get_by_text("Loaded modules").click()
+    expect(page.locator("#vram-modules")).to_contain_text("flux1-dev-tiny.safetensors/transformer", timeout=10_000)

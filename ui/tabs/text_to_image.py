@@ -97,7 +97,7 @@ def build(engine) -> None:
             choices = [(f"{label}{' (tiny demo stand-in)' if engine.demo else ''}", repo) for repo, label in
                        MODELS.items()]
             model = gr.Dropdown(comfy_panel.model_choices(engine, "text_to_image", choices), value=next(iter(MODELS)),
-                                label="Model")
+                                label="Model", elem_id="t2i-model")
             comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("text_to_image"), choices)
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a lighthouse on a cliff at dusk, oil painting",
                                 elem_id="t2i-prompt")
