@@ -197,11 +197,13 @@ def test_cache_reused_and_refreshed_when_a_file_changes(hostile, tmp_path):
 
 
 def test_read_only_every_file_unchanged_after_index_and_loads(hostile, tmp_path, models_dir):
-    """Index, refresh, and run text-to-image, image-to-video and LoRA loads from the folder: no file's mtime or hash
-    changes, and nothing is added or removed."""
+    """Index, refresh, and run text to image (fp32, fp8), a LoRA stack (safetensors + pickle LoRA) and image to
+    video (the expert pair) from the folder: no file's mtime or hash changes, and nothing is added or removed."""
     import numpy as np
 
-    from engine import Engine, TextToImageRequest
+    from PIL import Image
+
+    from engine import Engine, I2VRequest, LoraSpec, LoraStackRequest, TextToImageRequest
 
     root, _ = hostile
     before = tree_state(root)
@@ -213,8 +215,18 @@ def test_read_only_every_file_unchanged_after_index_and_loads(hostile, tmp_path,
                                  pieces={"text_encoder": files["clip_l-tiny.safetensors"]})
     result = engine.run(TextToImageRequest(model=ref, prompt="a lighthouse", width=32, height=32, steps=1))
     assert np.asarray(result.images[0]).std() > 0
-    for fp8 in (files["flux1-dev-tiny-fp8_e4m3fn.safetensors"],):
-        engine.run(TextToImageRequest(model=engine.comfy.model_ref(fp8), prompt="x", width=32, height=32, steps=1))
+    fp8 = files["flux1-dev-tiny-fp8_e4m3fn.safetensors"]
+    engine.run(TextToImageRequest(model=engine.comfy.model_ref(fp8), prompt="x", width=32, height=32, steps=1))
+    # LoRAs from the folder on its Qwen-Image file (the weights are mapped copy-on-write: patching never writes)
+    qwen = engine.comfy.model_ref(files["qwen_image_tiny_fp32.safetensors"])
+    loras = (LoraSpec(path=files["qwen-kohya-style.safetensors"]), LoraSpec(path=files["as-pickle.pt"], weight=0.5))
+    engine.run(LoraStackRequest(model=qwen, loras=loras, prompt="x", width=32, height=32, steps=1))
+    (pair,) = engine.comfy.wan_pairs()
+    image = tmp_path / "start.png"
+    Image.new("RGB", (32, 32), (40, 90, 200)).save(image)
+    wan = engine.comfy.model_ref(pair.high.path, transformer_2=pair.low.path)
+    engine.run(I2VRequest(model=wan, image=str(image), prompt="x", resolution="custom", width=32, height=32,
+                          num_frames=5, steps=1, preview_every=0))
     engine.comfy.index()
     assert tree_state(root) == before
 
