@@ -200,7 +200,6 @@ def test_read_only_every_file_unchanged_after_index_and_loads(hostile, tmp_path,
     """Index, refresh, and run text to image (fp32, fp8), a LoRA stack (safetensors + pickle LoRA) and image to
     video (the expert pair) from the folder: no file's mtime or hash changes, and nothing is added or removed."""
     import numpy as np
-
     from PIL import Image
 
     from engine import Engine, I2VRequest, LoraSpec, LoraStackRequest, TextToImageRequest
