@@ -101,6 +101,10 @@ class ModelStore:
             if not folder.exists():
                 raise InputError("model.path", f"no such file or folder: {folder}")
         else:
+            if allow_patterns is None and ref.files.given():  # never download what a single file replaces
+                from .comfy_models.pieces import repo_patterns
+
+                allow_patterns = repo_patterns(ref.files.given())
             folder = self._resolve_repo(ref, progress, cancel, allow_patterns)
         if ref.subfolder:
             folder = folder / ref.subfolder

@@ -200,3 +200,24 @@ def test_wrong_or_broken_file_is_refused_naming_the_field(engine, comfy, tmp_pat
         t2i(engine, FLUX, SingleFiles(text_encoder=str(comfy / "text_encoders/t5xxl-tiny.safetensors")), steps=1)
     with pytest.raises(InputError, match="file not found"):
         t2i(engine, FLUX, SingleFiles(transformer=str(tmp_path / "missing.safetensors")), steps=1)
+
+
+def test_real_weights_path_never_downloads_what_a_single_file_replaces(comfy, models_dir, tmp_path, monkeypatch):
+    """Without --demo, through huggingface_hub from a local fake hub: the repo lends configs, tokenizers, the VAE
+    and T5; the transformer and CLIP-L come from the ComfyUI files and their weights are never fetched."""
+    from tests.conftest import empty_hf_cache
+    from tests.fakehub import FakeHub
+
+    empty_hf_cache(tmp_path, monkeypatch)
+    with FakeHub() as hub:
+        hub.add_repo(FLUX, demo_path(models_dir, "flux-dev"))
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        engine = Engine(device="cpu", models_dir=tmp_path / "models", outputs_dir=tmp_path / "out")
+        files = SingleFiles(transformer=str(comfy / "diffusion_models/flux1-dev-tiny.safetensors"),
+                            text_encoder=str(comfy / "text_encoders/clip_l-tiny.safetensors"))
+        image, _ = t2i(engine, FLUX, files, steps=1)
+        assert image.std() > 0
+        assert hub.count("GET", "text_encoder_2/model") > 0 and hub.count("GET", "vae/diffusion_pytorch_model") > 0
+        assert hub.count("GET", "transformer/diffusion_pytorch_model") == 0
+        assert hub.count("GET", "text_encoder/model.safetensors") == 0
+        assert hub.count("GET", "transformer/config.json") > 0  # its config still comes from the repo

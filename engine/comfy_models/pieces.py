@@ -24,6 +24,20 @@ FITS = {
 SIGLIP = {"siglip"}
 
 
+#: weight-holding component folders of a diffusers repo (configs and tokenizers always come along)
+REPO_COMPONENTS = ("transformer", "transformer_2", "unet", "vae", "text_encoder", "text_encoder_2", "text_encoder_3",
+                   "image_encoder")
+
+
+def repo_patterns(given: dict[str, str]) -> list[str]:
+    """What to download of the base repo when ``given`` components come from single files: configs, tokenizers,
+    scheduler, and the weights of the other components only (a Flux transformer file saves its 23 GB download)."""
+    from ..hub import DIFFUSERS_PATTERNS
+
+    patterns = [p for p in DIFFUSERS_PATTERNS if not p.endswith(".safetensors")]
+    return patterns + [f"{part}/*.safetensors" for part in REPO_COMPONENTS if part not in given]
+
+
 def family(pipeline_class: str) -> str:
     return next((f for f in FITS if pipeline_class.startswith(f)), "")
 
