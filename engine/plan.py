@@ -50,16 +50,22 @@ def _nbytes(info: dict, load_bytes: int) -> int:
     return numel * per
 
 
-def component_size(name: str, folder: Path, load_bytes: int) -> ComponentSize | None:
-    """Sizes of one component folder: total, blocks in execution order, largest layer."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "") -> ComponentSize | None:
+    """Sizes of one component folder (or of the single file that replaces it): total, blocks in execution order,
+    largest layer."""
+    files = [Path(single_file)] if single_file else sorted(folder.glob("*.safetensors"))
+    if not files or not files[0].suffix == ".safetensors":
         return None
     blocks: dict[tuple[str, int], int] = {}
     leaves: dict[str, int] = {}
     total = 0
     for file in files:
-        for key, info in read_header(file).items():
+        header = read_header(file)
+        if single_file and role_of(name) == "transformer":  # a ComfyUI file: its transformer keys, unprefixed
+            from .comfy_models.detect import strip_transformer_prefix
+
+            header = {new: header[old] for new, old in strip_transformer_prefix(header).items()}
+        for key, info in header.items():
             n = _nbytes(info, load_bytes)
             total += n
             leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
@@ -76,13 +82,16 @@ def component_size(name: str, folder: Path, load_bytes: int) -> ComponentSize | 
     return ComponentSize(name, role_of(name), total, ordered, max(leaves.values(), default=0))
 
 
-def folder_sizes(folder: Path, load_bytes: int) -> list[ComponentSize]:
+def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = None) -> list[ComponentSize]:
+    """Every component's sizes; ``files``: components given as single files (``ModelRef.files``)."""
     index = json.loads((folder / "model_index.json").read_text())
+    files = files or {}
     out = []
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None or not (folder / name).is_dir():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None or not (
+                (folder / name).is_dir() or name in files):
             continue
-        size = component_size(name, folder / name, load_bytes)
+        size = component_size(name, folder / name, load_bytes, files.get(name, ""))
         if size is not None:
             out.append(size)
     return out
@@ -184,7 +193,7 @@ def plan_request(engine, request) -> Plan:
                                 "the plan appears once it is here")
     elem = load_elem_bytes(ref.dtype, device)
     extra = runner.plan_extra(engine, request, elem) if hasattr(runner, "plan_extra") else PlanExtra()
-    sizes = with_extra(folder_sizes(folder, elem), extra)
+    sizes = with_extra(folder_sizes(folder, elem, ref.files.given()), extra)
     act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
                               int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
                               int(getattr(request, "num_frames", 1)), elem, batch=extra.batch)

@@ -74,9 +74,18 @@ def test_fp8_file_stays_fp8_and_equals_the_fp8_rounded_model(engine, comfy, mode
     fp8 = str(comfy / "diffusion_models/flux1-dev-tiny-fp8_e4m3fn.safetensors")
     image, _ = t2i(engine, FLUX, SingleFiles(transformer=fp8))
     pipe = engine.store.load_pipeline(ModelRef(repo_id=FLUX, files=SingleFiles(transformer=fp8)))
+    engine.store.load_pipeline(ModelRef(repo_id=FLUX))  # the fp32 folder model, for the ledger comparison
     linear = pipe.transformer.transformer_blocks[0].attn.to_q
     assert linear.weight.dtype == torch.float8_e4m3fn  # stored fp8, cast per layer at compute time
     assert engine.memory.entry(f"{Path(fp8).name}/transformer").bytes < engine.memory.entry(f"{FLUX}/transformer").bytes
+
+    # the plan reads the file's header: fp8 weights are planned at 1 byte, and its blocks are the model's
+    plain = TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="x", width=32, height=32, steps=1,
+                               swap=SwapSettings(mode="block_swap"))
+    planned = TextToImageRequest(model=ModelRef(repo_id=FLUX, files=SingleFiles(transformer=fp8)), prompt="x",
+                                 width=32, height=32, steps=1, swap=SwapSettings(mode="block_swap"))
+    assert engine.plan(planned).weights_peak < engine.plan(plain).weights_peak
+    assert "0 of 4 blocks resident" in engine.plan(planned).explanation
 
     ref = FluxPipeline.from_pretrained(demo_path(models_dir, "flux-dev"))
     ref.set_progress_bar_config(disable=True)
@@ -221,3 +230,27 @@ def test_real_weights_path_never_downloads_what_a_single_file_replaces(comfy, mo
         assert hub.count("GET", "transformer/diffusion_pytorch_model") == 0
         assert hub.count("GET", "text_encoder/model.safetensors") == 0
         assert hub.count("GET", "transformer/config.json") > 0  # its config still comes from the repo
+
+
+def test_ipadapter_from_the_folders_adapter_and_clip_vision_files_matches_the_repos(engine, comfy, start_image):
+    """The IP-Adapter tab on ComfyUI files: a Flux transformer file, ``ipadapter-flux/*.bin`` (a pickle read with
+    weights_only) and a ``clip_vision`` SigLIP file give the pixels of the demo repos' adapter and encoder."""
+    from engine import IPAdapterRequest, ReferenceImage
+
+    base = dict(prompt="a red fox", width=32, height=32, steps=2, seed=11, references=(ReferenceImage(start_image),))
+    reference = engine.run(IPAdapterRequest(model=ModelRef(repo_id=FLUX), **base))
+    siglip = str(comfy / "clip_vision/siglip-tiny.safetensors")
+    result = engine.run(IPAdapterRequest(
+        model=ModelRef(repo_id=FLUX, files=SingleFiles(transformer=str(comfy / "diffusion_models/flux1-dev-tiny.safetensors"))),
+        ip_adapter=ModelRef(path=str(comfy / "ipadapter-flux/ip-adapter-tiny.bin")),
+        image_encoder=ModelRef(repo_id="google/siglip-so400m-patch14-384", files=SingleFiles(image_encoder=siglip)),
+        **base))
+    from engine.adapters.ipadapter_pieces import STORE_KEY
+
+    assert engine.store.adapters[STORE_KEY].key[2], "the SigLIP weights did not come from the clip_vision file"
+    assert engine.store.adapters[STORE_KEY].adapter_path.name == "ip-adapter-tiny.bin"
+    image = np.asarray(result.images[0]).astype(int)
+    assert image.std() > 0 and np.array_equal(image, np.asarray(reference.images[0]).astype(int))
+    plain = engine.run(TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="a red fox", width=32, height=32,
+                                          steps=2, seed=11))
+    assert not np.array_equal(image, np.asarray(plain.images[0]).astype(int))  # the adapter did act
