@@ -65,7 +65,8 @@ def hostile(comfy, tmp_path):
     (models / "diffusion_models/not-safetensors.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json!}xxxxx")
     save_file({"encoder.foo.weight": torch.zeros(2, 2)}, str(models / "diffusion_models/mystery.safetensors"))
     shutil.copyfile(models / "loras/qwen-comfy-style.safetensors", models / "loras/Stil mit Leerzeichen ünï 日本.safetensors")
-    torch.save(load_file(str(models / "loras/qwen-comfy-style.safetensors")), models / "loras/as-pickle.pt")
+    torch.save(load_file(str(root / EXTRA / "loras/qwen-kohya-style.safetensors")), models / "loras/as-pickle.pt")
+    (models / "diffusion_models/flux1-dev-Q4_K_S.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     marker = str(tmp_path / "pwned")
     torch.save({"x": torch.zeros(1), "evil": Evil(marker)}, models / "loras/evil.ckpt")
     (models / "loras/empty.pth").write_bytes(b"")
@@ -144,6 +145,8 @@ def test_bad_input_each_has_a_message_and_the_rest_is_indexed(hostile):
     assert any("symlink loop" in p for p in index.problems)
     assert any("dangling.safetensors: a broken link" in p for p in index.problems)
     assert "readme.txt" not in entries
+    gguf = entries["flux1-dev-Q4_K_S.gguf"]
+    assert not gguf.usable and "GGUF" in gguf.reason
     missing = ComfyIndex(comfy_folders(root / "nope", root / "extra_model_paths.yaml")).refresh()
     assert "does not exist" in missing.problems[0] and "qwen-kohya-style.safetensors" in by_name(missing)
 
@@ -197,7 +200,7 @@ def test_cache_reused_and_refreshed_when_a_file_changes(hostile, tmp_path):
 
 
 def test_read_only_every_file_unchanged_after_index_and_loads(hostile, tmp_path, models_dir):
-    """Index, refresh, and run text to image (fp32, fp8), a LoRA stack (safetensors + pickle LoRA) and image to
+    """Index, refresh, and run text to image (fp32, fp8), a LoRA stack (a non-ASCII name + a pickle LoRA) and image to
     video (the expert pair) from the folder: no file's mtime or hash changes, and nothing is added or removed."""
     import numpy as np
     from PIL import Image
@@ -218,7 +221,8 @@ def test_read_only_every_file_unchanged_after_index_and_loads(hostile, tmp_path,
     engine.run(TextToImageRequest(model=engine.comfy.model_ref(fp8), prompt="x", width=32, height=32, steps=1))
     # LoRAs from the folder on its Qwen-Image file (the weights are mapped copy-on-write: patching never writes)
     qwen = engine.comfy.model_ref(files["qwen_image_tiny_fp32.safetensors"])
-    loras = (LoraSpec(path=files["qwen-kohya-style.safetensors"]), LoraSpec(path=files["as-pickle.pt"], weight=0.5))
+    loras = (LoraSpec(path=files["Stil mit Leerzeichen ünï 日本.safetensors"]),  # spaces and non-ASCII in the name
+             LoraSpec(path=files["as-pickle.pt"], weight=0.5))  # a pickle, read with weights_only
     engine.run(LoraStackRequest(model=qwen, loras=loras, prompt="x", width=32, height=32, steps=1))
     (pair,) = engine.comfy.wan_pairs()
     image = tmp_path / "start.png"
