@@ -254,3 +254,32 @@ def test_ipadapter_from_the_folders_adapter_and_clip_vision_files_matches_the_re
     plain = engine.run(TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="a red fox", width=32, height=32,
                                           steps=2, seed=11))
     assert not np.array_equal(image, np.asarray(plain.images[0]).astype(int))  # the adapter did act
+
+
+def test_scaled_fp8_file_is_multiplied_out_on_load(comfy, models_dir, tmp_path):
+    """ComfyUI's scaled fp8 (``<layer>.weight`` fp8 + ``<layer>.scale_weight``, the ``scaled_fp8`` marker): each
+    weight loads as fp8 * scale in the compute dtype."""
+    from safetensors.torch import load_file, save_file
+
+    from engine.comfy_models.detect import detect
+    from engine.comfy_models.header import read_safetensors_header, weight_dtype
+
+    source = load_file(str(comfy / "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors"))
+    scaled, expected = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}, {}
+    for key, value in source.items():
+        if key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().max().clamp(min=1e-8) / 448
+            q = (value / scale).to(torch.float8_e4m3fn)
+            scaled[key], scaled[key[: -len("weight")] + "scale_weight"] = q, scale.reshape(())
+            expected[key] = q.to(torch.float32) * scale
+        else:
+            scaled[key] = expected[key] = value
+    path = tmp_path / "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
+    save_file(scaled, str(path))
+    table = read_safetensors_header(str(path))
+    assert weight_dtype(table) == "scaled fp8 e4m3fn" and detect(table, path.name).details["noise"] == "high"
+    model = load_diffusers_model(str(path), "WanTransformer3DModel", demo_path(models_dir, "wan22-i2v"),
+                                 "transformer", torch.float32)
+    assert model.single_file_info["fp8"].startswith("scaled")
+    q = model.blocks[0].attn1.to_q.weight
+    assert q.dtype == torch.float32 and torch.equal(q, expected["blocks.0.self_attn.q.weight"])
