@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from engine import Engine, InputError, LoraSpec, LoraStackRequest, ModelLoadError, ModelRef, SwapSettings
+from engine import TextToImageRequest as T2I
 from engine.demo import QWEN_LORA_FILES, QWEN_LORA_LAYOUT_FILES, demo_path, demo_root
 from engine.jobs.common import generator_for
 from engine.qwen_edit import load_processor
@@ -200,4 +201,7 @@ def test_edit_bad_input_is_a_clear_message(engine, files, images):
     with pytest.raises(InputError, match="multiple of 32") as err:  # the tiny VAE's 16x grid (the real one: 16 px)
         engine.run(edit_request(images, [files["a"]], width=48))
     assert err.value.field == "width"
+    with pytest.raises(InputError, match="edit model") as err:  # Text to image on an Edit model
+        engine.run(T2I(model=EDIT, prompt="a kite", width=32, height=32, steps=1))
+    assert err.value.field == "model"
     assert engine.run(edit_request(images, [files["a"]])).images  # the engine keeps working

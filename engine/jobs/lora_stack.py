@@ -119,7 +119,8 @@ def _nunchaku_transformer(engine, req: LoraStackRequest):
 def stage1_kwargs(pipe, req: LoraStackRequest) -> dict:
     # An edit keeps the request's width and height; upstream, given none, sizes the output like the input image
     # at about 1 MP. The input image itself is always resized to about 1 MP by the pipeline (VAE side) and, for the
-    # vision tower, to the processor's pixel range (EditPlus: 384x384 first), as upstream does.
+    # vision tower, to the processor's pixel range (EditPlus: 384x384 first), as upstream does. EditPlus takes a
+    # list of up to three images upstream; this tab gives it one.
     kwargs = pipeline_kwargs(pipe, req)
     if req.input_image:
         from PIL import Image
