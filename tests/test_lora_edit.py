@@ -205,3 +205,4 @@ def test_edit_bad_input_is_a_clear_message(engine, files, images):
         engine.run(T2I(model=EDIT, prompt="a kite", width=32, height=32, steps=1))
     assert err.value.field == "model"
     assert engine.run(edit_request(images, [files["a"]])).images  # the engine keeps working
+    assert any("input image's latents" in n for n in engine.plan(edit_request(images)).notes)

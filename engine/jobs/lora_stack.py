@@ -287,4 +287,8 @@ def plan_extra(engine, req: LoraStackRequest, elem: int):
         if path.resolve() not in seen and path.is_file():
             seen.add(path.resolve())
             extra.in_blocks += file_bytes(path, elem)
+    folder = engine.store.resolve_local(req.model)
+    if folder is not None and qwen_edit.is_edit_pipeline(read_model_index(folder).get("_class_name", "")):
+        extra.notes.append("an edit also runs the input image's latents (about 1 MP, 4096 tokens on the real "
+                           "model) through the transformer: activations are above this estimate")
     return extra
