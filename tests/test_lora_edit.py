@@ -151,6 +151,15 @@ def test_edit_plus_2509_with_a_stack_equals_diffusers_own_pipeline(engine, files
     assert np.array_equal(pixels(ours), expected)
 
 
+def test_an_edit_then_a_refine_stage_keeps_the_edit_as_stage_one(engine, files, images):
+    req = edit_request(images, [files["a"]], stage2=True, stage2_loras=(files["b"],), stage2_strength=0.5)
+    result = engine.run(req)
+    final, first = result.images
+    assert result.metadata["pipeline"] == "QwenImageEditPipeline"  # stage 2: QwenImageImg2ImgPipeline, same folder
+    assert np.array_equal(np.asarray(first), np.asarray(engine.run(edit_request(images, [files["a"]])).images[0]))
+    assert np.abs(np.asarray(final).astype(np.int16) - np.asarray(first)).max() > 0
+
+
 # ---------------------------------------------------------------- stale caches and memory modes
 def _raise_at(step: int):
     def progress(fraction, message):
