@@ -32,7 +32,7 @@ from ..components import (
 from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 from .lora_stack_editor import specs, stack_editor
 
-MODELS = {  # real repo ids; demo mode maps Qwen-Image to its tiny stand-in
+MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
     "Qwen/Qwen-Image": "Qwen-Image (bf16)",
     "Disty0/Qwen-Image-SDNQ-uint4-svd-r32": "Qwen-Image SDNQ uint4 (catalog)",
     "Disty0/Qwen-Image-Lightning-SDNQ-uint4-svd-r32": "Qwen-Image-Lightning SDNQ uint4 (catalog)",
