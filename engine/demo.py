@@ -12,6 +12,7 @@ wan22-ti2v-5b      Wan2.2-TI2V-5B-Diffusers layout: WanPipeline, one transformer
 turbowan22-i2v     ``TurboWan2.2-I2V-A14B-{high,low}-720P[-quant].pth``: the wan22-i2v experts in TurboDiffusion's
                    key layout (torch.save of a state dict; ``-quant``: int8 128x128-block weights + scales)
 qwen-image         QwenImagePipeline folder (Qwen2.5-VL text encoder)
+qwen-image-edit    Qwen/Qwen-Image-Edit layout (QwenImageEditPipeline, processor/; ``-2509``: EditPlus), demo_qwen_edit
 loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format), and
                    ``QWEN_LORA_LAYOUT_FILES``: the same kind of LoRA in ComfyUI (``diffusion_model.*``), kohya
                    (``lora_unet_*`` + ``alpha``) and seed 004's alias names (fused ``to_qkv`` ...)
@@ -45,8 +46,8 @@ from pathlib import Path
 from .omnix_tasks import TASKS as _OMNIX
 from .omnix_tasks import WEIGHT_NAME as _OMNIX_WEIGHT_NAME
 
-DEMO_VERSION = "5"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
-# 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata)
+DEMO_VERSION = "6"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
+# 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata); 6: Qwen-Image-Edit (+2509)
 MARKER_NAME = ".built-v1"
 DEMO_DIRNAME = "demo"
 
@@ -56,6 +57,7 @@ WAN22_I2V = "wan22-i2v"
 WAN22_TI2V = "wan22-ti2v-5b"
 TURBOWAN = "turbowan22-i2v"
 QWEN_IMAGE = "qwen-image"
+QWEN_IMAGE_EDIT, QWEN_IMAGE_EDIT_2509 = "qwen-image-edit", "qwen-image-edit-2509"
 FLUX_IP_ADAPTER = "flux-ip-adapter"
 SIGLIP = "siglip"
 OMNIX = "omnix"
@@ -70,6 +72,8 @@ DEMO_NAMES: tuple[str, ...] = (
     WAN22_TI2V,
     TURBOWAN,
     QWEN_IMAGE,
+    QWEN_IMAGE_EDIT,
+    QWEN_IMAGE_EDIT_2509,
     FLUX_IP_ADAPTER,
     SIGLIP,
     OMNIX,
@@ -225,6 +229,11 @@ def _build_all(root: Path) -> dict[str, float]:
             _build_turbowan(root / TURBOWAN, wan)
         with timed(QWEN_IMAGE):
             _build_qwen(root / QWEN_IMAGE, root)
+        with timed(QWEN_IMAGE_EDIT):
+            from .demo_qwen_edit import EDIT_PLUS_PIPELINE, build_qwen_edit
+
+            build_qwen_edit(root / QWEN_IMAGE_EDIT, root / QWEN_IMAGE)
+            build_qwen_edit(root / QWEN_IMAGE_EDIT_2509, root / QWEN_IMAGE, EDIT_PLUS_PIPELINE, seed=4311)
         with timed(SIGLIP):
             _build_siglip(root / SIGLIP)
         with timed(FLUX_IP_ADAPTER):

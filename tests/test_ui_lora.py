@@ -103,6 +103,25 @@ def test_api_run_twice_second_does_no_lora_work_and_bad_input_is_a_message(clien
     assert status.startswith("Done")
 
 
+def test_api_edit_run_on_qwen_image_edit_and_its_bad_input(client, paths, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(image)
+    stack = [entry(paths["a"]), entry(paths["kohya"], weight=0.5)]
+    edit = {"model": "Qwen/Qwen-Image-Edit", "input_image": handle_file(str(image))}
+    gallery, info, _, status, *_ = client.predict(*_args(stack, **edit), api_name="/lora_stack")
+    assert Path(gallery[0]["image"]).is_file() and status.startswith("Done") and "1 set_adapters" in status
+    with pytest.raises(AppError, match="Input image: .*give it an input image"):
+        client.predict(*_args(stack, model="Qwen/Qwen-Image-Edit"), api_name="/lora_stack")
+    with pytest.raises(AppError, match="Input image: .*not an edit model"):
+        client.predict(*_args(stack, input_image=handle_file(str(image))), api_name="/lora_stack")
+    assert tab.is_edit_model("Qwen/Qwen-Image-Edit-2509") and not tab.is_edit_model("Qwen/Qwen-Image")
+    assert set(tab.DEMO_MODELS) <= set(tab.MODELS)
+
+
 def test_result_text_shows_lora_work_and_unknown_key_warnings():
     class R:
         files = ["/x/a.png"]

@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+from .. import qwen_edit
 from ..adapters import nunchaku
 from ..adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
 from ..adapters.lora_stack import LoraComposer, StackItem, fingerprint
@@ -99,6 +100,8 @@ def _pipeline(engine, req: LoraStackRequest, pipeline_class: str | None, progres
     kwargs = {}
     if req.backend == "nunchaku":
         kwargs["transformer"] = _nunchaku_transformer(engine, req)
+    if pipeline_class and qwen_edit.is_edit_pipeline(pipeline_class):
+        kwargs.update(qwen_edit.pipeline_kwargs(engine.store, engine.store.resolve(req.model)))
     return engine.store.load_pipeline(req.model, pipeline_class, progress=engine.download_progress(progress),
                                       cancel=cancel, **kwargs)
 
@@ -114,6 +117,10 @@ def _nunchaku_transformer(engine, req: LoraStackRequest):
 
 
 def stage1_kwargs(pipe, req: LoraStackRequest) -> dict:
+    # An edit keeps the request's width and height; upstream, given none, sizes the output like the input image
+    # at about 1 MP. The input image itself is always resized to about 1 MP by the pipeline (VAE side) and, for the
+    # vision tower, to the processor's pixel range (EditPlus: 384x384 first), as upstream does. EditPlus takes a
+    # list of up to three images upstream; this tab gives it one.
     kwargs = pipeline_kwargs(pipe, req)
     if req.input_image:
         from PIL import Image
@@ -140,19 +147,30 @@ def stage2_kwargs(pipe, req: LoraStackRequest, image) -> dict:
 def cache_key(req: LoraStackRequest, fp: str, stage: int) -> str:
     """What a step-cache entry depends on; the cache is also rebuilt per stage, so nothing outlives it."""
     data = [req.model.to_dict(), fp, req.step_cache, req.width, req.height, req.steps, stage, req.true_cfg_scale,
-            bool(req.negative_prompt.strip())]
+            bool(req.negative_prompt.strip()), content_hash(req.input_image) if req.input_image else ""]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage1_class(engine, req: LoraStackRequest) -> str:
     """The model's own pipeline class; an input image needs a Qwen-Image-Edit model and an Edit model one."""
     cls = read_model_index(engine.store.resolve(req.model))["_class_name"]
-    if req.input_image and "Edit" not in cls:
-        raise InputError("input_image", f"{req.model.label} is a {cls}; editing an input image needs a "
-                                        "Qwen-Image-Edit model (or remove the input image)")
-    if not req.input_image and "Edit" in cls:
-        raise InputError("input_image", f"{req.model.label} is an edit model ({cls}): give it an input image")
+    edit = qwen_edit.is_edit_pipeline(cls)
+    if req.input_image and not edit:
+        raise InputError("input_image", f"{req.model.label} is a {cls}, not an edit model; editing an input image "
+                                        "needs Qwen-Image-Edit or Qwen-Image-Edit-2509 (or remove the input image)")
+    if not req.input_image and edit:
+        raise InputError("input_image", f"{req.model.label} is an edit model ({cls}): give it an input image, or "
+                                        "pick Qwen-Image to generate from the prompt alone")
     return cls
+
+
+def _check_edit_size(pipe, req: LoraStackRequest) -> None:
+    """Upstream's Edit pipelines round the output size down to their latent grid without a word; say so instead
+    (16 px on the real models, 32 on the tiny demo one)."""
+    multiple = pipe.vae_scale_factor * 2
+    for side in ("width", "height"):
+        if getattr(req, side) % multiple:
+            raise InputError(side, f"{getattr(req, side)} px: {req.model.label} needs a multiple of {multiple}")
 
 
 def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
@@ -161,6 +179,8 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
     progress(0.0, f"loading {req.model.label}")
     pipe = _pipeline(engine, req, stage1_class(engine, req), progress, cancel)
     timings["load"] = time.perf_counter() - t0
+    if req.input_image:
+        _check_edit_size(pipe, req)
     if req.backend == "nunchaku":
         return _run_nunchaku(engine, req, pipe, progress, cancel, timings)
     composer = LoraComposer.of(engine.store, pipe, req.model.label)
@@ -267,4 +287,8 @@ def plan_extra(engine, req: LoraStackRequest, elem: int):
         if path.resolve() not in seen and path.is_file():
             seen.add(path.resolve())
             extra.in_blocks += file_bytes(path, elem)
+    folder = engine.store.resolve_local(req.model)
+    if folder is not None and qwen_edit.is_edit_pipeline(read_model_index(folder).get("_class_name", "")):
+        extra.notes.append("an edit also runs the input image's latents (about 1 MP, 4096 tokens on the real "
+                           "model) through the transformer: activations are above this estimate")
     return extra

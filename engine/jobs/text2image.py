@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+from ..errors import InputError
+from ..models import read_model_index
+from ..qwen_edit import is_edit_pipeline
 from ..requests import TextToImageRequest
 from ..result import Result
 from .common import accepted_kwargs, generator_for, run_denoise
@@ -40,6 +43,10 @@ def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     progress(0.0, f"loading {req.model.label}")
+    cls = read_model_index(engine.store.resolve(req.model)).get("_class_name", "")
+    if is_edit_pipeline(cls):
+        raise InputError("model", f"{req.model.label} is an edit model ({cls}): run it on the LoRA stack tab with "
+                                  "an input image")
     pipe = engine.store.load_pipeline(req.model, progress=engine.download_progress(progress), cancel=cancel)
     timings["load"] = time.perf_counter() - t0
     images = generate(engine, pipe, req, progress, cancel, timings)

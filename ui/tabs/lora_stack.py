@@ -32,13 +32,14 @@ from ..components import (
 from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 from .lora_stack_editor import specs, stack_editor
 
-MODELS = {  # real repo ids; demo mode maps Qwen-Image to its tiny stand-in
+MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
     "Qwen/Qwen-Image": "Qwen-Image (bf16)",
     "Disty0/Qwen-Image-SDNQ-uint4-svd-r32": "Qwen-Image SDNQ uint4 (catalog)",
     "Disty0/Qwen-Image-Lightning-SDNQ-uint4-svd-r32": "Qwen-Image-Lightning SDNQ uint4 (catalog)",
     "Qwen/Qwen-Image-Edit": "Qwen-Image-Edit (needs an input image)",
+    "Qwen/Qwen-Image-Edit-2509": "Qwen-Image-Edit-2509 (needs an input image)",
 }
-DEMO_MODELS = ("Qwen/Qwen-Image",)
+DEMO_MODELS = ("Qwen/Qwen-Image", "Qwen/Qwen-Image-Edit", "Qwen/Qwen-Image-Edit-2509")
 LABELS = {
     "model": "Model", "prompt": "Prompt", "negative_prompt": "Negative prompt", "width": "Width", "height": "Height",
     "steps": "Steps", "guidance_scale": "Guidance", "true_cfg_scale": "True CFG", "seed": "Seed",
@@ -56,6 +57,11 @@ def model_ref(value: str | None) -> ModelRef:
     if value and os.path.isdir(value):
         return ModelRef(path=value)
     return comfy_panel.model_ref(value)
+
+
+def is_edit_model(value: str | None) -> bool:
+    """A Qwen-Image-Edit repo id (the engine checks the folder's pipeline class; this only opens the image box)."""
+    return "qwen-image-edit" in (value or "").casefold()
 
 
 def build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
@@ -152,8 +158,11 @@ def build(engine) -> None:
                             elem_id="lora-nunchaku")
                 nunchaku_file = gr.Textbox(label="Nunchaku transformer (svdq-*.safetensors)",
                                            visible=state.available)
-            with gr.Accordion("Edit an image (Qwen-Image-Edit)", open=False):
-                input_image = gr.Image(type="filepath", label="Input image", sources=["upload"])
+            with gr.Accordion("Edit an image (Qwen-Image-Edit)", open=False) as edit_box:
+                gr.Markdown("Pick a Qwen-Image-Edit model above: it changes this image as the prompt says, with "
+                            "the same LoRA stack. Leave it empty for Qwen-Image.")
+                input_image = gr.Image(type="filepath", label="Input image", sources=["upload"],
+                                       elem_id="lora-input-image")
             comfy_panel.tab_picker(engine, "lora_stack", "lora", pieces=False)
             memory = memory_mode_widget(engine, "text_to_image", "lora")
             status, run = run_row(slots, "lora", cancel_api="lora_stack_cancel")
@@ -162,6 +171,7 @@ def build(engine) -> None:
             memory.trace_plot.render()
 
     wire_plan(engine, memory, plan_request, [model, width, height, steps, *memory.inputs])
+    model.change(lambda value: gr.Accordion(open=is_edit_model(value)), model, edit_box, show_progress="hidden")
 
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,
               nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps, stage2_upscale,
