@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def serve_engine(models_dir, tmp_path_factory):
     t0 = time.monotonic()
     engine = launch.start_serve(2, models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("front-outputs"),
                                 replica_outputs_dir=tmp_path_factory.mktemp("replica-outputs"), demo=True,
-                                num_cpus=4, log=lines.append)
+                                num_cpus=4, log=lines.append, log_to_driver=False)
     engine.startup_s = time.monotonic() - t0
     engine.lines = lines
     wait_for_replicas(engine, 2, timeout=60)
@@ -121,6 +122,30 @@ def test_replicas_give_the_local_engines_pixels_for_text_to_image_and_catalog(se
         assert remote.metadata["replica"]["pid"] not in (None, os.getpid())
     # progress came back step by step, in order, for both runs
     assert [s for s in steps if s.startswith("step")] == ["step 1/2", "step 2/2"] * 2
+
+
+@pytest.mark.timeout(180)
+def test_uploaded_images_travel_as_bytes_and_the_video_comes_back(serve_engine, local_engine, tmp_path):
+    """A replica on another host cannot read the page's upload folder: the start image goes along with the
+    request JSON, the replica runs on its own copy, and the video and last frame come back as files."""
+    from PIL import Image
+
+    from engine import I2VRequest, SwapSettings
+
+    start = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(start)
+    req = I2VRequest(image=str(start), prompt="waves", resolution="custom", width=32, height=32, num_frames=5,
+                     steps=2, seed=5, swap=SwapSettings(), preview_every=0)
+    remote = serve_engine.run_json(req.to_dict())  # without request=: the result names the replica's request
+    copy = remote.request.image
+    assert copy != str(start) and "/inputs/" in copy and Path(copy).read_bytes() == start.read_bytes()
+    local = local_engine.run(req)
+    frame = next(f for f in remote.files if f.endswith("-last-frame.png"))
+    expected = next(f for f in local.files if f.endswith("-last-frame.png"))
+    assert np.array_equal(np.asarray(Image.open(frame)), np.asarray(Image.open(expected)))
+    assert remote.video_path and Path(remote.video_path).stat().st_size > 0
+    assert str(serve_engine.outputs_dir) in remote.video_path
+    assert serve_engine.run(req).request == req  # through run(): the caller's own request comes back
 
 
 @pytest.mark.timeout(120)

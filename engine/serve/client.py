@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import Cancelled, EngineError, InputError
 from ..requests import Request
 from ..result import Result
-from .wire import describe, raise_error, unpack_result
+from .wire import attach_inputs, describe, raise_error, unpack_result
 
 _DIED = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError", "WorkerCrashedError",
          "NodeDiedError", "OwnerDiedError", "ObjectLostError")
@@ -87,13 +87,14 @@ class ServeEngine:
 
     def run(self, request: Request, progress=None, cancel: threading.Event | None = None) -> Result:
         self.prepare(request)
-        return self.run_json(request.to_dict(), progress, cancel)
+        return self.run_json(request.to_dict(), progress, cancel, request=request)
 
-    def run_json(self, data: dict, progress=None, cancel: threading.Event | None = None, on_start=None) -> Result:
+    def run_json(self, data: dict, progress=None, cancel: threading.Event | None = None, on_start=None,
+                 request: Request | None = None) -> Result:
         """Send one request JSON (as ``python -m engine run`` reads it) to a replica and wait for its result.
         ``on_start(event)`` hears which replica took the job (its id, host and pid) as soon as it starts."""
         job = uuid.uuid4().hex[:12]
-        response = self._handle.options(stream=True).run.remote(job, data)
+        response = self._handle.options(stream=True).run.remote(job, attach_inputs(data))
         done = threading.Event()
         started: dict = {}
         if cancel is not None:
@@ -118,7 +119,7 @@ class ServeEngine:
                 elif kind == "error":
                     raise_error(event)
                 elif kind == "result":
-                    result = unpack_result(event, self.outputs_dir)
+                    result = unpack_result(event, self.outputs_dir, request)
                     result.metadata.setdefault("replica", {k: started.get(k) for k in ("replica", "host", "pid")})
                     return result
             raise EngineError(f"{describe(started)} ended the job without a result")

@@ -43,7 +43,8 @@ def replica_plan(wanted: int, gpus: float, cpus: float) -> tuple[int, dict, str 
 
 
 def start_serve(replicas: int, *, models_dir: Path, outputs_dir: Path, demo: bool, address: str | None = None,
-                replica_outputs_dir: Path | None = None, num_cpus: int | None = None, log=print):
+                replica_outputs_dir: Path | None = None, num_cpus: int | None = None, log=print,
+                log_to_driver: bool = True):
     """Deploy ``replicas`` engine replicas and return the ``ServeEngine`` the UI runs on.
 
     ``address``: a running Ray cluster (``ray start --head``; default ``RAY_ADDRESS``), else a local Ray.
@@ -58,7 +59,7 @@ def start_serve(replicas: int, *, models_dir: Path, outputs_dir: Path, demo: boo
         env = {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
         try:
             ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, num_cpus=num_cpus,
-                     runtime_env={"env_vars": env}, log_to_driver=False)
+                     runtime_env={"env_vars": env}, log_to_driver=log_to_driver)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise EngineError(f"cannot start or reach Ray (address {address or 'local'}): {exc}") from exc
     resources = ray.cluster_resources()

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .wire import error_event, pack_result, png_bytes
+from .wire import error_event, pack_result, png_bytes, receive_inputs
 
 BOARD_NAME = "diffusion-studio-board"
 NAMESPACE = "diffusion-studio"
@@ -115,8 +115,9 @@ class EngineReplica:
         return {"replica": self.replica, "host": self.host, "pid": self.pid}
 
     # ------------------------------------------------------------ the run
-    async def run(self, job_id: str, request_json: dict):
-        """Run one request (the headless CLI's JSON); yields start, progress/preview, then result or error."""
+    async def run(self, job_id: str, message: dict):
+        """Run one request (``wire.attach_inputs``: the headless CLI's JSON and its uploaded images); yields
+        start, progress/preview, then result or error."""
         import threading as _threading
 
         from ..requests import request_from_dict
@@ -130,7 +131,8 @@ class EngineReplica:
 
         def work() -> None:
             try:
-                request = request_from_dict(request_json)  # an unknown kind is refused here, with the known ones
+                data = receive_inputs(message, self.outputs_dir / "inputs")
+                request = request_from_dict(data)  # an unknown kind is refused here, with the known ones
                 event = pack_result(self.engine.run(request, reporter, cancel), self.outputs_dir)
             except BaseException as exc:  # every outcome becomes an event: the caller re-raises it
                 event = error_event(exc)

@@ -43,6 +43,46 @@ def raise_error(event: dict) -> None:
     raise EngineError(message)
 
 
+INPUT_FIELDS = ("image", "panorama", "input_image")  # a request's uploaded images (and references[].path)
+
+
+def _input_paths(data: dict) -> list[tuple[dict, str]]:
+    """(the dict holding it, key) for every uploaded image a request JSON names."""
+    found = [(data, key) for key in INPUT_FIELDS if isinstance(data.get(key), str) and data[key]]
+    found += [(ref, "path") for ref in data.get("references") or () if isinstance(ref, dict) and ref.get("path")]
+    return found
+
+
+def attach_inputs(data: dict) -> dict:
+    """The request JSON plus the bytes of the images it names: a replica on another host cannot read the front
+    end's upload folder. Models and LoRA files stay paths (a shared ``--models-dir``)."""
+    inputs = {}
+    for holder, key in _input_paths(data):
+        path = Path(holder[key])
+        if path.is_file():
+            inputs[str(path)] = path.read_bytes()
+    return {"request": data, "inputs": inputs}
+
+
+def receive_inputs(message: dict, folder: Path) -> dict:
+    """On the replica: write the attached images under ``folder`` (named by content) and point the request at
+    them; a path sent without bytes is left as it is."""
+    import copy
+    import hashlib
+
+    data = copy.deepcopy(message["request"])
+    for holder, key in _input_paths(data):
+        blob = message.get("inputs", {}).get(holder[key])
+        if blob is None:
+            continue
+        target = folder / f"{hashlib.sha256(blob).hexdigest()[:16]}{Path(holder[key]).suffix}"
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
+        holder[key] = str(target)
+    return data
+
+
 def _relative(path: str, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(root.resolve()))
@@ -72,8 +112,9 @@ def pack_result(result: Result, outputs_dir: Path) -> dict:
     }
 
 
-def unpack_result(event: dict, outputs_dir: Path) -> Result:
-    """Write the files into this side's outputs folder (same relative paths) and rebuild the ``Result``."""
+def unpack_result(event: dict, outputs_dir: Path, request=None) -> Result:
+    """Write the files into this side's outputs folder (same relative paths) and rebuild the ``Result`` (for
+    ``request``, the caller's own, whose image paths are this side's; else the replica's)."""
     from PIL import Image
 
     local: dict[str, str] = {}
@@ -88,7 +129,7 @@ def unpack_result(event: dict, outputs_dir: Path) -> Result:
         image.load()
         images.append(image)
     return Result(
-        request=request_from_dict(event["request"]),
+        request=request if request is not None else request_from_dict(event["request"]),
         images=images,
         video_path=local.get(event["video"]) if event.get("video") else None,
         maps={caption: local.get(rel, rel) for caption, rel in event["maps"].items()},
