@@ -64,7 +64,7 @@ def background_run(engine, request, **kwargs) -> tuple[threading.Thread, dict]:
     box: dict = {"started": threading.Event()}
 
     def on_start(event):
-        box["start"] = event
+        box["start"] = {**event, "time": time.monotonic()}
         box["started"].set()
 
     def work():
@@ -72,6 +72,7 @@ def background_run(engine, request, **kwargs) -> tuple[threading.Thread, dict]:
             box["result"] = engine.run_json(request.to_dict(), on_start=on_start, **kwargs)
         except Exception as exc:
             box["error"] = exc
+        box["done"] = time.monotonic()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -158,16 +159,22 @@ def test_an_unknown_request_kind_is_refused_by_the_replica_with_the_known_ones(s
 
 
 @pytest.mark.timeout(180)
-def test_two_concurrent_runs_land_on_two_replicas_and_the_panel_shows_both(serve_engine):
+def test_concurrent_runs_land_on_two_replicas_a_third_queues_and_the_panel_shows_both(serve_engine):
     from ui import vram_panel
 
-    runs = [background_run(serve_engine, TextToImageRequest(**{**GEN, "width": 64, "height": 64, "steps": 30,
-                                                                  "seed": seed})) for seed in (1, 2)]
+    runs = []
+    for seed in (1, 2, 3):
+        runs.append(background_run(serve_engine, TextToImageRequest(**{**GEN, "width": 64, "height": 64,
+                                                                         "steps": 30, "seed": seed})))
+        if seed < 3:
+            assert runs[-1][1]["started"].wait(60)
     for thread, _ in runs:
         thread.join(150)
     boxes = [box for _, box in runs]
     assert all("result" in b for b in boxes), [b.get("error") for b in boxes]
-    assert len({b["start"]["replica"] for b in boxes}) == 2
+    assert len({b["start"]["replica"] for b in boxes[:2]}) == 2  # one job per replica at a time
+    # the third waited in Serve's queue until a replica was free, then ran there
+    assert boxes[2]["start"]["time"] >= min(b["done"] for b in boxes[:2]) - 0.5
     snapshot = serve_engine.memory.snapshot()
     assert len(snapshot["replicas"]) == 2
     html = vram_panel.format_devices(snapshot)

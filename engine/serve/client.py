@@ -8,6 +8,7 @@ by a local ``Engine`` that never loads a model.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from pathlib import Path
@@ -125,7 +126,7 @@ class ServeEngine:
             raise EngineError(f"{describe(started)} ended the job without a result")
         except EngineError:
             raise
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:  # asyncio's: a job cancelled while still queued
             name = type(exc).__name__
             if cancel is not None and cancel.is_set() or name in _CANCELLED:
                 raise Cancelled() from None

@@ -118,14 +118,12 @@ class EngineReplica:
     async def run(self, job_id: str, message: dict):
         """Run one request (``wire.attach_inputs``: the headless CLI's JSON and its uploaded images); yields
         start, progress/preview, then result or error."""
-        import threading as _threading
-
         from ..requests import request_from_dict
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         reporter = _Reporter(loop, queue)
-        cancel = _threading.Event()
+        cancel = threading.Event()
         self._job = job_id
         yield {"event": "start", "job": job_id, **self.whoami()}
 
