@@ -96,16 +96,22 @@ def test_what_context_parallelism_cannot_take_is_refused_in_words():
     assert tokens(request("x.png", width=832, height=480, num_frames=81), 8, 4, (1, 2, 2)) == 32760
 
 
-@pytest.mark.parametrize("kind", ["i2v", "text_to_image"])
-def test_the_cli_flag_says_how_to_start_it(tmp_path, kind):
-    req = request(str(tmp_path / "x.png")) if kind == "i2v" else TextToImageRequest(prompt="x")
+def test_the_cli_flag_says_how_to_start_it(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     path = tmp_path / "req.json"
-    path.write_text(json.dumps(req.to_dict()))
-    if kind == "i2v":
-        Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    path.write_text(json.dumps(request(str(tmp_path / "x.png")).to_dict()))
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     proc = subprocess.run([sys.executable, "-m", "engine", "run", str(path), "--demo", "--context-parallel", "2"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    expected = "torchrun --nproc-per-node 2" if kind == "i2v" else "splits image-to-video runs only"
-    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert "torchrun --nproc-per-node 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_only_video_runs_are_split():
+    from argparse import Namespace
+
+    from engine.__main__ import _context_parallel
+
+    assert _context_parallel(Namespace(context_parallel=0), TextToImageRequest()) is None
+    with pytest.raises(InputError, match="splits image-to-video runs only, not text_to_image"):
+        _context_parallel(Namespace(context_parallel=2), TextToImageRequest())

@@ -196,6 +196,7 @@ def test_cancel_reaches_the_replica_that_runs_the_job(serve_engine):
     deadline = time.monotonic() + 60
     while not any(m.startswith("step") for m in seen) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert any(m.startswith("step ") for m in seen)  # streamed while the 200 steps run, not at the end
     t_cancel = time.monotonic()
     cancel.set()
     thread_a.join(60)
