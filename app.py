@@ -42,9 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ComfyUI's extra_model_paths.yaml: its base paths are indexed too")
     p.add_argument("--auth", type=parse_auth, default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--serve-replicas", type=int, default=0, metavar="N",
+                   help="run jobs on N Ray Serve engine replicas, one per GPU (pip install -r requirements-serve.txt)")
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
+    if args.serve_replicas < 0:
+        p.error(f"--serve-replicas must be 1 or more (0: no Ray), got {args.serve_replicas}")
     return args
 
 
@@ -63,6 +68,24 @@ def has_real_weights(models_dir: Path) -> bool:
                 return True
     cache = hf_hub_cache()
     return any((cache / ("models--" + repo.replace("/", "--"))).is_dir() for repo in REAL_TEXT_TO_IMAGE_REPOS)
+
+
+def serve_engine(args: argparse.Namespace, demo: bool):
+    """The Ray Serve front end's engine; None (with the install line) when Ray is missing: the app then runs on
+    the local engine; False when Ray is there but cannot start."""
+    from engine import EngineError
+    from engine.serve.launch import ServeUnavailable, start_serve
+
+    outputs = args.outputs_dir or Path("outputs")
+    try:
+        return start_serve(args.serve_replicas, models_dir=args.models_dir, outputs_dir=outputs, demo=demo,
+                           address=args.ray_address, log=lambda line: print(line, flush=True))
+    except ServeUnavailable as exc:
+        print(f"{exc}. Starting with the local engine instead.", flush=True)
+        return None
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Building tiny demo models in {args.models_dir / 'demo'} (once)…", flush=True)
         build_demo_models(args.models_dir)
 
+    engine = serve_engine(args, demo) if args.serve_replicas else None
+    if engine is False:
+        return 2
     try:
-        engine = Engine(device=args.device, models_dir=args.models_dir, demo=demo, outputs_dir=args.outputs_dir)
+        if engine is None:
+            engine = Engine(device=args.device, models_dir=args.models_dir, demo=demo, outputs_dir=args.outputs_dir)
     except (RuntimeError, ValueError) as exc:  # e.g. --device cuda:7 on a one-GPU machine, or a typo
         print(f"error: cannot use device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -157,6 +157,9 @@ def main() -> None:
         from perception_full import full_size_check as perception_check  # bench/perception_full.py
 
         report["perception"] = perception_check(device, tiny=args.tiny, steps=args.steps)
+    import gpu_multi  # bench/gpu_multi.py: one Wan job over 2+ GPUs (context parallelism), skipped on one
+
+    report["context_parallel"] = gpu_multi.check(tiny=args.tiny, steps=args.steps, frames=wan_dims["frames"])
     report["wall_s"] = time.perf_counter() - t0
     goals = {}
     wan_bs = [r for r in rows if r["model"] == "wan" and r["mode"] == "block_swap" and "error" not in r]
@@ -192,6 +195,7 @@ def main() -> None:
             continue
         print(f"wan2  {r['mode']:11} {r['layout'] or '-':24} {r['step_s']:7.2f}      -        - "
               f"{r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f}      -")
+    gpu_multi.print_report(report["context_parallel"])
     print("goals:", json.dumps(goals), f"· total {report['wall_s']:.0f} s · written to {args.out}")
 
 

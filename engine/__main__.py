@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--models-dir", type=Path, default=None)
     run.add_argument("--demo", action="store_true", help="use the built-in tiny demo models")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    run.add_argument("--context-parallel", type=int, default=0, metavar="N",
+                     help="one image-to-video run over N GPUs (diffusers context parallelism); start it with "
+                          "torchrun --nproc-per-node N -m engine run ...")
     verify = sub.add_parser("verify", help="sha256 every cached file of a model against the hub's checksums")
     verify.add_argument("repo", help="hub repo id (owner/name) or catalog entry id")
     verify.add_argument("--revision", default=None)
@@ -41,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         request = request_from_dict(data)
-        engine = Engine(device=args.device, models_dir=args.models_dir, demo=args.demo, outputs_dir=args.out)
+        parallel = _context_parallel(args, request)
+        out = args.out if parallel is None or parallel.is_main else _rank_scratch(parallel)  # rank 0 writes
+        device = parallel.device if parallel is not None else args.device
+        engine = Engine(device=device, models_dir=args.models_dir, demo=args.demo, outputs_dir=out)
+        engine.context_parallel = parallel
 
         def progress(fraction: float, message: str) -> None:
             print(f"[{fraction:5.0%}] {message}", file=sys.stderr)
@@ -50,10 +57,29 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if parallel is not None and not parallel.is_main:
+        return 0
     for f in result.files:
         print(f)
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+def _context_parallel(args, request):
+    if not args.context_parallel:
+        return None
+    from .context_parallel import from_torchrun
+    from .errors import InputError
+
+    if request.kind != "i2v":
+        raise InputError("context_parallel", f"splits image-to-video runs only, not {request.kind}")
+    return from_torchrun(args.context_parallel)
+
+
+def _rank_scratch(parallel) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"context-parallel-rank{parallel.rank}-"))
 
 
 def _progress_line(done: int, total: int, message: str) -> None:

@@ -16,6 +16,8 @@ import gradio as gr
 
 from engine import Cancelled, EngineError, InputError
 
+from . import zerogpu
+
 log = logging.getLogger(__name__)
 
 SEED_MAX = 2**32 - 1  # what the random button draws from; the engine accepts up to 2**64 - 1
@@ -121,6 +123,7 @@ def engine_progress(progress: gr.Progress) -> Callable[[float, str], None]:
 def run_on_engine(engine, on_gpu: Callable, req, progress: gr.Progress, cancel: threading.Event):
     """Fetch what the run needs first (on ZeroGPU a download must not hold the GPU), then run it through
     ``on_gpu`` (the engine call, wrapped in ``spaces.GPU`` on Spaces)."""
+    zerogpu.check(req)  # on ZeroGPU a run over the platform's limit is refused before anything downloads
     report = engine_progress(progress)
     engine.prepare(req, report, cancel)
     return on_gpu(req, report, cancel)

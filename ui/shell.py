@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from . import comfy_panel, vram_panel, zerogpu
-from .components import guard_api_inputs
+from .components import GPU_POOL, guard_api_inputs
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
 TITLE = "Diffusion Studio"
@@ -66,6 +66,10 @@ def build_app(engine) -> gr.Blocks:
                     module.build(engine)
         comfy_panel.wire(engine, comfy)
     app.queue(default_concurrency_limit=1)
+    runs = getattr(engine, "concurrent_runs", 1)  # Ray Serve: one run per replica at once, the rest queue
+    for fn in app.fns.values():
+        if runs > 1 and fn.concurrency_id == GPU_POOL:
+            fn.concurrency_limit = runs
     return guard_api_inputs(app)  # every event, every tab: a message naming the field for every wrong value
 
 

@@ -58,7 +58,10 @@ def _segment(width: float, colour: str, title: str) -> str:
 
 def format_devices(snapshot: dict) -> str:
     """One bar per device. On the compute device every registered module is its own coloured segment
-    (hover for its name), then the rest of this process, then other processes; a legend names them."""
+    (hover for its name), then the rest of this process, then other processes; a legend names them.
+    With Ray Serve replicas (``snapshot["replicas"]``), one such section per replica, under its name."""
+    if "replicas" in snapshot:
+        return _per_replica(snapshot, format_devices, "No replica has reported yet.")
     rows = []
     compute = snapshot.get("compute_device")
     for dev in snapshot.get("devices", []):
@@ -94,8 +97,18 @@ def format_devices(snapshot: dict) -> str:
     return "<div class='vram-panel'>" + "".join(rows) + "</div>"
 
 
+def _per_replica(snapshot: dict, render, empty: str) -> str:
+    sections = [f"<div class='vram-replica'><div class='vram-replica-name' style='font-weight:600;margin-top:6px'>"
+                f"{html.escape(r['label'])}</div>{render(r['snapshot'])}</div>" for r in snapshot["replicas"]]
+    return "".join(sections) or f"<div class='vram-panel'>{empty}</div>"
+
+
 def module_rows(snapshot: dict) -> list[list]:
-    """The ledger as table rows: name, role, size MiB, dtype, device, MiB on the compute device."""
+    """The ledger as table rows: name, role, size MiB, dtype, device, MiB on the compute device
+    (names prefixed ``r1/``, ``r2/``... per Ray Serve replica)."""
+    if "replicas" in snapshot:
+        return [[f"r{i + 1}/{row[0]}", *row[1:]] for i, r in enumerate(snapshot["replicas"])
+                for row in module_rows(r["snapshot"])]
     return [
         [
             m.get("name", ""),
@@ -110,6 +123,9 @@ def module_rows(snapshot: dict) -> list[list]:
 
 
 def format_summary(snapshot: dict) -> str:
+    if "replicas" in snapshot:
+        return "  \n".join(f"**r{i + 1}**: {format_summary(r['snapshot'])}" for i, r in enumerate(snapshot["replicas"])) \
+            or "No replica has reported yet."
     modules = snapshot.get("modules", [])
     if not modules:
         return NO_MODULES

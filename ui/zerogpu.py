@@ -1,13 +1,17 @@
 """Hugging Face Spaces (ZeroGPU): GPU work runs inside ``spaces.GPU``; elsewhere this is a no-op.
 
 ZeroGPU attaches a GPU only while a ``@spaces.GPU`` function runs, so the wrapper goes around
-the engine call and nothing else: VRAM readouts and the cancel button keep working outside it.
+the engine call and nothing else: downloads (``Engine.prepare``, called before it), VRAM readouts
+and the cancel button stay outside it. The duration asked for is the engine's estimate for the
+request (``engine.hosting.zerogpu``); on ZeroGPU a run over the platform's limit is refused first.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+
+from engine.hosting import zerogpu as hosting
 
 try:  # preinstalled on Spaces; ``spaces.GPU`` is itself a no-op outside ZeroGPU
     import spaces
@@ -22,21 +26,26 @@ def where() -> str:
         return ""
     return "Hugging Face Spaces (ZeroGPU)" if os.environ.get("SPACES_ZERO_GPU") else "Hugging Face Spaces"
 
-MAX_DURATION = 300  # ZeroGPU refuses longer requests
 
-
-def gpu(fn: Callable, duration: int | Callable = 60) -> Callable:
-    """``fn`` wrapped in ``spaces.GPU(duration=...)`` on Spaces, ``fn`` itself elsewhere.
-
-    ``duration`` is seconds, or a callable taking ``fn``'s arguments and returning seconds
-    (shorter estimates get a GPU sooner; only the seconds used are billed).
-    """
+def gpu(fn: Callable, duration: int | Callable = hosting.duration) -> Callable:
+    """``fn`` wrapped in ``spaces.GPU(duration=...)`` where the ``spaces`` package is installed, ``fn`` itself
+    elsewhere. ``duration`` is seconds, or a callable taking ``fn``'s arguments (the request first)."""
     if spaces is None:
         return fn
     return spaces.GPU(duration=duration)(fn)
 
 
-def estimate_seconds(steps: int, width: int, height: int, per_megapixel_step: float = 1.0, load: float = 30.0) -> int:
-    """A rough duration for a diffusion run, clamped to what ZeroGPU accepts."""
-    megapixels = max(width * height, 1) / 2**20
-    return int(min(MAX_DURATION, load + steps * megapixels * per_megapixel_step))
+def engine_call(engine) -> Callable:
+    """The one GPU call of every tab: ``engine.run(request, progress, cancel)`` inside ``spaces.GPU``, asking
+    for the request's own duration estimate."""
+
+    def run_on_gpu(request, progress, cancel):
+        return engine.run(request, progress, cancel)
+
+    return gpu(run_on_gpu, hosting.duration)
+
+
+def check(request) -> None:
+    """On ZeroGPU, refuse up front (before any download) a run longer than ZeroGPU allows; elsewhere nothing."""
+    if hosting.on_zerogpu():
+        hosting.check_limit(request)

@@ -99,6 +99,11 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     pipe, notes = load(engine, req, progress, cancel)
     timings["load"] = time.perf_counter() - t0
     check_size(pipe, req)
+    context_parallel = getattr(engine, "context_parallel", None)  # set by ``python -m engine run --context-parallel``
+    if context_parallel is not None:
+        from ..context_parallel import enable
+
+        notes = [*notes, *enable(pipe, req, context_parallel.degree)]
     if pipe.transformer_2 is not None and not req.turbo.enabled:
         pipe.register_to_config(boundary_ratio=req.boundary_ratio)  # diffusers reads it from the config per call
     image, image_notes = load_start_image(req.image, req.width, req.height, req.fit)

@@ -35,7 +35,6 @@ from ..components import (
     CancelSlots,
     as_int,
     cancel_button,
-    engine_progress,
     image_output,
     image_run_updates,
     run_on_engine,
@@ -320,10 +319,6 @@ def byte_progress(progress: gr.Progress) -> Callable[[int, int, str], None]:
 
 
 # ---------------------------------------------------------------- widgets
-def _estimate(request: CatalogRequest, *_args) -> int:
-    return zerogpu.estimate_seconds(request.steps, request.width, request.height, load=60.0)
-
-
 def build(engine) -> None:
     catalog = load_catalog()
     by_id = {e.id: e for e in catalog}
@@ -332,8 +327,7 @@ def build(engine) -> None:
     d = entry_defaults(first, engine.demo)
     limit, limit_source = catalog_service.capacity(engine)
     run_slots, download_slots, q_slots = CancelSlots(), CancelSlots(), CancelSlots()
-    generate = zerogpu.gpu(lambda request, progress, cancel: engine.run(request, progress, cancel), _estimate)
-    quantize = zerogpu.gpu(lambda request, progress, cancel: engine.run(request, progress, cancel), 240)
+    generate = quantize = zerogpu.engine_call(engine)  # each request asks for its own duration
 
     def cache_of(entry: CatalogEntry) -> engine_hub.CacheState | None:
         try:
@@ -602,7 +596,7 @@ def build(engine) -> None:
         cancel = q_slots.start(request)
         try:
             yield {q_status: f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…", q_result: ""}
-            result = quantize(req, engine_progress(progress), cancel)
+            result = run_on_engine(engine, quantize, req, progress, cancel)
         finally:
             q_slots.finish(request, cancel)
         output = result.metadata.get("output") or (result.files[0] if result.files else "")

@@ -112,11 +112,7 @@ def build(engine) -> None:
     d = defaults(engine.demo)
     slots = CancelSlots()
 
-    def generate(request: I2VRequest, progress, cancel) -> Result:
-        return engine.run(request, progress, cancel)
-
-    on_gpu = zerogpu.gpu(generate, lambda req, *_: zerogpu.estimate_seconds(req.steps * req.num_frames // 4,
-                                                                             req.width, req.height))
+    on_gpu = zerogpu.engine_call(engine)
     with gr.Row():
         with gr.Column(scale=5):
             suffix = " (tiny demo stand-in)" if engine.demo else ""
@@ -214,6 +210,7 @@ def build(engine) -> None:
         box: dict = {}
         try:
             yield {status: "Running…", preview: None}
+            zerogpu.check(req)  # on ZeroGPU: refused before any download when over the limit
             engine.prepare(req, reporter, cancel)  # downloads never hold the GPU
 
             def work():

@@ -109,10 +109,7 @@ def build(engine) -> None:
     d = t2i.defaults(engine.demo)
     slots = CancelSlots()
 
-    def generate(request: IPAdapterRequest, progress, cancel) -> Result:
-        return engine.run(request, progress, cancel)
-
-    on_gpu = zerogpu.gpu(generate, t2i._estimate)
+    on_gpu = zerogpu.engine_call(engine)
 
     with gr.Row():
         with gr.Column(scale=5):

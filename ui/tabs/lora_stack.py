@@ -106,21 +106,13 @@ def format_result(result: Result) -> str:
     return "  \n".join(lines)
 
 
-def _estimate(request: LoraStackRequest, *_args) -> int:
-    steps = request.steps + (request.stage2_steps or request.steps if request.stage2 else 0)
-    return zerogpu.estimate_seconds(steps, request.width, request.height)
-
-
 def build(engine) -> None:
     slots = CancelSlots()
     demo = engine.demo
     d = {"size": 64, "max_size": 512, "steps": 2} if demo else {"size": 1328, "max_size": 2048, "steps": 30}
     state = nunchaku.status()
 
-    def generate(request: LoraStackRequest, progress, cancel) -> Result:
-        return engine.run(request, progress, cancel)
-
-    on_gpu = zerogpu.gpu(generate, _estimate)
+    on_gpu = zerogpu.engine_call(engine)
     with gr.Row():
         with gr.Column(scale=5):
             repos = DEMO_MODELS if demo else tuple(MODELS)

@@ -79,19 +79,12 @@ def format_result(result: Result) -> str:
             f"seam error {seams} · {len(result.files)} files in `{folder}`")
 
 
-def _estimate(request: PerceptionRequest, *_args) -> int:
-    return zerogpu.estimate_seconds(request.steps * len(request.tasks), 1440, 720)
-
-
 def build(engine) -> None:
     d = defaults(engine.demo)
     slots = CancelSlots()
     fixed_dir = Path(engine.outputs_dir) / "inputs"
 
-    def perceive(request: PerceptionRequest, progress, cancel) -> Result:
-        return engine.run(request, progress, cancel)
-
-    on_gpu = zerogpu.gpu(perceive, _estimate)
+    on_gpu = zerogpu.engine_call(engine)
 
     with gr.Row():
         with gr.Column(scale=5):

@@ -79,18 +79,11 @@ def format_result(result: Result) -> str:
     return f"**{t.get('total', 0.0):.2f} s** ({' · '.join(parts)}) · saved {files}{where}"
 
 
-def _estimate(request: TextToImageRequest, *_args) -> int:
-    return zerogpu.estimate_seconds(request.steps, request.width, request.height)
-
-
 def build(engine) -> None:
     d = defaults(engine.demo)
     slots = CancelSlots()
 
-    def generate(request: TextToImageRequest, progress, cancel) -> Result:
-        return engine.run(request, progress, cancel)
-
-    on_gpu = zerogpu.gpu(generate, _estimate)  # on ZeroGPU only this call holds a GPU
+    on_gpu = zerogpu.engine_call(engine)  # on ZeroGPU only this call holds a GPU
 
     with gr.Row():
         with gr.Column(scale=5):
