@@ -1,0 +1,2 @@
+def from_workflow(data): raise NotImplementedError
+def load_workflow(data): raise NotImplementedError
