@@ -69,12 +69,11 @@ IMPORT_ONLY = {
     "ComfySwitchNode": _simple("ComfySwitchNode", {"on_false": ["*", {}], "on_true": ["*", {}],
                                                    "switch": ["BOOLEAN", {"default": False}]},
                                ["on_false", "on_true", "switch"], ["*"], ["output"]),
-    "ComfyMathExpression": _simple("ComfyMathExpression",
-                                   {"expression": ["STRING", {"default": "a"}], "values.a": ["FLOAT,INT,BOOLEAN", {}],
-                                    "values.b": ["FLOAT,INT,BOOLEAN", {}], "values.c": ["FLOAT,INT,BOOLEAN", {}]},
-                                   ["expression", "values.a", "values.b", "values.c"], ["FLOAT", "INT", "BOOLEAN"],
-                                   ["FLOAT", "INT", "BOOL"]),
+    "ComfyMathExpression": _simple("ComfyMathExpression", {"expression": ["STRING", {"default": "a"}]},
+                                   ["expression"], ["FLOAT", "INT", "BOOLEAN"], ["FLOAT", "INT", "BOOL"]),
 }
+IMPORT_ONLY["ComfyMathExpression"]["input"]["optional"] = {f"values.{k}": ["FLOAT,INT,BOOLEAN", {}] for k in "abc"}
+IMPORT_ONLY["ComfyMathExpression"]["input_order"]["optional"] = [f"values.{k}" for k in "abc"]
 #: frontend-only nodes: never executed, dropped from the API format
 VIRTUAL = ["Note", "MarkdownNote", "Reroute", "PrimitiveNode", "GetNode", "SetNode"]
 

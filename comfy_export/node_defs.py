@@ -12,6 +12,7 @@ from typing import Any
 from .errors import WorkflowError
 
 DATA = Path(__file__).with_name("node_defs.json")
+COMFY_VERSION = "0.3.64"  # the ComfyUI whose /object_info the definitions are
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 

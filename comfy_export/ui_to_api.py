@@ -124,14 +124,15 @@ class _Flat:
         return nid, slot
 
 
-def widget_inputs(definition: node_defs.NodeDef, values: Any, nid: str) -> dict[str, Any]:
-    """``widgets_values`` (a list, or a dict keyed by name) as input values, counted strictly."""
+def widget_inputs(definition: node_defs.NodeDef, values: Any, nid: str, newer: bool = False) -> dict[str, Any]:
+    """``widgets_values`` (a list, or a dict keyed by name) as input values, counted strictly; ``newer``: the node
+    was saved by a ComfyUI newer than the definitions, whose extra trailing widgets are ignored."""
     widgets = definition.widgets
     if isinstance(values, dict):
         return {w.name: values[w.name] for w in widgets if w.name in values}
     values = list(values or [])
     expected = sum(1 + w.ui_extras() for w in widgets)
-    if len(values) != expected:
+    if len(values) != expected and not (newer and len(values) > expected):
         names = ", ".join(w.name + (" (+1 UI value)" if w.ui_extras() else "") for w in widgets) or "none"
         raise WorkflowError(f"node {nid} ({definition.name}) has {len(values)} widget values; its definition has "
                             f"{expected} ({names})")
@@ -146,11 +147,14 @@ def ui_to_api(workflow: dict) -> dict[str, Any]:
     """The API-format prompt of a UI-format workflow."""
     flat = _Flat(workflow)
     api: dict[str, Any] = {}
+    frontend = str(((workflow.get("extra") or {}).get("frontendVersion")) or "")
     for nid, node in flat.nodes.items():
         if flat.kind[nid] != "real" or node.get("mode", 0) in (BYPASS, MUTED):
             continue
         definition = node_defs.get(node["type"], nid)
-        inputs = widget_inputs(definition, node.get("widgets_values"), nid)
+        saved_by = str((node.get("properties") or {}).get("ver") or "")
+        newer = bool(frontend) and saved_by not in ("", node_defs.COMFY_VERSION)
+        inputs = widget_inputs(definition, node.get("widgets_values"), nid, newer)
         for inp in node.get("inputs") or []:
             feed = flat.feeds.get((nid, inp.get("name")))
             src = flat.source(*feed) if feed else None
