@@ -21,7 +21,7 @@ ADAPTER = "IP-Adapter"
 def adapter_file(req) -> str:
     """The adapter's name in ``models/ipadapter-flux``: a local file by its path there, else the repo's file."""
     ref = req.ip_adapter
-    if ref.path and not ref.path.endswith("/") and "." in ref.path.rsplit("/", 1)[-1]:
+    if ref.path and ref.path.lower().endswith((".bin", ".safetensors", ".pt", ".pth")):
         return names.comfy_file_name(ref.path)
     return req.ip_adapter_file or names.preset_file(ref.repo_id, "ipadapter-flux") or "ip-adapter.bin"
 

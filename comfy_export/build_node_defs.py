@@ -103,6 +103,13 @@ def build(object_info: dict) -> dict:
         if original in hints:
             hints[renamed] = copy.deepcopy(hints[original])
     nodes["SDNQModelQuantizer"] = SDNQ_QUANTIZER
+    flux_dit = nodes.get("NunchakuFluxDiTLoader")
+    if flux_dit:  # dumped without a GPU: widen the GPU-dependent options to what a GPU machine lists (_source)
+        required = flux_dit["input"]["required"]
+        required["attention"][0] = ["nunchaku-fp16", "flash-attention2"]
+        required["data_type"][0] = ["bfloat16", "float16"]
+        required["device_id"][1]["max"] = 15
+        flux_dit["_origin"] += "; attention/data_type/device_id widened (they depend on the GPUs present)"
     nodes.update(IMPORT_ONLY)
     return {"_source": object_info.get("_source", {}).get("comfyui", {}), "_virtual": VIRTUAL,
             "_validation_hints": {k: v for k, v in hints.items() if not k.startswith("_")}, "nodes": nodes}

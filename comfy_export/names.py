@@ -15,6 +15,9 @@ CATEGORY_FOLDERS = ("diffusion_models", "unet", "checkpoints", "vae", "text_enco
                     "ipadapter", "ipadapter-flux", "upscale_models", "controlnet", "style_models", "diffusers")
 
 
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
 def comfy_file_name(path: str) -> str:
     """``/x/ComfyUI/models/loras/style/a.safetensors`` -> ``style/a.safetensors`` (as the loader combo lists it);
     a file outside any category folder by its base name."""
@@ -54,6 +57,8 @@ def model_file(ref, piece: str, key: str, index: int = 0, fallback: str = "") ->
         return name
     if fallback:
         return fallback
+    if ref.path.lower().endswith(MODEL_SUFFIXES):
+        return comfy_file_name(ref.path)
     stem = ref.repo_id.rsplit("/", 1)[-1] if ref.repo_id else os.path.basename(os.path.normpath(ref.path))
     return f"{stem}.safetensors"
 

@@ -143,7 +143,7 @@ class Engine:
                     f"size, or a quantized model ({str(exc).splitlines()[0]})"
                 ) from exc
             if result.images:
-                result.files.extend(save_images(result.images, self.outputs_dir, request))
+                result.files.extend(save_images(result.images, self.outputs_dir, request, demo=self.demo))
             result.timings["total"] = time.perf_counter() - t0
             result.memory = self.memory.snapshot()
             self._attach_memory_notes(result, plan)

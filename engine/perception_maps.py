@@ -66,7 +66,7 @@ def semantic_classes(rgb: Image.Image, classes: int = SEMANTIC_CLASSES) -> tuple
     return ids, palette, indexed
 
 
-def encode(task: str, image: torch.Tensor, out_dir: Path, stem: str) -> TaskMaps:
+def encode(task: str, image: torch.Tensor, out_dir: Path, stem: str, pnginfo=None) -> TaskMaps:
     """Write one task's files into ``out_dir`` (names ``<stem>-<map>.<ext>``); returns previews and files."""
     rgb = image.permute(1, 2, 0).numpy().astype(np.float32)  # [H, W, 3] in [0, 1]
     out = TaskMaps()
@@ -75,6 +75,8 @@ def encode(task: str, image: torch.Tensor, out_dir: Path, stem: str) -> TaskMaps
         path = out_dir / f"{stem}-{name}"
         if isinstance(image_or_array, np.ndarray):
             np.save(path, image_or_array)
+        elif path.suffix == ".png":
+            image_or_array.save(path, pnginfo=pnginfo)
         else:
             image_or_array.save(path)
         out.files.append(path)

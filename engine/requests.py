@@ -416,17 +416,6 @@ class ReferenceImage(_Serialisable):
         check_float(f"{name}.weight", self.weight, -1.0, 5.0)
 
 
-#: ComfyUI class names of the IP-Adapter nodes: Shakker-Labs/ComfyUI-IPAdapter-Flux on Flux, the FluxChroma
-#: fork of seed 000 on Chroma (same inputs, renamed so the two packs can be installed side by side).
-IPADAPTER_COMFY_NODES = {
-    "flux": {"loader": "IPAdapterFluxLoader", "apply": "ApplyIPAdapterFlux",
-             "loader_advanced": "IPAdapterFluxLoaderAdvanced", "apply_advanced": "ApplyIPAdapterFluxAdvanced"},
-    "chroma": {"loader": "IPAdapterFluxChromaLoader", "apply": "ApplyIPAdapterFluxChroma",
-               "loader_advanced": "IPAdapterFluxChromaLoaderAdvanced",
-               "apply_advanced": "ApplyIPAdapterFluxChromaAdvanced"},
-}
-
-
 @dataclass(frozen=True)
 class IPAdapterRequest(TextToImageRequest):
     """Flux/Chroma generation guided by reference images through the InstantX Flux IP-Adapter.
@@ -474,30 +463,6 @@ class IPAdapterRequest(TextToImageRequest):
         check_float("weight_end", self.weight_end, -1.0, 5.0)
         check_int("ramp_steps", self.ramp_steps, 1, 100)
         check_choice("ip_norm", self.ip_norm, IP_NORMS)
-
-    def comfy_nodes(self, architecture: str) -> list[dict[str, Any]]:
-        """What the ComfyUI export needs for the adapter: the loader, then one Apply node per reference (chained
-        on MODEL, as upstream's multi-adapter example), the Advanced pair when the ramp is on. ``architecture`` is
-        ``flux`` or ``chroma`` (the FluxChroma fork's node names). Widget values are in the nodes' input order."""
-        names = IPADAPTER_COMFY_NODES[architecture]
-        suffix = "_advanced" if self.ramp else ""
-        adapter_file = self.ip_adapter_file or "ip-adapter.bin"
-        encoder = self.image_encoder.repo_id or self.image_encoder.label
-        nodes: list[dict[str, Any]] = [
-            {"class_type": names["loader" + suffix],
-             "inputs": {"ipadapter": adapter_file, "clip_vision": encoder, "provider": "cuda"}}
-        ]
-        for ref in self.references:
-            if self.ramp:
-                inputs = {"weight_start": self.weight_start * ref.weight, "weight_end": self.weight_end * ref.weight,
-                          "steps": self.ramp_steps}
-            else:
-                inputs = {"weight": self.weight * ref.weight}
-            inputs.update(start_percent=self.start_percent, end_percent=self.end_percent)
-            if architecture == "chroma":  # the FluxChroma fork's extra Apply input (seed 000, section 4)
-                inputs["offload_preprocessing"] = self.offload_preprocessing
-            nodes.append({"class_type": names["apply" + suffix], "image": ref.path, "inputs": inputs})
-        return nodes
 
 
 PERCEPTION_TASKS = ("depth", "normal", "albedo", "pbr", "semantic")

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from .outputs import run_stem, save_request
+from .outputs import comfy_text, png_info, run_stem, save_request
 
 CODECS = {  # format -> (codec, output pixel format)
     "mp4": ("libx264", "yuv420p"),
@@ -31,7 +31,8 @@ def to_uint8(frames) -> np.ndarray:
 
 
 def write_video(frames, path: Path, fmt: str, fps: int, quality: int = 8, loop: bool = True,
-                comment: str = "") -> Path:
+                comment: str = "", tags: dict[str, str] | None = None) -> Path:
+    """``tags``: more container metadata (ComfyUI's ``prompt``/``workflow``, as its SaveVideo writes them)."""
     import imageio_ffmpeg
 
     arr = to_uint8(frames)
@@ -45,6 +46,10 @@ def write_video(frames, path: Path, fmt: str, fps: int, quality: int = 8, loop: 
         quality_arg = float(quality)
         if comment:
             params += ["-metadata", f"comment={comment}"]
+        for key, value in (tags or {}).items():
+            params += ["-metadata", f"{key}={value}"]
+        if tags and fmt == "mp4":
+            params += ["-movflags", "use_metadata_tags"]  # mp4 keeps only its known tags without it
         if fmt == "webm":
             params += ["-b:v", "0", "-row-mt", "1", "-deadline", "realtime", "-cpu-used", "8"]
     writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec=codec, pix_fmt_out=pix_fmt,
@@ -59,18 +64,17 @@ def write_video(frames, path: Path, fmt: str, fps: int, quality: int = 8, loop: 
     return path
 
 
-def save_video_result(frames, out_dir: Path, request) -> list[str]:
-    """Video, request JSON and last frame PNG for ``request`` (an ``I2VRequest``); returns the paths."""
+def save_video_result(frames, out_dir: Path, request, demo: bool = False) -> list[str]:
+    """Video, request JSON and last frame PNG for ``request`` (an ``I2VRequest``); returns the paths. mp4 and webm
+    also carry ComfyUI's ``prompt`` and ``workflow`` tags; a gif has no place for them (the PNG beside it has)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = run_stem(request.kind, request.seed)
     request_json = json.dumps(request.to_dict())
     arr = to_uint8(frames)
     video = write_video(arr, out_dir / f"{stem}.{request.output_format}", request.output_format, request.fps,
-                        request.quality, request.loop, comment=request_json)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("request", request_json)
+                        request.quality, request.loop, comment=request_json, tags=comfy_text(request, demo))
     last = out_dir / f"{stem}-last-frame.png"
-    Image.fromarray(arr[-1]).save(last, pnginfo=info)
+    Image.fromarray(arr[-1]).save(last, pnginfo=png_info(request, demo))
     saved = save_request(request, out_dir / f"{stem}.json")
     return [str(video), str(saved), str(last)]
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import comfy_export
 from engine import Engine, InputError, IPAdapterRequest, ModelLoadError, ModelRef, ReferenceImage, TextToImageRequest
 from engine.adapters import ipadapter_flux
 from engine.adapters.ipadapter_pieces import STORE_KEY
@@ -149,15 +150,18 @@ def test_each_reference_has_its_own_weight(engine, refs):
     assert np.array_equal(pixels(both), pixels(engine.run(ip_request(FLUX, refs["noise"]))))
     mixed = engine.run(ip_request(FLUX, refs["noise"], ReferenceImage(refs["red"], 0.7)))
     assert not np.array_equal(pixels(mixed), pixels(both))
-    nodes = mixed.request.comfy_nodes("flux")
+    api = comfy_export.to_api(mixed.request)  # the ComfyUI export: one chained Apply node per reference
+    nodes = [n for n in api.values() if "IPAdapter" in n["class_type"]]
     assert [n["class_type"] for n in nodes] == ["IPAdapterFluxLoader", "ApplyIPAdapterFlux", "ApplyIPAdapterFlux"]
     assert nodes[2]["inputs"]["weight"] == pytest.approx(0.7)
-    ramp = dataclasses.replace(mixed.request, ramp=True, weight_start=0.0, weight_end=2.0, ramp_steps=5)
-    chroma = ramp.comfy_nodes("chroma")
+    ramp = dataclasses.replace(mixed.request, ramp=True, weight_start=0.0, weight_end=2.0, ramp_steps=5,
+                               model=ModelRef(repo_id="lodestones/Chroma1-HD"))
+    chroma = [n for n in comfy_export.to_api(ramp).values() if "IPAdapter" in n["class_type"]]
     assert [n["class_type"] for n in chroma] == ["IPAdapterFluxChromaLoaderAdvanced"] + [
         "ApplyIPAdapterFluxChromaAdvanced"] * 2
-    assert chroma[2]["inputs"] == {"weight_start": 0.0, "weight_end": pytest.approx(1.4), "steps": 5,
-                                   "start_percent": 0.0, "end_percent": 1.0, "offload_preprocessing": True}
+    inputs = {k: v for k, v in chroma[2]["inputs"].items() if not isinstance(v, list)}
+    assert inputs == {"weight_start": 0.0, "weight_end": pytest.approx(1.4), "steps": 5,
+                      "start_percent": 0.0, "end_percent": 1.0, "offload_preprocessing": True}
     assert chroma[0]["inputs"] == {"ipadapter": "ip-adapter.bin", "clip_vision": "google/siglip-so400m-patch14-384",
                                    "provider": "cuda"}
 

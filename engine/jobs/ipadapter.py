@@ -104,7 +104,6 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
         "token_cache_hits": cache_hits,
         "sigma_window": [schedule.sigma_low, schedule.sigma_high],
         "ip_steps": list(schedule.history),
-        "comfy_nodes": req.comfy_nodes(architecture),
     }
     return Result(request=req, images=list(out.images), timings=timings, metadata=metadata)
 

@@ -13,7 +13,7 @@ from ..adapters.omnix import OmniXSession, check_adapter_folder
 from ..adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
 from ..errors import EngineError
 from ..omnix_tasks import allow_patterns
-from ..outputs import run_stem, save_request
+from ..outputs import png_info, run_stem, save_request
 from ..panorama_seam import seam_error
 from ..requests import PerceptionRequest
 from ..result import Result
@@ -77,7 +77,7 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
         out = run_denoise(engine, pipe, kwargs, len(req.tasks) * req.steps, req.swap, progress, cancel, timings)
 
     t1 = time.perf_counter()
-    result = write_outputs(engine.outputs_dir, req, out.maps, panorama)
+    result = write_outputs(engine.outputs_dir, req, out.maps, panorama, demo=engine.demo)
     timings["write"] = time.perf_counter() - t1
     result.timings = timings
     result.metadata.update(info, pipeline=type(pipe).__name__, peak_ledger_bytes=session.peak_ledger_bytes,
@@ -85,18 +85,19 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
     return result
 
 
-def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama) -> Result:
+def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama, demo: bool = False) -> Result:
     """Every map's files, the resized input, the sphere ``.glb`` (with depth) and the request JSON."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = run_stem(req.kind, req.seed)
     result = Result(request=req)
     input_path = out_dir / f"{stem}-input.png"
-    panorama.save(input_path)
+    info = png_info(req, demo)  # every PNG of the run opens its ComfyUI graph
+    panorama.save(input_path, pnginfo=info)
     result.files.append(str(input_path))
     depth = None
     for task, image in maps.items():
-        encoded = perception_maps.encode(task, image, out_dir, stem)
+        encoded = perception_maps.encode(task, image, out_dir, stem, pnginfo=info)
         result.files.extend(str(p) for p in encoded.files)
         for path, caption in encoded.previews:
             result.maps[caption] = str(path)
