@@ -297,3 +297,35 @@ def test_comfy_folder_settings_and_a_run_from_a_picked_file(page):
     expect(page.locator("#t2i-status")).to_contain_text("Done", timeout=120_000)
     page.get_by_text("Loaded modules").click()
     expect(page.locator("#vram-modules")).to_contain_text("flux1-dev-tiny.safetensors/transformer", timeout=10_000)
+
+
+def test_comfy_export_from_a_tab_and_import_back(page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.locator("#t2i-prompt textarea").fill("a comfy fox in the snow")
+    page.locator("#t2i-seed input").fill("4242")
+    page.locator("#t2i-comfy").get_by_text("ComfyUI workflow").first.click()
+    page.locator("#t2i-comfy-export").click()
+    expect(page.locator("#t2i-comfy-status")).to_contain_text("Exported", timeout=TIMEOUT_MS)
+    expect(page.locator("#t2i-comfy-code")).to_contain_text("UNETLoader")  # the editor renders the top lines
+    expect(page.locator("#t2i-comfy-code").get_by_role("button", name="Copy")).to_be_visible()
+    with page.expect_download() as download:
+        page.locator("#t2i-comfy-ui a").first.click()
+    workflow = tmp_path / "workflow.json"
+    download.value.save_as(workflow)
+    assert '"version": 0.4' in workflow.read_text() and "a comfy fox" in workflow.read_text()
+
+    page.locator("#t2i-prompt textarea").fill("something else")
+    page.get_by_role("tab", name="IP-Adapter", exact=True).click()
+    page.locator("#comfy-import-box").get_by_text("Import a ComfyUI workflow").first.click()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    page.locator("#comfy-import input[type=file]").set_input_files(str(bad))
+    expect(page.locator("#comfy-import-status")).to_contain_text("not valid JSON", timeout=TIMEOUT_MS)
+    expect(page.locator("#ip-run")).to_be_visible()  # the tab unchanged, the server alive
+
+    page.locator("#comfy-import input[type=file]").set_input_files(str(workflow))
+    expect(page.locator("#comfy-import-status")).to_contain_text("Opened", timeout=TIMEOUT_MS)
+    expect(page.locator("#t2i-run")).to_be_visible()
+    expect(page.locator("#t2i-prompt textarea")).to_have_value("a comfy fox in the snow")
+    expect(page.locator("#t2i-seed input")).to_have_value("4242")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import comfy_panel, vram_panel, zerogpu
+from . import comfy_io, comfy_panel, vram_panel, zerogpu
 from .components import GPU_POOL, guard_api_inputs
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
@@ -60,11 +60,15 @@ def build_app(engine) -> gr.Blocks:
         gr.HTML(header_html(engine), elem_id="app-header")
         vram_panel.build(engine)
         comfy = comfy_panel.settings(engine)  # the tabs' pickers register with it
-        with gr.Tabs():
+        upload, status = comfy_io.import_box(engine)
+        fills, titles = {}, {}
+        with gr.Tabs() as tabs:
             for label, module in TABS:
-                with gr.Tab(label, id=module.__name__.rsplit(".", 1)[-1]):
-                    module.build(engine)
+                tab_id = module.__name__.rsplit(".", 1)[-1]
+                with gr.Tab(label, id=tab_id):
+                    fills[tab_id], titles[tab_id] = module.build(engine), label
         comfy_panel.wire(engine, comfy)
+        comfy_io.wire_import(engine, upload, status, tabs, fills, titles)
     app.queue(default_concurrency_limit=1)
     runs = getattr(engine, "concurrent_runs", 1)  # Ray Serve: one run per replica at once, the rest queue
     for fn in app.fns.values():

@@ -28,7 +28,7 @@ from engine import hub as engine_hub
 from engine.presets import ALL, CatalogEntry, architectures, load_catalog, quantizations
 from engine.requests import SDNQ_DTYPES
 
-from .. import zerogpu
+from .. import comfy_io, zerogpu
 from ..components import (
     CONTROLS,
     GPU_POOL,
@@ -319,7 +319,7 @@ def byte_progress(progress: gr.Progress) -> Callable[[int, int, str], None]:
 
 
 # ---------------------------------------------------------------- widgets
-def build(engine) -> None:
+def build(engine) -> comfy_io.Fill:
     catalog = load_catalog()
     by_id = {e.id: e for e in catalog}
     first = next((e for e in catalog if e.task == "text_to_image" and e.supported and (e.demo or not engine.demo)),
@@ -406,6 +406,7 @@ def build(engine) -> None:
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
             memory = memory_mode_widget(engine, "text_to_image", "catalog")
             status, run = run_row(run_slots, "catalog", cancel_api="catalog_cancel")
+            comfy = comfy_io.ExportPanel(engine, "catalog")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("catalog")
             memory.trace_plot.render()
@@ -447,6 +448,7 @@ def build(engine) -> None:
             cancel_button(q_slots, q_status, api_name="catalog_quantize_cancel")
         q_status.render()
         q_result = gr.Markdown("", elem_id="catalog-q-result")
+        q_comfy = comfy_io.ExportPanel(engine, "catalog_q", "ComfyUI workflow (quantize)")
 
     # ------------------------------------------------------------ handlers: browse
     def refresh_table(architecture, quantization, fits_gpu, text):
@@ -579,10 +581,12 @@ def build(engine) -> None:
         yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
                **after_run(engine, memory, result, plan_line)}
 
+    generate_inputs = [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm,
+                       use_compile, *memory.inputs]
+    comfy.wire(build_generate_request, generate_inputs)
     run.click(
         run_with_feedback(run_generate, status, LABELS),
-        [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm, use_compile,
-         *memory.inputs],
+        generate_inputs,
         [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="catalog_generate", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     ).then(  # a run may have downloaded the entry first
@@ -609,9 +613,11 @@ def build(engine) -> None:
             q_name: suggest_output_name(src, dtype, quantized_names(engine)),
         }
 
+    quantize_inputs = [q_source, q_name, q_dtype, q_group, q_svd, q_rank, q_components, q_keep]
+    q_comfy.wire(build_quantize_request, quantize_inputs)
     q_run.click(
         run_with_feedback(run_quantize, q_status, QUANTIZE_LABELS),
-        [q_source, q_name, q_dtype, q_group, q_svd, q_rank, q_components, q_keep],
+        quantize_inputs,
         [q_status, q_result, local_path, source, q_name],
         api_name="catalog_quantize", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[q_result],
     )
@@ -622,3 +628,16 @@ def build(engine) -> None:
     q_svd.change(lambda on: gr.update(interactive=bool(on)), q_svd, q_rank, queue=False, api_visibility="private")
     for trigger in (q_source.change, q_dtype.change):
         trigger(rename, [q_source, q_dtype], q_name, queue=False, api_visibility="private")
+    generate, quant = ("sdnq_generate",), ("sdnq_quantize",)
+    return comfy_io.Fill(generate + quant, [
+        (source, lambda r: (SOURCE_ENTRY if r.entry else SOURCE_FOLDER) if r.kind == generate[0] else comfy_io.KEEP),
+        (entry, lambda r: (r.entry or comfy_io.KEEP) if r.kind == generate[0] else comfy_io.KEEP),
+        (local_path, lambda r: (r.model.path or r.model.repo_id) if r.kind == generate[0] and not r.entry
+         else comfy_io.KEEP),
+        (q_source, lambda r: r.source.path if r.kind == quant[0] else comfy_io.KEEP),
+        (q_components, lambda r: list(r.components) if r.kind == quant[0] else comfy_io.KEEP),
+        *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),
+                        (steps, "steps"), (guidance, "guidance_scale"), (seed, "seed"),
+                        (use_qmm, "use_quantized_matmul"), (use_compile, "use_torch_compile"), kinds=generate),
+        *comfy_io.attrs((q_name, "output_name"), (q_dtype, "weights_dtype"), (q_group, "group_size"),
+                        (q_svd, "use_svd"), (q_rank, "svd_rank"), (q_keep, "keep_sensitive_layers"), kinds=quant)])

@@ -20,7 +20,7 @@ from engine.requests import (
     TurboWanSettings,
 )
 
-from .. import comfy_panel, zerogpu
+from .. import comfy_io, comfy_panel, zerogpu
 from ..components import GPU_POOL, CancelSlots, as_int, engine_progress, run_row, run_with_feedback, seed_input
 from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
 
@@ -108,7 +108,7 @@ class Reporter:
         self.previews.put(image)
 
 
-def build(engine) -> None:
+def build(engine) -> comfy_io.Fill:
     d = defaults(engine.demo)
     slots = CancelSlots()
 
@@ -175,6 +175,7 @@ def build(engine) -> None:
             pieces = comfy_panel.tab_picker(engine, "i2v", "i2v")["pieces"]
             memory = memory_mode_widget(engine, "i2v", "i2v")
             status, run = run_row(slots, "i2v", cancel_api="i2v_cancel")
+            export_panel = comfy_io.ExportPanel(engine, "i2v")
         with gr.Column(scale=6):
             video = gr.Video(label="Video", elem_id="i2v-video", height=380, autoplay=True, loop=True)
             preview = gr.Image(label="Live preview (latent projection)", type="pil", elem_id="i2v-preview",
@@ -194,6 +195,8 @@ def build(engine) -> None:
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
               turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs, pieces]
+
+    export_panel.wire(lambda *v: build_request(*v[:-1], pieces=v[-1] or ()), inputs)
 
     def run_i2v(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_, steps_,
                 guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_, threshold_, every_,
@@ -246,3 +249,17 @@ def build(engine) -> None:
     run.click(run_with_feedback(run_i2v, status, LABELS), inputs,
               [video, preview, info, last_frame, save_json, status, memory.plan, memory.trace_plot],
               api_name="i2v", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[video])
+
+    def turbo(name):
+        return lambda r: getattr(r.turbo, name)
+
+    return comfy_io.Fill(("i2v",), [
+        (turbo_on, turbo("enabled")), (turbo_quant, turbo("quantized")), (high_path, turbo("high_path")),
+        (low_path, turbo("low_path")), (sigma_max, turbo("sigma_max")), (ode, turbo("ode")),
+        (model, lambda r: r.model.repo_id or comfy_io.KEEP),
+        *comfy_io.attrs((image, "image"), (prompt, "prompt"), (negative, "negative_prompt"),
+                        (resolution, "resolution"), (aspect, "aspect_ratio"), (width, "width"), (height, "height"),
+                        (fit, "fit"), (frames, "num_frames"), (steps, "steps"), (guidance, "guidance_scale"),
+                        (guidance_2, "guidance_scale_2"), (boundary, "boundary_ratio"), (fps, "fps"), (seed, "seed"),
+                        (fmt, "output_format"), (quality, "quality"), (loop, "loop"), (cache, "step_cache"),
+                        (threshold, "cache_threshold"), (preview_every, "preview_every"))])

@@ -11,7 +11,7 @@ import gradio as gr
 from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
 from engine.requests import SingleFiles
 
-from .. import comfy_panel, zerogpu
+from .. import comfy_io, comfy_panel, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -105,7 +105,7 @@ def format_result(result: Result) -> str:
             f"{len(steps)}/{result.request.steps} steps · {cache}{encode}")
 
 
-def build(engine) -> None:
+def build(engine) -> comfy_io.Fill:
     d = t2i.defaults(engine.demo)
     slots = CancelSlots()
 
@@ -158,6 +158,7 @@ def build(engine) -> None:
                 "ip_adapter": "IP-Adapter file", "image_encoder": "Image encoder (clip_vision, SigLIP)"})
             memory = memory_mode_widget(engine, "text_to_image", "ip")
             status, run = run_row(slots, "ip", cancel_api="ipadapter_cancel")
+            export_panel = comfy_io.ExportPanel(engine, "ip")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("ip")
             memory.trace_plot.render()
@@ -186,11 +187,33 @@ def build(engine) -> None:
         yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
                **after_run(engine, memory, result, plan_line)}
 
+    inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
+              weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs,
+              comfy["ip_adapter"], comfy["image_encoder"]]
+
+    def export_request(*values):
+        head, refs, ws, swap, files = values[:18], values[18:21], values[21:24], values[24:-2], values[-2:]
+        return build_request(*head[:9], list(zip(refs, ws)), *head[9:], *swap, adapter_file=files[0] or "",
+                             encoder_file=files[1] or "")
+
+    export_panel.wire(export_request, inputs)
     run.click(
         run_with_feedback(run_ipadapter, status, LABELS),
-        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
-         weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs,
-         comfy["ip_adapter"], comfy["image_encoder"]],
+        inputs,
         [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="ipadapter", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
+
+    def ref(i, part):
+        return lambda r: (getattr(r.references[i], part) if i < len(r.references) else
+                          (None if part == "path" else 1.0))
+
+    return comfy_io.Fill(("ipadapter",), [
+        (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP),
+        *[(images[i], ref(i, "path")) for i in range(MAX_REFERENCES)],
+        *[(weights[i], ref(i, "weight")) for i in range(MAX_REFERENCES)],
+        *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),
+                        (steps, "steps"), (guidance, "guidance_scale"), (true_cfg, "true_cfg_scale"), (seed, "seed"),
+                        (weight, "weight"), (start, "start_percent"), (end, "end_percent"), (ramp, "ramp"),
+                        (weight_start, "weight_start"), (weight_end, "weight_end"), (ramp_steps, "ramp_steps"),
+                        (offload, "offload_preprocessing"), (norm, "ip_norm"))])

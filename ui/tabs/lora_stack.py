@@ -15,7 +15,7 @@ import gradio as gr
 from engine import LoraStackRequest, ModelRef, Result, SwapSettings
 from engine.adapters import nunchaku
 
-from .. import comfy_panel, zerogpu
+from .. import comfy_io, comfy_panel, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -106,7 +106,7 @@ def format_result(result: Result) -> str:
     return "  \n".join(lines)
 
 
-def build(engine) -> None:
+def build(engine) -> comfy_io.Fill:
     slots = CancelSlots()
     demo = engine.demo
     d = {"size": 64, "max_size": 512, "steps": 2} if demo else {"size": 1328, "max_size": 2048, "steps": 30}
@@ -158,6 +158,7 @@ def build(engine) -> None:
             comfy_panel.tab_picker(engine, "lora_stack", "lora", pieces=False)
             memory = memory_mode_widget(engine, "text_to_image", "lora")
             status, run = run_row(slots, "lora", cancel_api="lora_stack_cancel")
+            export_panel = comfy_io.ExportPanel(engine, "lora")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("lora")
             memory.trace_plot.render()
@@ -168,6 +169,8 @@ def build(engine) -> None:
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,
               nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps, stage2_upscale,
               *memory.inputs]
+
+    export_panel.wire(lambda *v: build_request(*v[:19], swap_settings(*v[19:])), inputs)
 
     def run_lora_stack(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache,
                        backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
@@ -196,3 +199,15 @@ def build(engine) -> None:
         [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="lora_stack", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
+
+    def entries(field):
+        return lambda r: [lora.to_dict() for lora in getattr(r, field)]
+
+    return comfy_io.Fill(("lora_stack",), [
+        (model, lambda r: r.model.repo_id or r.model.path), (stack, entries("loras")),
+        (stage2_stack, entries("stage2_loras")), (input_image, lambda r: r.input_image or None),
+        *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),
+                        (steps, "steps"), (guidance, "guidance_scale"), (true_cfg, "true_cfg_scale"), (seed, "seed"),
+                        (step_cache, "step_cache"), (backend, "backend"), (nunchaku_file, "nunchaku_transformer"),
+                        (stage2, "stage2"), (stage2_strength, "stage2_strength"), (stage2_steps, "stage2_steps"),
+                        (stage2_upscale, "stage2_upscale"))])

@@ -10,7 +10,7 @@ from engine import PerceptionRequest, Result
 from engine import panorama_input as pano
 from engine.requests import PERCEPTION_TASKS
 
-from .. import zerogpu
+from .. import comfy_io, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -79,7 +79,7 @@ def format_result(result: Result) -> str:
             f"seam error {seams} · {len(result.files)} files in `{folder}`")
 
 
-def build(engine) -> None:
+def build(engine) -> comfy_io.Fill:
     d = defaults(engine.demo)
     slots = CancelSlots()
     fixed_dir = Path(engine.outputs_dir) / "inputs"
@@ -107,6 +107,7 @@ def build(engine) -> None:
                 sphere = gr.Checkbox(True, label="3D sphere (.glb)", info="with depth")
             memory = memory_mode_widget(engine, "text_to_image", "pano")  # Flux, as on Text to image
             status, run = run_row(slots, "pano", cancel_api="perception_cancel")
+            comfy = comfy_io.ExportPanel(engine, "pano")
         with gr.Column(scale=6):
             gallery = gr.Gallery(label="Maps", columns=2, height=420, object_fit="contain", elem_id="pano-maps",
                                  buttons=["download", "fullscreen"])
@@ -160,9 +161,15 @@ def build(engine) -> None:
             memory.trace_plot: trace_plot_update(result),
         }
 
+    inputs = [panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, *memory.inputs]
+    comfy.wire(build_request, inputs)
     run.click(
         run_with_feedback(run_perception, status, LABELS),
-        [panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, *memory.inputs],
+        inputs,
         [gallery, viewer, files, info, status, memory.plan, memory.trace_plot],
         api_name="perception", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
+    return comfy_io.Fill(("perception",), [
+        (tasks, lambda r: list(r.tasks)),
+        *comfy_io.attrs((panorama, "panorama"), (prompt, "prompt"), (steps, "steps"), (guidance, "guidance_scale"),
+                        (seed, "seed"), (seam_blending, "seam_blending"), (sphere, "sphere_mesh"))])

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine import Result, TextToImageRequest
 
-from .. import comfy_panel, zerogpu
+from .. import comfy_io, comfy_panel, zerogpu
 from ..components import (
     GPU_POOL,
     CancelSlots,
@@ -79,7 +79,7 @@ def format_result(result: Result) -> str:
     return f"**{t.get('total', 0.0):.2f} s** ({' · '.join(parts)}) · saved {files}{where}"
 
 
-def build(engine) -> None:
+def build(engine) -> comfy_io.Fill:
     d = defaults(engine.demo)
     slots = CancelSlots()
 
@@ -106,6 +106,7 @@ def build(engine) -> None:
             pieces = comfy_panel.tab_picker(engine, "text_to_image", "t2i")["pieces"]
             memory = memory_mode_widget(engine, "text_to_image", "t2i")
             status, run = run_row(slots, "t2i", cancel_api="text_to_image_cancel")
+            export_panel = comfy_io.ExportPanel(engine, "t2i")
         with gr.Column(scale=6):
             gallery, info, save_json = image_output("t2i")
             memory.trace_plot.render()
@@ -131,9 +132,15 @@ def build(engine) -> None:
         yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
                **after_run(engine, memory, result, plan_line)}
 
+    inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces]
+    export_panel.wire(lambda *v: build_request(*v[:-1], pieces=v[-1] or ()), inputs)
     run.click(
         run_with_feedback(run_text_to_image, status, LABELS),
-        [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces],
+        inputs,
         [gallery, info, save_json, status, memory.plan, memory.trace_plot],
         api_name="text_to_image", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
     )
+    return comfy_io.Fill(("text_to_image",), [
+        (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP),
+        *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),
+                        (steps, "steps"), (guidance, "guidance_scale"), (true_cfg, "true_cfg_scale"), (seed, "seed"))])
