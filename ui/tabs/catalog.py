@@ -628,16 +628,16 @@ def build(engine) -> comfy_io.Fill:
     q_svd.change(lambda on: gr.update(interactive=bool(on)), q_svd, q_rank, queue=False, api_visibility="private")
     for trigger in (q_source.change, q_dtype.change):
         trigger(rename, [q_source, q_dtype], q_name, queue=False, api_visibility="private")
-    generate, quant = ("sdnq_generate",), ("sdnq_quantize",)
-    return comfy_io.Fill(generate + quant, [
-        (source, lambda r: (SOURCE_ENTRY if r.entry else SOURCE_FOLDER) if r.kind == generate[0] else comfy_io.KEEP),
-        (entry, lambda r: (r.entry or comfy_io.KEEP) if r.kind == generate[0] else comfy_io.KEEP),
-        (local_path, lambda r: (r.model.path or r.model.repo_id) if r.kind == generate[0] and not r.entry
+    gen_kind, q_kind = ("sdnq_generate",), ("sdnq_quantize",)
+    return comfy_io.Fill(gen_kind + q_kind, [
+        (source, lambda r: (SOURCE_ENTRY if r.entry else SOURCE_FOLDER) if r.kind == gen_kind[0] else comfy_io.KEEP),
+        (entry, lambda r: (r.entry or comfy_io.KEEP) if r.kind == gen_kind[0] else comfy_io.KEEP),
+        (local_path, lambda r: (r.model.path or r.model.repo_id) if r.kind == gen_kind[0] and not r.entry
          else comfy_io.KEEP),
-        (q_source, lambda r: r.source.path if r.kind == quant[0] else comfy_io.KEEP),
-        (q_components, lambda r: list(r.components) if r.kind == quant[0] else comfy_io.KEEP),
+        (q_source, lambda r: r.source.path if r.kind == q_kind[0] else comfy_io.KEEP),
+        (q_components, lambda r: list(r.components) if r.kind == q_kind[0] else comfy_io.KEEP),
         *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),
                         (steps, "steps"), (guidance, "guidance_scale"), (seed, "seed"),
-                        (use_qmm, "use_quantized_matmul"), (use_compile, "use_torch_compile"), kinds=generate),
+                        (use_qmm, "use_quantized_matmul"), (use_compile, "use_torch_compile"), kinds=gen_kind),
         *comfy_io.attrs((q_name, "output_name"), (q_dtype, "weights_dtype"), (q_group, "group_size"),
-                        (q_svd, "use_svd"), (q_rank, "svd_rank"), (q_keep, "keep_sensitive_layers"), kinds=quant)])
+                        (q_svd, "use_svd"), (q_rank, "svd_rank"), (q_keep, "keep_sensitive_layers"), kinds=q_kind)])
