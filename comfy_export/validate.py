@@ -79,7 +79,10 @@ def problems(api: Any, strict: bool = True) -> list[str]:
     defs = node_defs.all_defs()
     for nid, node in api.items():
         if node["class_type"] not in defs:
-            found.append(str(WorkflowError_for(nid, node["class_type"])))
+            try:
+                node_defs.get(node["class_type"], nid)
+            except WorkflowError as exc:  # its message names the node and the packs we know
+                found.append(str(exc))
     if found:
         return found
     reachable = feeding_outputs(api)
@@ -127,14 +130,6 @@ def problems(api: Any, strict: bool = True) -> list[str]:
 
 def _widget_type(spec: node_defs.InputDef) -> str:
     return "*" if spec.type == "COMBO" else spec.type  # a linked combo takes any COMBO/STRING source
-
-
-def WorkflowError_for(nid: str, class_type: str) -> WorkflowError:  # noqa: N802 - reads as a constructor
-    try:
-        node_defs.get(class_type, nid)
-    except WorkflowError as exc:
-        return exc
-    return WorkflowError(class_type)
 
 
 def check(api: Any, strict: bool = True) -> None:
