@@ -127,9 +127,27 @@ def model_ref(g: ReadGraph, loader: str | None) -> tuple[dict[str, Any], str, st
     fam = family_of(g, loader, repo)
     if g.type(loader) == "NunchakuQwenImageDiTLoader":
         return {"repo_id": "Qwen/Qwen-Image"}, "qwen_image", name
-    if repo:
-        return {"repo_id": repo}, fam, name
-    return {"repo_id": FAMILY_REPO.get(fam, FAMILY_REPO["flux"]), "files": {"transformer": name}}, fam, name
+    # every file the graph names; the importer keeps those found in the app's (or the ComfyUI) folders, and a
+    # preset file that is not here gives way to its hub repo
+    files = {"transformer": name, **piece_files(g)}
+    return {"repo_id": repo or FAMILY_REPO.get(fam, FAMILY_REPO["flux"]), "files": files}, fam, name
+
+
+def piece_files(g: ReadGraph) -> dict[str, str]:
+    """The VAE and text-encoder files of the graph's loaders, as ``SingleFiles`` parts (Flux's DualCLIPLoader:
+    the T5 file is ``text_encoder_2``, whichever slot holds it)."""
+    out: dict[str, str] = {}
+    for nid in g.reachable:
+        kind = g.type(nid)
+        if kind == "VAELoader" and "vae" not in out:
+            out["vae"] = str(g.value(nid, "vae_name", ""))
+        elif kind == "DualCLIPLoader" and "text_encoder" not in out:
+            for slot in ("clip_name1", "clip_name2"):
+                value = str(g.value(nid, slot, ""))
+                out["text_encoder_2" if "t5" in value.lower() else "text_encoder"] = value
+        elif kind == "CLIPLoader" and "text_encoder" not in out:
+            out["text_encoder"] = str(g.value(nid, "clip_name", ""))
+    return {k: v for k, v in out.items() if v}
 
 
 def lora_entries(g: ReadGraph, patches: list[str]) -> list[dict[str, Any]]:
@@ -342,6 +360,9 @@ def i2v(g: ReadGraph) -> dict[str, Any]:
     fields.update(model=ref, steps=int(first["steps"]), seed=int(first["seed"]), guidance_scale=float(first["cfg"]))
     if len(samplers) > 1:
         second = sampler_settings(g, samplers[1])
+        low, _ = model_chain(g, second["model"])
+        if low is not None and low != loader and g.type(low) in LOADERS:  # the low-noise expert's own file
+            ref["files"]["transformer_2"] = str(g.value(low, LOADERS[g.type(low)], ""))
         switch = int(g.value(samplers[0], "end_at_step", first["steps"]))
         fields.update(guidance_scale_2=float(second["cfg"]),
                       boundary_ratio=build_i2v.boundary_from_step(int(first["steps"]), switch))

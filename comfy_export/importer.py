@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import validate
+from . import names, validate
 from .errors import WorkflowError
 from .export import EXTRA_KEY, to_api
 from .import_kinds import EXTRACT, check_understood, detect
@@ -103,6 +103,18 @@ def _find(name: str, dirs: list[str]) -> str:
     return name
 
 
+def _resolve_files(files: dict[str, str], dirs: list[str]) -> dict[str, str]:
+    """Pieces found in the folders become their paths; pieces not found come from the model's repo. A transformer
+    file that is not here stays by name (the tab then says which file is missing), unless it is one of the preset
+    files, whose hub repo then stands in."""
+    found = {part: _find(name, dirs) for part, name in files.items()}
+    found = {part: path for part, path in found.items() if Path(path).is_absolute() and Path(path).is_file()}
+    transformer = files.get("transformer", "")
+    if "transformer" in found or not transformer:
+        return found
+    return {} if names.repo_for(transformer) else {"transformer": transformer}
+
+
 def _resolve(key: str, value: Any, search: dict[str, list[str]]) -> Any:
     """File names from the graph as paths where the app's folders hold them (else the name: the tab says so)."""
     images, loras, models = search.get("input", []), search.get("loras", []), search.get("diffusion_models", [])
@@ -115,7 +127,7 @@ def _resolve(key: str, value: Any, search: dict[str, list[str]]) -> Any:
     if key == "nunchaku_transformer":
         return _find(value, models)
     if key == "model" and "files" in value:
-        return {**value, "files": {k: _find(v, models) for k, v in value["files"].items()}}
+        return {**value, "files": _resolve_files(value["files"], models)}
     if key == "turbo":
         return {k: _find(v, models) if k in ("high_path", "low_path") else v for k, v in value.items()}
     return value

@@ -85,9 +85,15 @@ class ExportPanel:
 def search_dirs(engine) -> dict[str, list[str]]:
     """Where file names of an imported graph are looked up: the app's folders, ComfyUI's layout inside them."""
     models, outputs = Path(engine.models_dir), Path(engine.outputs_dir)
-    return {"input": [str(outputs / "references"), str(outputs / "inputs"), str(outputs), str(models / "input")],
-            "loras": [str(models / "loras")],
-            "diffusion_models": [str(models / "diffusion_models"), str(models / "unet"), str(models)]}
+    found = {"input": [str(outputs / "references"), str(outputs / "inputs"), str(outputs), str(models / "input")],
+             "loras": [str(models / "loras")],
+             "diffusion_models": [str(models / "diffusion_models"), str(models / "unet"), str(models)]}
+    index = engine.comfy.index() if getattr(engine, "comfy", None) is not None else None
+    if index is not None:  # the ComfyUI models folder: a graph naming its files opens with exactly them
+        for category, paths in index.folders.folders.items():
+            key = "loras" if category == "loras" else "diffusion_models"  # every other model file: by name
+            found[key] += [str(p) for p in paths]
+    return found
 
 
 def import_box(engine) -> tuple[gr.File, gr.Markdown]:
