@@ -127,6 +127,18 @@ def test_extra_model_paths_two_base_paths_and_legacy_names(tmp_path):
     assert "does not exist" in comfy_folders(config=tmp_path / "missing.yaml").problems[0]
 
 
+def test_one_folder_given_relatively_and_through_the_yaml_is_listed_once(comfy, monkeypatch):
+    # the demo app passes its models folder relatively (``models/...``) and the yaml names the same ComfyUI
+    # install through its base path: each file must be one choice, under an absolute path
+    root = comfy.parents[1]
+    monkeypatch.chdir(root.parent)
+    service = ComfyModels()
+    service.configure(os.path.join(root.name, MAIN), str(root / "extra_model_paths.yaml"))
+    labels = [label for label, _ in service.model_choices("text_to_image")]
+    assert labels and len(labels) == len(set(labels)), labels
+    assert all(os.path.isabs(e.path) for e in service.index().entries)
+
+
 def test_bad_input_each_has_a_message_and_the_rest_is_indexed(hostile):
     root, marker = hostile
     index = index_of(root)

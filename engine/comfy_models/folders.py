@@ -31,6 +31,9 @@ class ComfyFolders:
         category = LEGACY.get(category, category)
         if category not in CATEGORIES:
             return
+        # absolute, symlinks kept (a linked folder keeps its ComfyUI name): the same folder given relatively and
+        # through a yaml base path is listed once, and requests record paths that work from any directory
+        path = Path(os.path.abspath(path))
         paths = self.folders.setdefault(category, [])
         if path not in paths:
             paths.append(path)
