@@ -120,7 +120,7 @@ def plan_extra(engine, req: PerceptionRequest, elem: int):
     from ..plan import PlanExtra, file_bytes
 
     extra = PlanExtra(batch=max(len(TASKS[t].adapters) for t in req.tasks))
-    root = engine.store.resolve_local(req.adapters) if req.adapters.path or engine.demo else None
+    root = engine.store.resolve_local(req.adapters)  # a path, the demo, a models-dir copy or the HF cache
     files = [root / f for f in lora_files(req.tasks)] if root else []
     if files and all(f.is_file() for f in files):
         extra.in_blocks = sum(file_bytes(f, elem) for f in files)
