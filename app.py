@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     comfy_models, comfy_config = args.comfy_models, args.comfy_config
     if demo and not comfy_models and not comfy_config:  # the demo's own fake ComfyUI install, so the pickers show
-        from engine.demo_comfy import build_demo_comfy, yaml_path
+        from engine.demo.comfy import build_demo_comfy, yaml_path
 
         comfy_models, comfy_config = build_demo_comfy(args.models_dir), yaml_path(args.models_dir)
     if comfy_models or comfy_config:

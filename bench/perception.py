@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from engine import Engine, ModelRef, PerceptionRequest  # noqa: E402
-from engine import panorama_seam as seam  # noqa: E402
 from engine.demo import build_demo_models  # noqa: E402
+from engine.panorama import seam
 from engine.requests import PERCEPTION_TASKS  # noqa: E402
 
 

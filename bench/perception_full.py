@@ -41,8 +41,8 @@ def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
     from swap_harness import FLUX_FULL, build, scaled
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from engine import demo
     from engine.adapters.omnix_pipeline import OmniXPerceptionPipeline
+    from engine.demo import common as demo_common
 
     if tiny:
         config = scaled(FLUX_FULL, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
@@ -60,9 +60,9 @@ def build_pipeline(tiny: bool, device: str, dtype: torch.dtype):
     t5 = T5EncoderModel(T5Config(vocab_size=256, d_model=config["joint_attention_dim"], d_ff=256, d_kv=8,
                                  num_heads=4, num_layers=1, relative_attention_num_buckets=8,
                                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
-    flux = FluxPipeline(scheduler=demo._flow_match_scheduler(), vae=AutoencoderKL(**vae_config).eval(),
-                        text_encoder=clip, tokenizer=demo._clip_tokenizer(), text_encoder_2=t5,
-                        tokenizer_2=demo._t5_tokenizer(), transformer=transformer)
+    flux = FluxPipeline(scheduler=demo_common.flow_match_scheduler(), vae=AutoencoderKL(**vae_config).eval(),
+                        text_encoder=clip, tokenizer=demo_common.clip_tokenizer(), text_encoder_2=t5,
+                        tokenizer_2=demo_common.t5_tokenizer(), transformer=transformer)
     return flux, OmniXPerceptionPipeline(**flux.components)
 
 
@@ -73,13 +73,14 @@ def write_adapters(flux, root: Path, tiny: bool) -> None:
     from diffusers import FluxPipeline
 
     from engine import demo
-    from engine.omnix_tasks import TASKS
+    from engine.demo import common as demo_common
+    from engine.panorama.tasks import TASKS
 
     rank = demo.OMNIX_LORA_RANK if tiny else UPSTREAM_RANK
     made = {}
     for slot, seed in (("condition", 11), ("target", 12)):
         made[slot] = root / "_random" / slot / "pytorch_lora_weights.safetensors"
-        demo._save_lora(FluxPipeline, flux.transformer, demo.OMNIX_LORA_TARGETS, seed, made[slot], rank=rank,
+        demo_common.save_lora(FluxPipeline, flux.transformer, demo.OMNIX_LORA_TARGETS, seed, made[slot], rank=rank,
                         with_metadata=False)
     for task in PERCEPTION_TASKS:
         spec = TASKS[task]
@@ -96,7 +97,7 @@ def full_size_check(device: str, tiny: bool = False, steps: int = 2) -> dict:
     from engine.adapters.omnix import OmniXSession
     from engine.jobs.perception import image_tensor
     from engine.memory import MemoryManager
-    from engine.panorama_seam import seam_error
+    from engine.panorama.seam import seam_error
 
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32

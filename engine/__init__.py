@@ -1,8 +1,8 @@
 """The engine behind the app: requests in, results out. Knows nothing of Gradio."""
 
-from .engine import Engine
-from .errors import Cancelled, EngineError, InputError, ModelLoadError, OutOfBudgetError
-from .requests import (
+from engine.engine import Engine
+from engine.errors import Cancelled, EngineError, InputError, ModelLoadError, OutOfBudgetError
+from engine.requests import (
     CatalogRequest,
     I2VRequest,
     IPAdapterRequest,
@@ -17,7 +17,7 @@ from .requests import (
     TextToImageRequest,
     request_from_dict,
 )
-from .result import Result
+from engine.result import Result
 
 __all__ = [
     "Cancelled", "CatalogRequest", "Engine", "EngineError", "I2VRequest", "IPAdapterRequest", "InputError",

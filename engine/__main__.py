@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "catalog-check":
         return _catalog_check(args)
 
-    from . import Engine, EngineError, request_from_dict
+    from engine import Engine, EngineError, request_from_dict
 
     try:
         data = json.loads(args.request.read_text())
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 def _context_parallel(args, request):
     if not args.context_parallel:
         return None
-    from .context_parallel import from_torchrun
-    from .errors import InputError
+    from engine.errors import InputError
+    from engine.video.context_parallel import from_torchrun
 
     if request.kind != "i2v":
         raise InputError("context_parallel", f"splits image-to-video runs only, not {request.kind}")
@@ -88,9 +88,9 @@ def _progress_line(done: int, total: int, message: str) -> None:
 
 
 def _verify(args) -> int:
-    from .errors import EngineError
-    from .hub_verify import verify
-    from .presets import catalog_entry, load_catalog
+    from engine.catalog.presets import catalog_entry, load_catalog
+    from engine.errors import EngineError
+    from engine.hub.verify import verify
 
     repo = args.repo
     if "/" not in repo:  # a catalog entry id
@@ -110,8 +110,8 @@ def _verify(args) -> int:
 
 
 def _catalog_check(args) -> int:
-    from . import catalog_check
-    from .errors import EngineError
+    from engine.catalog import check as catalog_check
+    from engine.errors import EngineError
 
     try:
         return catalog_check.main(args.catalog, args.write)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from . import jobs
-from .errors import EngineError, InputError
-from .memory import MemoryManager, reset_peak
-from .memory.devices import default_compute_device, free_cached
-from .models import ModelStore
-from .outputs import save_images
-from .requests import Request
-from .result import Result
+from engine import jobs
+from engine.errors import EngineError, InputError
+from engine.memory import MemoryManager, reset_peak
+from engine.memory.devices import default_compute_device, free_cached
+from engine.models import ModelStore
+from engine.outputs import save_images
+from engine.requests import Request
+from engine.result import Result
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS_DIR = Path("models")
@@ -46,7 +46,7 @@ class Engine:
         self.demo = demo
         self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
         self.store = ModelStore(self.memory, self.models_dir, demo=demo)
-        from .comfy_models import ComfyModels  # a ComfyUI models folder, once configured (--comfy-models)
+        from engine.comfy_models import ComfyModels  # a ComfyUI models folder, once configured (--comfy-models)
 
         self.comfy = ComfyModels(cache_file=self.models_dir / ".cache" / "comfy-index.json")
         self._device_lock = threading.Lock()
@@ -71,7 +71,7 @@ class Engine:
     def plan(self, request: Request):
         """What the run will do with the compute device (mode, resident blocks, group size, predicted peak and a
         one-line explanation), from configs and safetensors headers only: nothing is loaded."""
-        from .plan import plan_request
+        from engine.plan import plan_request
 
         if not isinstance(request, Request):
             raise InputError("request", f"expected a request object, got {type(request).__name__}")
@@ -83,13 +83,13 @@ class Engine:
     def default_swap(self, job: str):
         """The memory settings to start with for ``job`` ("text_to_image", "i2v") on this machine, from
         ``presets/vram_profiles.json`` for the detected GPU, and a line saying why."""
-        from .presets import load_vram_profiles, profile_for_vram
-        from .requests import SwapSettings
+        from engine.catalog.presets import load_vram_profiles, profile_for_vram
+        from engine.requests import SwapSettings
 
         if not self.memory.compute_device.startswith("cuda"):
             return SwapSettings(), ("No GPU found: runs use the CPU. The modes still work (and give "
                                     "the same pixels) but only save memory on a GPU")
-        from .memory.devices import cuda_stats
+        from engine.memory.devices import cuda_stats
 
         # the device's size only: a full snapshot would read every loaded tensor for one number
         total = cuda_stats(torch.device(self.memory.compute_device).index or 0)["total"]
@@ -121,7 +121,7 @@ class Engine:
         runner = self.prepare(request, progress, cancel)
         plan = None
         if getattr(request, "swap", None) is not None:
-            from .plan import check_budget
+            from engine.plan import check_budget
 
             try:
                 plan = self.plan(request)

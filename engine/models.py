@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from .errors import InputError, ModelLoadError
-from .memory import MemoryManager
-from .requests import ModelRef
+from engine.errors import InputError, ModelLoadError
+from engine.memory import MemoryManager
+from engine.requests import ModelRef
 
 # Libraries a model_index.json may name for its components. Anything else would be a custom
 # class imported from the model repo, i.e. remote code: refused.
@@ -89,7 +89,7 @@ class ModelStore:
 
     # ------------------------------------------------------------ resolve
     def demo_dir(self) -> Path:
-        from .demo import build_demo_models
+        from engine.demo import build_demo_models
 
         return build_demo_models(self.models_dir)
 
@@ -102,7 +102,7 @@ class ModelStore:
                 raise InputError("model.path", f"no such file or folder: {folder}")
         else:
             if allow_patterns is None and ref.files.given():  # never download what a single file replaces
-                from .comfy_models.pieces import repo_patterns
+                from engine.comfy_models.pieces import repo_patterns
 
                 allow_patterns = repo_patterns(ref.files.given())
             folder = self._resolve_repo(ref, progress, cancel, allow_patterns)
@@ -130,7 +130,7 @@ class ModelStore:
 
     def _resolve_repo(self, ref: ModelRef, progress, cancel, allow_patterns=None) -> Path:
         if self.demo:
-            from .presets import demo_for_repo
+            from engine.catalog.presets import demo_for_repo
 
             preset = demo_for_repo(ref.repo_id)
             if preset is None:
@@ -141,7 +141,7 @@ class ModelStore:
         local = self.models_dir / ref.repo_id.split("/")[-1]
         if local.exists():
             return local
-        from . import hub
+        from engine.hub import download as hub
 
         patterns = {"allow_patterns": allow_patterns} if allow_patterns else {}
         return hub.download(ref.repo_id, revision=ref.revision or None, progress=progress, cancel=cancel, **patterns)
@@ -178,7 +178,7 @@ class ModelStore:
         per file version and dtype and shared by every pipeline of that folder that names the same file."""
         if not files:
             return {}
-        from .comfy_models.pieces import load_pieces
+        from engine.comfy_models.pieces import load_pieces
 
         out, todo, keys = {}, {}, {}
         for part, stamp in zip(files, _file_keys(files)):
@@ -253,7 +253,7 @@ class ModelStore:
 
     def components_of(self, pipe) -> list:
         """The pipeline's registered weight-holding components, as the memory strategies see them."""
-        from .memory.strategies import Component
+        from engine.memory.strategies import Component
 
         out = []
         for attr, module in module_components(pipe).items():

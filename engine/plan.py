@@ -13,9 +13,9 @@ import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import InputError, OutOfBudgetError
-from .memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, plan_swap
-from .models import role_of
+from engine.errors import InputError, OutOfBudgetError
+from engine.memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, plan_swap
+from engine.models import role_of
 
 # bytes per element of the safetensors dtypes
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -62,7 +62,7 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
     for file in files:
         header = read_header(file)
         if single_file and role_of(name) == "transformer":  # a ComfyUI file: its transformer keys, unprefixed
-            from .comfy_models.detect import strip_transformer_prefix
+            from engine.comfy_models.detect import strip_transformer_prefix
 
             header = {new: header[old] for new, old in strip_transformer_prefix(header).items()}
         for key, info in header.items():
@@ -178,8 +178,8 @@ def load_elem_bytes(dtype: str, device: str) -> int:
 
 def plan_request(engine, request) -> Plan:
     """The plan for ``request`` on ``engine`` (requests without a memory mode plan as ``none``)."""
-    from . import jobs
-    from .requests import SwapSettings
+    from engine import jobs
+    from engine.requests import SwapSettings
 
     settings = getattr(request, "swap", None) or SwapSettings()
     runner = jobs.runner_for(request)

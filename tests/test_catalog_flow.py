@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine import CatalogRequest, Engine
-from engine import catalog_service as catalog
+from engine.catalog import service as catalog
 
 ENTRY = "FLUX.1-dev-SDNQ-uint4"
 GEN = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 2, "seed": 42}

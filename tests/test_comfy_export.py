@@ -388,7 +388,7 @@ def test_video_container_carries_the_workflow(tmp_path, files):
     import imageio_ffmpeg
     import numpy as np
 
-    from engine.video import save_video_result
+    from engine.video.encode import save_video_result
 
     req = I2VRequest(image=files["image"], prompt="go", width=64, height=64, resolution="custom", num_frames=5)
     out = save_video_result(np.zeros((5, 64, 64, 3), dtype=np.uint8), tmp_path, req)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from engine.comfy_models import ComfyIndex, ComfyModels, comfy_folders
 from engine.comfy_models.detect import detect
 from engine.comfy_models.header import read_safetensors_header, weight_dtype
-from engine.demo_comfy import EXTRA, MAIN, build_demo_comfy
+from engine.demo.comfy import EXTRA, MAIN, build_demo_comfy
 
 EXPECTED = {  # ComfyUI name -> (category, architecture, dtype)
     "flux1-dev-tiny.safetensors": ("diffusion_models", "flux-dev", "fp32"),

@@ -10,7 +10,7 @@ from PIL import Image
 
 import comfy_export
 from engine import Engine, I2VRequest, ModelRef, SwapSettings, TextToImageRequest
-from engine.demo_comfy import build_demo_comfy, main_models
+from engine.demo.comfy import build_demo_comfy, main_models
 from engine.requests import LoraSpec, LoraStackRequest, SingleFiles
 from ui.comfy_io import search_dirs
 

@@ -16,7 +16,7 @@ from PIL import Image
 from engine import Engine, I2VRequest, InputError, ModelRef, SwapSettings, TextToImageRequest
 from engine.comfy_models.single_file import flux_family_to_diffusers, load_diffusers_model
 from engine.demo import demo_path
-from engine.demo_comfy import build_demo_comfy
+from engine.demo.comfy import build_demo_comfy
 from engine.requests import SingleFiles
 
 FLUX = "black-forest-labs/FLUX.1-dev"

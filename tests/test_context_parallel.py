@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from engine import Engine, I2VRequest, InputError, SwapSettings, TextToImageRequest
-from engine.context_parallel import ContextParallel, check_request, tokens
+from engine.video.context_parallel import ContextParallel, check_request, tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 

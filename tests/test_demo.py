@@ -148,7 +148,7 @@ def test_failed_build_leaves_nothing_then_rebuild_is_reproducible(
     def killed(out: Path) -> None:
         raise RuntimeError("build killed")
 
-    monkeypatch.setattr(demo, "_build_wan", killed)
+    monkeypatch.setattr(demo.wan, "build_wan", killed)
     with pytest.raises(RuntimeError, match="build killed"):
         build_demo_models(tmp_path)
     assert not (tmp_path / "demo").exists()

@@ -1,4 +1,4 @@
-"""The catalog's download layer (engine/hub.py) end to end: the real huggingface_hub client against a local fake hub.
+"""The catalog's download layer (engine/hub/download.py) end to end: the real huggingface_hub client against a local fake hub.
 
 Nothing here touches huggingface.co: HF_ENDPOINT points at tests/fakehub.py on 127.0.0.1, HF_HOME at a tmp dir.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import hub as hubmod
 from engine.errors import Cancelled, ModelLoadError
-from engine.hub import (
+from engine.hub import download as hubmod
+from engine.hub.download import (
     ChecksumMismatchError,
     DownloadInterruptedError,
     FilesMissingError,

@@ -14,9 +14,9 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 
-from engine import hub as hubmod
 from engine.errors import Cancelled
-from engine.hub import DownloadInterruptedError, HubError, HubStalledError, cache_state, download
+from engine.hub import download as hubmod
+from engine.hub.download import DownloadInterruptedError, HubError, HubStalledError, cache_state, download
 from tests.fakehub import FakeHub
 from tests.hub_fixtures import REPO, WEIGHTS, Recorder, assert_files, storage_of
 

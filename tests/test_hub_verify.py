@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import snapshot_download
 
-from engine import catalog_check, hub
 from engine.__main__ import main as cli
-from engine.hub_verify import verify
-from engine.presets import CATALOG_PATH, load_catalog
+from engine.catalog import check as catalog_check
+from engine.catalog.presets import CATALOG_PATH, load_catalog
+from engine.hub import download as hub
+from engine.hub.verify import verify
 from tests.fakehub import FakeHub
 from tests.hub_fixtures import REPO, WEIGHTS, Recorder, assert_files, free_port
 

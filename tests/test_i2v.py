@@ -16,9 +16,9 @@ from PIL import Image
 from engine import Engine, EngineError, I2VRequest, InputError, ModelRef, SwapSettings
 from engine.errors import Cancelled, ModelLoadError
 from engine.memory.block_stream import find_blocks
-from engine.rcm import rcm_timesteps
 from engine.requests import SWAP_MODES, TurboWanSettings
-from engine.video import read_video
+from engine.video.encode import read_video
+from engine.video.rcm import rcm_timesteps
 
 TI2V = ModelRef(repo_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers")
 A14B = ModelRef(repo_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers")
@@ -174,7 +174,7 @@ def test_rcm_timesteps_are_upstreams_formula():
 
 def test_turbowan_checkpoints_convert_to_the_diffusers_experts(models_dir):
     from engine.demo import demo_path
-    from engine.turbowan import load_expert, read_checkpoint
+    from engine.video.turbowan import load_expert, read_checkpoint
 
     folder = demo_path(models_dir, "turbowan22-i2v")
     wan = demo_path(models_dir, "wan22-i2v")
@@ -320,7 +320,7 @@ def mag_dir(monkeypatch, models_dir):
     import shutil
     import uuid
 
-    from engine import mag_cache
+    from engine.speed import mag_cache
 
     name = f"mag-cache-test-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(mag_cache, "DIRNAME", name)
@@ -342,7 +342,7 @@ def ffn_calls(pipe):
 
 
 def test_mag_cache_calibrates_once_then_skips_steps(engine, start_image, mag_dir):
-    from engine.mag_cache import expert_steps
+    from engine.speed.mag_cache import expert_steps
 
     pipe = engine.store.load_pipeline(A14B, "WanImageToVideoPipeline")
     plain = last_frame(engine.run(i2v(start_image, steps=10)))
@@ -456,7 +456,7 @@ def test_cmyk_and_16_bit_start_images_are_converted_and_said(engine, tmp_path):
 def test_the_start_image_is_cropped_to_the_video_size():
     import tempfile
 
-    from engine.start_image import load_start_image
+    from engine.video.start_image import load_start_image
 
     with tempfile.TemporaryDirectory() as d:
         path = f"{d}/wide.png"

@@ -242,7 +242,7 @@ def test_bad_references_and_controls_are_input_errors(refs, tmp_path, monkeypatc
         assert err.value.field == field and words in err.value.message, (field, err.value)
     with pytest.raises(InputError, match="too large"):  # a 30000 x 30000 header: Pillow's bomb check fires
         ip_request(FLUX, _bomb(tmp_path / "bomb.png")).validate()
-    monkeypatch.setattr("engine.requests.MAX_REFERENCE_PIXELS", 1000)
+    monkeypatch.setattr("engine.requests.ipadapter.MAX_REFERENCE_PIXELS", 1000)
     with pytest.raises(InputError, match="megapixels|limit"):
         ip_request(FLUX, refs["noise"]).validate()
 

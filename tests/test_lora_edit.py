@@ -14,7 +14,7 @@ from engine import Engine, InputError, LoraSpec, LoraStackRequest, ModelLoadErro
 from engine import TextToImageRequest as T2I
 from engine.demo import QWEN_LORA_FILES, QWEN_LORA_LAYOUT_FILES, demo_path, demo_root
 from engine.jobs.common import generator_for
-from engine.qwen_edit import load_processor
+from engine.jobs.qwen_edit import load_processor
 
 EDIT = ModelRef(repo_id="Qwen/Qwen-Image-Edit")
 EDIT_2509 = ModelRef(repo_id="Qwen/Qwen-Image-Edit-2509")

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from engine import Cancelled, Engine, EngineError, InputError, LoraSpec, LoraStackRequest, ModelRef, TextToImageRequest
 from engine.adapters import nunchaku
+from engine.adapters.lora_presets import load_preset, save_preset
 from engine.demo import QWEN_LORA_FILES, QWEN_LORA_LAYOUT_FILES, demo_path, demo_root
 from engine.jobs.common import generator_for
 from engine.jobs.lora_stack import inspect
-from engine.lora_presets import load_preset, save_preset
 
 QWEN = ModelRef(repo_id="Qwen/Qwen-Image")
 FORCE_SKIP = 1e9  # random tiny weights never skip at real thresholds; this skips every step after the first

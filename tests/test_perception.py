@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from engine import Cancelled, Engine, InputError, ModelLoadError, ModelRef, PerceptionRequest, TextToImageRequest
-from engine import panorama_seam as seam
 from engine.adapters.omnix import OmniXSession
 from engine.demo import demo_path
 from engine.jobs.perception import image_tensor, omnix_pipeline
-from engine.omnix_tasks import TASKS, adapter_name
+from engine.panorama import seam
+from engine.panorama.tasks import TASKS, adapter_name
 from engine.requests import PERCEPTION_TASKS, request_from_dict
 
 FLUX = ModelRef(repo_id="black-forest-labs/FLUX.1-dev")
@@ -353,7 +353,7 @@ def test_truncated_file_gets_a_message(engine, tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
 def test_grayscale_alpha_16bit_and_palette_inputs_are_read_as_rgb(tmp_path, mode):
-    from engine import panorama_input
+    from engine.panorama import input as panorama_input
 
     path = tmp_path / f"p-{mode.replace(';', '')}.png"
     if mode == "I;16":
@@ -367,7 +367,7 @@ def test_grayscale_alpha_16bit_and_palette_inputs_are_read_as_rgb(tmp_path, mode
 
 
 def test_large_panoramas_run_at_upstreams_size_cap(tmp_path):
-    from engine import panorama_input
+    from engine.panorama import input as panorama_input
 
     image, info = panorama_input.prepare(Image.new("RGB", (2048, 1024)))
     assert image.size == (1440, 720) and info["perception_size"] == [1440, 720]
@@ -377,7 +377,7 @@ def test_large_panoramas_run_at_upstreams_size_cap(tmp_path):
 
 @pytest.mark.parametrize("how", ["pad", "crop"])
 def test_pad_and_crop_make_a_two_to_one_copy(tmp_path, how):
-    from engine import panorama_input
+    from engine.panorama import input as panorama_input
 
     for size in ((300, 100), (100, 100)):
         out = panorama_input.fix_aspect(_image(tmp_path, f"{size[0]}.png", size), how, tmp_path / "fixed")

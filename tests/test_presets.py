@@ -1,4 +1,4 @@
-"""presets/ data and its loader (engine/presets.py): shipped files load, filters count right, bad files fail clearly."""
+"""presets/ data and its loader (engine/catalog/presets.py): shipped files load, filters count right, bad files fail clearly."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import re
 
 import pytest
 
-from engine.errors import EngineError, InputError
-from engine.presets import (
+from engine.catalog.presets import (
     ARCHITECTURES,
     CatalogEntry,
     CatalogError,
@@ -24,6 +23,7 @@ from engine.presets import (
     profile_for_vram,
     quantizations,
 )
+from engine.errors import EngineError, InputError
 from engine.requests import SWAP_MODES, SwapSettings
 
 GiB = 2**30
@@ -254,7 +254,7 @@ def test_catalog_entry_lookup(catalog):
 
 # ---------------------------------------------------------------- bad catalogs
 def _shipped_doc() -> dict:
-    from engine.presets import CATALOG_PATH
+    from engine.catalog.presets import CATALOG_PATH
 
     with open(CATALOG_PATH, encoding="utf-8") as fh:
         return json.load(fh)
@@ -380,7 +380,7 @@ def test_demo_for_repo():
 
 
 def test_bad_models_json(tmp_path):
-    from engine.presets import MODELS_PATH
+    from engine.catalog.presets import MODELS_PATH
 
     doc = json.loads(MODELS_PATH.read_text(encoding="utf-8"))
     doc["models"][2]["jobs"] = []
@@ -414,7 +414,7 @@ def test_profile_for_vram():
 
 
 def test_bad_vram_profile(tmp_path):
-    from engine.presets import VRAM_PROFILES_PATH
+    from engine.catalog.presets import VRAM_PROFILES_PATH
 
     doc = json.loads(VRAM_PROFILES_PATH.read_text(encoding="utf-8"))
     doc["profiles"][1]["swap"]["i2v"]["mode"] = "turbo"

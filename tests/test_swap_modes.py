@@ -222,7 +222,7 @@ def test_the_plan_counts_adapters_loras_and_the_omnix_batch(disk_engine, models_
     """IP layers + projector + image encoder, LoRA layers and OmniX's adapter pairs are on the device during a
     run: the plan adds their bytes (from safetensors headers) to the base model's, and OmniX's two-item batch."""
     from engine import IPAdapterRequest, PerceptionRequest, ReferenceImage
-    from engine.omnix_tasks import lora_files
+    from engine.panorama.tasks import lora_files
     from engine.plan import file_bytes
     from engine.requests import LoraSpec, LoraStackRequest
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from engine import CatalogRequest, InputError, QuantizeRequest, request_from_dict
-from engine import catalog_service as catalog
+from engine.catalog import service as catalog
+from engine.catalog.presets import ALL, load_catalog
 from engine.demo import demo_path
-from engine.presets import ALL, load_catalog
 from tests.conftest import SDNQ_ENTRY_REPO, free_port
 from ui.components import field_label
 from ui.tabs import catalog as tab
@@ -370,7 +370,7 @@ def test_api_download_cancel_keeps_a_partial_and_the_next_download_resumes(clien
 def test_api_verify_names_a_bad_file_and_refetches_it(client, hub):
     status, _, _ = _download(client).result(timeout=60)
     assert status.startswith("✅")
-    from engine import hub as engine_hub
+    from engine.hub import download as engine_hub
 
     folder = engine_hub.cache_state(REPO).path
     blob = Path(os.path.realpath(folder / BIG_FILE))

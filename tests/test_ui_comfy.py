@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.comfy_models import CHOICE_PREFIX
-from engine.demo_comfy import build_demo_comfy, yaml_path
+from engine.demo.comfy import build_demo_comfy, yaml_path
 from tests.conftest import free_port
 
 

@@ -27,7 +27,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.normalization import RMSNorm
 from torch import nn
 
-from .flux_attention import flux_out, flux_qkv
+from engine.adapters.flux_attention import flux_out, flux_qkv
 
 IP_NORM_EPS = 1e-5  # upstream: RMSNorm(128, eps=1e-5, elementwise_affine=False)
 

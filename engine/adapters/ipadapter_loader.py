@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import ModelLoadError
-from .ipadapter_flux import IPLayers, MLPProjModel
+from engine.adapters.ipadapter_flux import IPLayers, MLPProjModel
+from engine.errors import ModelLoadError
 
 #: file names looked for in an adapter folder, in order: a safetensors copy first (no pickle at all), then the
 #: published ``ip-adapter.bin``
@@ -163,7 +163,7 @@ def load_image_encoder(folder: Path, dtype: torch.dtype, label: str, file: str =
 
     try:
         if file:
-            from ..comfy_models.single_file import load_transformers_model
+            from engine.comfy_models.single_file import load_transformers_model
 
             encoder = load_transformers_model(file, "SiglipVisionModel", folder, "", dtype)
         else:

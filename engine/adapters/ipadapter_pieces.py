@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .ipadapter_loader import (
+from engine.adapters.ipadapter_loader import (
     adapter_file,
     build_layers,
     build_projector,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from engine.errors import InputError
 
 # peft's own sub-modules: never targets of a LoRA file
 _PEFT_PARTS = {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B",

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import EngineError
-from .lora_files import LoraInfo, target_table
+from engine.adapters.lora_files import LoraInfo, target_table
+from engine.errors import EngineError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-from ..errors import EngineError
+from engine.errors import EngineError
 
 TRANSFORMER_MODULE = "nunchaku.models.transformers.transformer_qwenimage"
 TRANSFORMER_CLASS = "NunchakuQwenImageTransformer2DModel"
@@ -82,7 +82,7 @@ class NunchakuComposer:
 
     def apply(self, items) -> bool:
         """``items``: the run's ``StackItem``s. Returns whether anything had to be recomposed."""
-        from .lora_stack import composition
+        from engine.adapters.lora_stack import composition
 
         wanted = composition(items)
         if wanted == self._applied:

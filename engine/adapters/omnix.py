@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from peft.tuners.lora import LoraLayer
 
-from ..errors import InputError, ModelLoadError
-from ..omnix_tasks import TASKS, adapter_name
-from .omnix_attention import CrossItemFluxAttnProcessor, route_items
+from engine.adapters.omnix_attention import CrossItemFluxAttnProcessor, route_items
+from engine.errors import InputError, ModelLoadError
+from engine.panorama.tasks import TASKS, adapter_name
 
 
 def check_adapter_folder(root: Path, tasks, transformer: torch.nn.Module, base_label: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from peft.tuners.lora import LoraLayer
 
-from .flux_attention import flux_out, flux_qkv
+from engine.adapters.flux_attention import flux_out, flux_qkv
 
 
 class CrossItemFluxAttnProcessor:

@@ -26,8 +26,8 @@ import torch
 from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from .. import panorama_seam as seam
-from ..omnix_tasks import TASKS
+from engine.panorama import seam
+from engine.panorama.tasks import TASKS
 
 PROMPT = "[EQUIRECTANGULAR]"  # upstream's camera prompt for equirectangular inputs
 

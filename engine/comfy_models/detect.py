@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .header import TensorTable
+from engine.comfy_models.header import TensorTable
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 

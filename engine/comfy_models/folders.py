@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from engine.errors import InputError
 
 #: The categories this app reads, with the legacy names ComfyUI maps onto them (folder_paths.py:
 #: ``unet`` -> ``diffusion_models``, ``clip`` -> ``text_encoders``).

@@ -16,9 +16,9 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .detect import detect
-from .folders import ComfyFolders
-from .header import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, HeaderError, read_table, weight_dtype
+from engine.comfy_models.detect import detect
+from engine.comfy_models.folders import ComfyFolders
+from engine.comfy_models.header import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, HeaderError, read_table, weight_dtype
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1

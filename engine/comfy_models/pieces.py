@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, ModelLoadError
-from .detect import detect
-from .header import HeaderError, read_table
+from engine.comfy_models.detect import detect
+from engine.comfy_models.header import HeaderError, read_table
+from engine.errors import InputError, ModelLoadError
 
 #: pipeline family (class name prefix) -> component -> architectures (``detect``) that fit it
 FITS = {
@@ -32,7 +32,7 @@ REPO_COMPONENTS = ("transformer", "transformer_2", "unet", "vae", "text_encoder"
 def repo_patterns(given: dict[str, str]) -> list[str]:
     """What to download of the base repo when ``given`` components come from single files: configs, tokenizers,
     scheduler, and the weights of the other components only (a Flux transformer file saves its 23 GB download)."""
-    from ..hub import DIFFUSERS_PATTERNS
+    from engine.hub.download import DIFFUSERS_PATTERNS
 
     patterns = [p for p in DIFFUSERS_PATTERNS if not p.endswith(".safetensors")]
     return patterns + [f"{part}/*.safetensors" for part in REPO_COMPONENTS if part not in given]
@@ -65,7 +65,7 @@ def check_piece(pipeline_class: str, part: str, path: str, field: str) -> None:
 def load_pieces(folder: Path, index: dict, pipeline_class: str, files: dict[str, str],
                 dtype: torch.dtype) -> dict[str, torch.nn.Module]:
     """component -> module for each single file in ``files``, configs from ``folder`` (a diffusers folder)."""
-    from .single_file import load_diffusers_model, load_transformers_model
+    from engine.comfy_models.single_file import load_diffusers_model, load_transformers_model
 
     out = {}
     for part, path in files.items():

@@ -10,10 +10,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from ..requests import ModelRef, SingleFiles
-from .folders import comfy_folders
-from .index import ComfyIndex, Entry, human_size
+from engine.comfy_models.folders import comfy_folders
+from engine.comfy_models.index import ComfyIndex, Entry, human_size
+from engine.errors import InputError
+from engine.requests import ModelRef, SingleFiles
 
 #: transformer architecture -> the diffusers repo whose configs (and missing pieces) it runs with
 BASE_REPOS = {

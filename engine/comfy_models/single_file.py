@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
-from .detect import strip_transformer_prefix
-from .header import HeaderError, load_pickle_weights_only
+from engine.comfy_models.detect import strip_transformer_prefix
+from engine.comfy_models.header import HeaderError, load_pickle_weights_only
+from engine.errors import ModelLoadError
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FLUX_MLP_RATIO = 4  # FluxSingleTransformerBlock's fixed mlp_ratio (also Chroma's)
@@ -32,7 +32,7 @@ def read_state(path: str) -> dict[str, torch.Tensor]:
         if path.lower().endswith((".safetensors", ".sft")):
             from safetensors.torch import load_file
 
-            from .header import read_safetensors_header
+            from engine.comfy_models.header import read_safetensors_header
 
             read_safetensors_header(path)  # empty / truncated files get their own message, not safetensors'
             return load_file(path)

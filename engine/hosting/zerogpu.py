@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import InputError
-from ..requests import (
+from engine.errors import InputError
+from engine.requests import (
     CatalogRequest,
     I2VRequest,
     IPAdapterRequest,

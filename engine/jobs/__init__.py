@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import EngineError
-from ..requests import Request
+from engine.errors import EngineError
+from engine.requests import Request
 
 # request kind -> module holding its ``run``; imported on first use (diffusers imports are slow)
 RUNNERS = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import time
 
-from ..errors import InputError, ModelLoadError, OutOfBudgetError
-from ..requests import CatalogRequest, ModelRef
-from ..result import Result
-from . import text2image
+from engine.errors import InputError, ModelLoadError, OutOfBudgetError
+from engine.jobs import text2image
+from engine.requests import CatalogRequest, ModelRef
+from engine.result import Result
 
 
 def compiler_problem(device: str) -> str | None:
@@ -29,7 +29,7 @@ def resolve_model(engine, req: CatalogRequest) -> tuple[ModelRef, dict]:
     """The ModelRef to load and the catalog facts about it (empty for a plain folder)."""
     if not req.entry:
         return req.model, {}
-    from ..presets import catalog_entry, load_catalog
+    from engine.catalog.presets import catalog_entry, load_catalog
 
     entry = catalog_entry(load_catalog(), req.entry)
     facts = {"entry": entry.id, "repo_id": entry.repo_id, "architecture": entry.architecture,
@@ -43,7 +43,7 @@ def resolve_model(engine, req: CatalogRequest) -> tuple[ModelRef, dict]:
         if not entry.demo:
             raise InputError("entry", f"demo mode has no tiny stand-in for {entry.architecture} models; "
                                       "pick a Flux entry or start without --demo")
-        from ..demo import demo_path
+        from engine.demo import demo_path
 
         return ModelRef(path=str(demo_path(engine.models_dir, entry.demo)), dtype=req.model.dtype), facts
     check_fits(engine, entry.vram_bytes, req)

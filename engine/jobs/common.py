@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..errors import Cancelled
+from engine.errors import Cancelled
 
 Progress = Callable[[float, str], None]
 
@@ -96,9 +96,9 @@ def run_denoise(engine, pipe, kwargs: dict, steps: int, swap, progress: Progress
                 cancel: threading.Event | None, timings: dict):
     """Every diffusion runner calls its pipeline through here, so the request's memory mode (``swap``, a
     ``SwapSettings``) is applied in one place and never branched on in a runner."""
-    from ..memory.strategies import SwapContext
-    from ..memory.trace import SwapTrace
-    from ..plan import activation_bytes
+    from engine.memory.strategies import SwapContext
+    from engine.memory.trace import SwapTrace
+    from engine.plan import activation_bytes
 
     components = engine.store.components_of(pipe)
     trace = SwapTrace(engine.memory.compute_device) if getattr(swap, "trace", False) else None

@@ -1,18 +1,18 @@
 """Image to video on Wan 2.2: A14B (two experts switched at ``boundary_ratio``) or TI2V 5B (one transformer)
-through diffusers' ``WanImageToVideoPipeline``, or the TurboWan experts with the rCM sampler (``engine.rcm``).
+through diffusers' ``WanImageToVideoPipeline``, or the TurboWan experts with the rCM sampler (``engine.video.rcm``).
 Every call goes through ``run_denoise``, so the memory mode decides where each expert, encoder and the VAE are."""
 
 from __future__ import annotations
 
 import time
 
-from ..errors import InputError
-from ..requests import I2VRequest
-from ..result import Result
-from ..start_image import load_start_image
-from ..step_cache import apply_step_cache
-from ..video import save_video_result
-from .common import generator_for, run_denoise
+from engine.errors import InputError
+from engine.jobs.common import generator_for, run_denoise
+from engine.requests import I2VRequest
+from engine.result import Result
+from engine.speed.step_cache import apply_step_cache
+from engine.video.encode import save_video_result
+from engine.video.start_image import load_start_image
 
 PIPELINE = "WanImageToVideoPipeline"
 
@@ -21,7 +21,7 @@ def base_patterns(req: I2VRequest):
     """What to fetch of the base repo: everything, or with TurboWan everything but its two experts."""
     if not req.turbo.enabled:
         return None
-    from ..turbowan import BASE_PATTERNS
+    from engine.video.turbowan import BASE_PATTERNS
 
     return list(BASE_PATTERNS)
 
@@ -30,7 +30,7 @@ def prepare(engine, req: I2VRequest, progress, cancel) -> None:
     engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel,
                          allow_patterns=base_patterns(req))
     if req.turbo.enabled:
-        from ..turbowan import turbo_files
+        from engine.video.turbowan import turbo_files
 
         turbo_files(engine, req.turbo, progress, cancel)
 
@@ -40,7 +40,7 @@ def load(engine, req: I2VRequest, progress, cancel):
     report = engine.download_progress(progress)
     if not req.turbo.enabled:
         return engine.store.load_pipeline(req.model, PIPELINE, progress=report, cancel=cancel), []
-    from ..turbowan import turbo_pipeline
+    from engine.video.turbowan import turbo_pipeline
 
     # the base model lends text encoder, VAE, tokenizer and configs; its own experts are never loaded
     base = engine.store.load_pipeline(req.model, PIPELINE, progress=report, cancel=cancel, transformer=None,
@@ -85,7 +85,7 @@ def step_cache_for(engine, pipe, req: I2VRequest):
     run without saved ratios for this model and step count records them instead (remove, then save, after it)."""
     mag, calibration = None, None
     if req.step_cache == "mag_cache":
-        from .. import mag_cache
+        from engine.speed import mag_cache
 
         boundary = req.boundary_ratio if pipe.transformer_2 is not None else None
         mag, calibration = mag_cache.prepare(pipe, engine.models_dir, req.model.to_dict(), req.steps, boundary)
@@ -101,7 +101,7 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     check_size(pipe, req)
     context_parallel = getattr(engine, "context_parallel", None)  # set by ``python -m engine run --context-parallel``
     if context_parallel is not None:
-        from ..context_parallel import enable
+        from engine.video.context_parallel import enable
 
         notes = [*notes, *enable(pipe, req, context_parallel.degree)]
     if pipe.transformer_2 is not None and not req.turbo.enabled:
@@ -112,7 +112,7 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     sink = getattr(progress, "preview", None)
     preview = None
     if sink is not None and req.preview_every:
-        from ..preview import LatentPreview
+        from engine.video.preview import LatentPreview
 
         preview = LatentPreview(pipe, image, req.preview_every, sink)
     try:

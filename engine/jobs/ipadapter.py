@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import time
 
-from ..adapters import ipadapter_flux, ipadapter_pieces
-from ..errors import ModelLoadError
-from ..models import read_model_index
-from ..requests import IPAdapterRequest
-from ..result import Result
-from .common import run_denoise
-from .text2image import pipeline_kwargs
+from engine.adapters import ipadapter_flux, ipadapter_pieces
+from engine.errors import ModelLoadError
+from engine.jobs.common import run_denoise
+from engine.jobs.text2image import pipeline_kwargs
+from engine.models import read_model_index
+from engine.requests import IPAdapterRequest
+from engine.result import Result
 
 #: pipeline class -> architecture (the adapter's layout fits both: Chroma keeps Flux's 19 + 38 blocks)
 ARCHITECTURES = {"FluxPipeline": "flux", "ChromaPipeline": "chroma"}
@@ -126,8 +126,8 @@ def _schedule(pipe, req: IPAdapterRequest, references, device) -> ipadapter_flux
 def plan_extra(engine, req: IPAdapterRequest, elem: int):
     """The plan's additions: the IP layers (one K/V pair per attention processor, resident beside the transformer
     while it denoises), and the image encoder and projector (in for encoding, then offloaded)."""
-    from ..adapters.ipadapter_loader import adapter_file
-    from ..plan import ComponentSize, PlanExtra, component_size, file_bytes
+    from engine.adapters.ipadapter_loader import adapter_file
+    from engine.plan import ComponentSize, PlanExtra, component_size, file_bytes
 
     extra = PlanExtra()
     folder = engine.store.resolve_local(req.model)

@@ -13,17 +13,17 @@ import json
 import os
 import time
 
-from .. import qwen_edit
-from ..adapters import nunchaku
-from ..adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
-from ..adapters.lora_stack import LoraComposer, StackItem, fingerprint
-from ..errors import InputError, ModelLoadError
-from ..memory import DISK, real_device
-from ..models import read_model_index, torch_dtype
-from ..requests import LoraSpec, LoraStackRequest, ModelRef
-from ..result import Result
-from .common import accepted_kwargs, generator_for, run_denoise, step_cache
-from .text2image import pipeline_kwargs
+from engine.adapters import nunchaku
+from engine.adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
+from engine.adapters.lora_stack import LoraComposer, StackItem, fingerprint
+from engine.errors import InputError, ModelLoadError
+from engine.jobs import qwen_edit
+from engine.jobs.common import accepted_kwargs, generator_for, run_denoise, step_cache
+from engine.jobs.text2image import pipeline_kwargs
+from engine.memory import DISK, real_device
+from engine.models import read_model_index, torch_dtype
+from engine.requests import LoraSpec, LoraStackRequest, ModelRef
+from engine.result import Result
 
 REFINE_PIPELINE = "QwenImageImg2ImgPipeline"
 
@@ -272,7 +272,7 @@ def plan_extra(engine, req: LoraStackRequest, elem: int):
     targeted linears), so they move with the blocks in every streaming mode."""
     from pathlib import Path
 
-    from ..plan import PlanExtra, file_bytes
+    from engine.plan import PlanExtra, file_bytes
 
     extra = PlanExtra()
     seen = set()

@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import panorama_input, perception_maps
-from ..adapters.omnix import OmniXSession, check_adapter_folder
-from ..adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
-from ..errors import EngineError
-from ..omnix_tasks import allow_patterns
-from ..outputs import png_info, run_stem, save_request
-from ..panorama_seam import seam_error
-from ..requests import PerceptionRequest
-from ..result import Result
-from .common import run_denoise
+from engine.adapters.omnix import OmniXSession, check_adapter_folder
+from engine.adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
+from engine.errors import EngineError
+from engine.jobs.common import run_denoise
+from engine.outputs import png_info, run_stem, save_request
+from engine.panorama import input as panorama_input
+from engine.panorama import maps as perception_maps
+from engine.panorama.seam import seam_error
+from engine.panorama.tasks import allow_patterns
+from engine.requests import PerceptionRequest
+from engine.result import Result
 
 
 def adapters_root(engine, req: PerceptionRequest, progress=None, cancel=None) -> Path:
@@ -26,7 +27,7 @@ def adapters_root(engine, req: PerceptionRequest, progress=None, cancel=None) ->
     ref = req.adapters
     if ref.path or engine.demo or (engine.models_dir / ref.label.split("/")[-1]).exists():
         return engine.store.resolve(ref, progress, cancel)
-    from .. import hub
+    from engine.hub import download as hub
 
     folder = hub.download(ref.repo_id, revision=ref.revision or None, allow_patterns=allow_patterns(req.tasks),
                           progress=progress, cancel=cancel)
@@ -103,7 +104,7 @@ def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama, d
             result.maps[caption] = str(path)
         depth = encoded.arrays.get("depth", depth)
     if depth is not None and req.sphere_mesh:
-        from ..pano_mesh import write_glb
+        from engine.panorama.mesh import write_glb
 
         glb = write_glb(depth, panorama, out_dir / f"{stem}-sphere.glb")
         result.files.append(str(glb))
@@ -116,8 +117,8 @@ def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama, d
 def plan_extra(engine, req: PerceptionRequest, elem: int):
     """Every chosen task's adapter pair sits in the transformer's blocks for the run, and each task denoises a
     batch of one item per adapter (condition + target)."""
-    from ..omnix_tasks import TASKS, lora_files
-    from ..plan import PlanExtra, file_bytes
+    from engine.panorama.tasks import TASKS, lora_files
+    from engine.plan import PlanExtra, file_bytes
 
     extra = PlanExtra(batch=max(len(TASKS[t].adapters) for t in req.tasks))
     root = engine.store.resolve_local(req.adapters)  # a path, the demo, a models-dir copy or the HF cache

@@ -12,10 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import Cancelled, InputError, ModelLoadError
-from ..models import check_trusted, read_model_index
-from ..requests import QuantizeRequest
-from ..result import Result
+from engine.errors import Cancelled, InputError, ModelLoadError
+from engine.models import check_trusted, read_model_index
+from engine.requests import QuantizeRequest
+from engine.result import Result
 
 
 def folder_bytes(path: Path) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from ..errors import InputError
-from ..models import read_model_index
-from ..qwen_edit import is_edit_pipeline
-from ..requests import TextToImageRequest
-from ..result import Result
-from .common import accepted_kwargs, generator_for, run_denoise
+from engine.errors import InputError
+from engine.jobs.common import accepted_kwargs, generator_for, run_denoise
+from engine.jobs.qwen_edit import is_edit_pipeline
+from engine.models import read_model_index
+from engine.requests import TextToImageRequest
+from engine.result import Result
 
 
 def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:

@@ -1,8 +1,8 @@
 """Memory manager: one ledger of every module that holds weights, with readouts and a budget."""
 
-from .devices import device_stats, reset_peak
-from .manager import DISK, ROLES, MemoryManager, ModuleEntry, bytes_by_device, module_bytes, real_device
-from .planner import ComponentSize, Plan, plan_swap
+from engine.memory.devices import device_stats, reset_peak
+from engine.memory.manager import DISK, ROLES, MemoryManager, ModuleEntry, bytes_by_device, module_bytes, real_device
+from engine.memory.planner import ComponentSize, Plan, plan_swap
 
 __all__ = [
     "DISK", "ROLES", "MemoryManager", "ModuleEntry", "bytes_by_device", "device_stats", "module_bytes",

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from .planner import Layout
-from .trace import SwapTrace
-from .transfer import TensorStore
+from engine.memory.planner import Layout
+from engine.memory.trace import SwapTrace
+from engine.memory.transfer import TensorStore
 
 ROOT_HOOK = "app_block_stream_root"
 BLOCK_HOOK = "app_block_stream"

@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import OutOfBudgetError
-from . import devices
-from .transfer import collect_slots, held_tensor, set_tensor, stored_key
+from engine.errors import OutOfBudgetError
+from engine.memory import devices
+from engine.memory.transfer import collect_slots, held_tensor, set_tensor, stored_key
 
 ROLES = ("transformer", "text_encoder", "image_encoder", "projector", "vae", "adapter", "lora", "other")
 DISK = "disk"
@@ -120,7 +120,7 @@ class MemoryManager:
         self.session_budget: int | None = None  # a run's max_vram_gb, while it runs
         self.bytes_moved = 0
         self.peak_compute = 0
-        from .session import SwapController  # noqa: PLC0415  (session imports the strategies, which import us)
+        from engine.memory.session import SwapController  # noqa: PLC0415  (session imports the strategies, which import us)
 
         self.swap = SwapController(self)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from .planner import GiB
-from .strategies import Applied, Component, SwapContext, strategy_for
-from .transfer import module_fingerprint
+from engine.memory.planner import GiB
+from engine.memory.strategies import Applied, Component, SwapContext, strategy_for
+from engine.memory.transfer import module_fingerprint
 
 ACTIVATION_BUCKET = 256 * 2**20  # adaptive re-plans when the activation estimate moves by a bucket
 

@@ -13,10 +13,10 @@ import threading
 import uuid
 from pathlib import Path
 
-from ..errors import Cancelled, EngineError, InputError
-from ..requests import Request
-from ..result import Result
-from .wire import attach_inputs, describe, raise_error, unpack_result
+from engine.errors import Cancelled, EngineError, InputError
+from engine.requests import Request
+from engine.result import Result
+from engine.serve.wire import attach_inputs, describe, raise_error, unpack_result
 
 _DIED = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "ActorUnschedulableError", "WorkerCrashedError",
          "NodeDiedError", "OwnerDiedError", "ObjectLostError")

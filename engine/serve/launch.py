@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import EngineError
-from . import RAY_INSTALL_HINT
-from .replica import BOARD_NAME, NAMESPACE, EngineReplica, StatusBoard
+from engine.errors import EngineError
+from engine.serve import RAY_INSTALL_HINT
+from engine.serve.replica import BOARD_NAME, NAMESPACE, EngineReplica, StatusBoard
 
 APP_NAME = "diffusion-studio"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +51,8 @@ def start_serve(replicas: int, *, models_dir: Path, outputs_dir: Path, demo: boo
     Replicas write into ``replica_outputs_dir`` (default: the same outputs folder); the front end writes what
     they send back into ``outputs_dir``."""
     ray, serve = import_ray()
-    from ..engine import Engine
-    from .client import ServeEngine
+    from engine.engine import Engine
+    from engine.serve.client import ServeEngine
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None

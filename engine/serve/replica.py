@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .wire import error_event, pack_result, png_bytes, receive_inputs
+from engine.serve.wire import error_event, pack_result, png_bytes, receive_inputs
 
 BOARD_NAME = "diffusion-studio-board"
 NAMESPACE = "diffusion-studio"
@@ -74,7 +74,7 @@ class EngineReplica:
         import ray
         from ray import serve
 
-        from ..engine import Engine
+        from engine.engine import Engine
 
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
@@ -118,7 +118,7 @@ class EngineReplica:
     async def run(self, job_id: str, message: dict):
         """Run one request (``wire.attach_inputs``: the headless CLI's JSON and its uploaded images); yields
         start, progress/preview, then result or error."""
-        from ..requests import request_from_dict
+        from engine.requests import request_from_dict
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

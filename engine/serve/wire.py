@@ -12,9 +12,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..errors import Cancelled, EngineError, InputError
-from ..requests import request_from_dict
-from ..result import Result
+from engine.errors import Cancelled, EngineError, InputError
+from engine.requests import request_from_dict
+from engine.result import Result
 
 
 def png_bytes(image) -> bytes:

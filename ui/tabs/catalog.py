@@ -2,7 +2,7 @@
 
 Four parts, top to bottom:
 
-- **Browse**: the catalog table (``engine.catalog_service.rows``) with architecture / quantization / text filters
+- **Browse**: the catalog table (``engine.catalog.service.rows``) with architecture / quantization / text filters
   and "fits my GPU"; picking a row (or the entry dropdown) shows the entry's notes and fills its defaults.
 - **Download**: ``catalog_service.download`` with a byte progress bar and its own cancel; downloads run in
   their own concurrency group, so they never wait behind a GPU run (nor a run behind them).
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import Cancelled, CatalogRequest, InputError, ModelRef, QuantizeRequest, Result, catalog_service
-from engine import hub as engine_hub
-from engine.presets import ALL, CatalogEntry, architectures, load_catalog, quantizations
+from engine import Cancelled, CatalogRequest, InputError, ModelRef, QuantizeRequest, Result
+from engine.catalog import service as catalog_service
+from engine.catalog.presets import ALL, CatalogEntry, architectures, load_catalog, quantizations
+from engine.hub import download as engine_hub
 from engine.requests import SDNQ_DTYPES
 
 from .. import comfy_io, zerogpu

@@ -14,9 +14,9 @@ from pathlib import Path
 import gradio as gr
 
 from engine import EngineError, InputError, LoraSpec
+from engine.adapters.lora_presets import list_presets, load_preset, loras_dir, save_preset, store_upload
 from engine.demo import QWEN_LORA_FILES, QWEN_LORA_LAYOUT_FILES, demo_root
 from engine.jobs.lora_stack import inspect as inspect_lora
-from engine.lora_presets import list_presets, load_preset, loras_dir, save_preset, store_upload
 from engine.requests import LORA_FILE_TYPES, LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS
 
 from .. import comfy_panel

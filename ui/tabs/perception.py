@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine import PerceptionRequest, Result
-from engine import panorama_input as pano
+from engine.panorama import input as pano
 from engine.requests import PERCEPTION_TASKS
 
 from .. import comfy_io, zerogpu

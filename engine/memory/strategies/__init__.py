@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .adaptive import Adaptive
-from .base import Applied, Component, Strategy, SwapContext
-from .block_swap import BlockSwap
-from .chunkwise import Chunkwise
-from .cpu_only import CpuOnly
-from .layerwise import Layerwise
-from .model_offload import ModelOffload
-from .none import NoSwap
+from engine.memory.strategies.adaptive import Adaptive
+from engine.memory.strategies.base import Applied, Component, Strategy, SwapContext
+from engine.memory.strategies.block_swap import BlockSwap
+from engine.memory.strategies.chunkwise import Chunkwise
+from engine.memory.strategies.cpu_only import CpuOnly
+from engine.memory.strategies.layerwise import Layerwise
+from engine.memory.strategies.model_offload import ModelOffload
+from engine.memory.strategies.none import NoSwap
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.mode: cls for cls in (NoSwap, ModelOffload, BlockSwap, Adaptive, Chunkwise, Layerwise, CpuOnly)

@@ -3,7 +3,7 @@ device has) and the measured block sizes plus an activation estimate (see ``plan
 
 from __future__ import annotations
 
-from .streaming import Streaming
+from engine.memory.strategies.streaming import Streaming
 
 
 class Adaptive(Streaming):

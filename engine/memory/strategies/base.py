@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..component_offload import add_onload_hooks
+from engine.memory.component_offload import add_onload_hooks
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ in one at a time, ``prefetch`` blocks ahead, and leave after use (TurboDiffusion
 
 from __future__ import annotations
 
-from .streaming import Streaming
+from engine.memory.strategies.streaming import Streaming
 
 
 class BlockSwap(Streaming):

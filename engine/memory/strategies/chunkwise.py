@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .streaming import Streaming
+from engine.memory.strategies.streaming import Streaming
 
 
 class Chunkwise(Streaming):

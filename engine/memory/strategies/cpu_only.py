@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Strategy
+from engine.memory.strategies.base import Strategy
 
 
 class CpuOnly(Strategy):

@@ -16,8 +16,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, apply_group_offloading
 from safetensors import safe_open
 
-from ..component_offload import add_onload_hooks
-from .base import Applied, Strategy, hook_components, others
+from engine.memory.component_offload import add_onload_hooks
+from engine.memory.strategies.base import Applied, Strategy, hook_components, others
 
 METER_HOOK = "app_layer_meter"
 

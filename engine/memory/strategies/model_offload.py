@@ -4,7 +4,7 @@ expert has left before the low-noise one arrives)."""
 
 from __future__ import annotations
 
-from .base import Strategy, hook_components, others
+from engine.memory.strategies.base import Strategy, hook_components, others
 
 
 class ModelOffload(Strategy):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from ...errors import OutOfBudgetError
-from ..block_stream import BlockStreamer, find_blocks
-from ..planner import ComponentSize, Layout, layout_for
-from ..transfer import TensorStore
-from .base import Applied, Strategy, hook_components, others
+from engine.errors import OutOfBudgetError
+from engine.memory.block_stream import BlockStreamer, find_blocks
+from engine.memory.planner import ComponentSize, Layout, layout_for
+from engine.memory.strategies.base import Applied, Strategy, hook_components, others
+from engine.memory.transfer import TensorStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,165 @@
+"""A fake ComfyUI install for the demo and the tests, written from the tiny demo models (``engine.demo``):
+
+``<models_dir>/demo-comfyui/``
+  ``ComfyUI/models/``  the main base path, ComfyUI's own folder names:
+    ``diffusion_models/`` Flux dev (BFL layout; plus an fp8 e4m3fn copy), Chroma (``model.diffusion_model.*``),
+                          Qwen-Image, ``wan2.2/`` the I2V A14B high/low noise pair (Wan layout), TI2V 5B
+    ``vae/``              the Flux VAE (LDM layout, as BFL's ``ae.safetensors``); the Wan VAE converter of diffusers assumes
+                          the real depth (2 res blocks), which the tiny Wan VAEs lack, so Wan/Qwen runs take the repo's VAE
+    ``text_encoders/``    CLIP-L, T5-XXL (Flux), T5 (Chroma), umT5 (Wan), Qwen2.5-VL (transformers 4 names, as Comfy-Org)
+    ``clip_vision/``      SigLIP;  ``ipadapter-flux/`` the InstantX ``ip-adapter.bin`` (a pickle);  ``loras/``
+  ``extra/``           a second base path (``extra_model_paths.yaml``): more LoRAs
+  ``extra_model_paths.yaml``
+
+Each file holds the same weights as its diffusers demo folder, in the original key layout (``comfy_layouts``),
+so a single-file load can be compared with the diffusers-layout load of the same model. Written once, into a
+temporary folder renamed into place; the marker ``.built`` holds ``COMFY_DEMO_VERSION``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from engine import demo
+from engine.demo.build import file_lock
+from engine.demo.common import quiet
+
+COMFY_DEMO_VERSION = "2"  # 2: the Flux VAE as ae-tiny.safetensors
+DIRNAME = "demo-comfyui"
+
+#: file -> (demo model, diffusers component) it was written from; names follow the real ComfyUI files'
+FILES = {
+    "diffusion_models/flux1-dev-tiny.safetensors": (demo.FLUX_DEV, "transformer"),
+    "diffusion_models/flux1-dev-tiny-fp8_e4m3fn.safetensors": (demo.FLUX_DEV, "transformer"),
+    "diffusion_models/chroma-tiny.safetensors": (demo.CHROMA, "transformer"),
+    "diffusion_models/qwen_image_tiny_fp32.safetensors": (demo.QWEN_IMAGE, "transformer"),
+    "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors": (demo.WAN22_I2V, "transformer"),
+    "diffusion_models/wan2.2/wan2.2_i2v_low_noise_14B_tiny.safetensors": (demo.WAN22_I2V, "transformer_2"),
+    "diffusion_models/wan2.2_ti2v_5B_tiny.safetensors": (demo.WAN22_TI2V, "transformer"),
+    "vae/ae-tiny.safetensors": (demo.FLUX_DEV, "vae"),
+    "text_encoders/clip_l-tiny.safetensors": (demo.FLUX_DEV, "text_encoder"),
+    "text_encoders/t5xxl-tiny.safetensors": (demo.FLUX_DEV, "text_encoder_2"),
+    "text_encoders/t5xxl-chroma-tiny.safetensors": (demo.CHROMA, "text_encoder"),
+    "text_encoders/umt5_xxl-tiny.safetensors": (demo.WAN22_I2V, "text_encoder"),
+    "text_encoders/qwen_2.5_vl-tiny.safetensors": (demo.QWEN_IMAGE, "text_encoder"),
+    "clip_vision/siglip-tiny.safetensors": (demo.SIGLIP, ""),
+}
+IP_ADAPTER_FILE = "ipadapter-flux/ip-adapter-tiny.bin"
+LORA_FILES = {"loras/qwen-comfy-style.safetensors": demo.QWEN_LORA_LAYOUT_FILES["comfyui"]}
+EXTRA_LORA_FILES = {"loras/qwen-kohya-style.safetensors": demo.QWEN_LORA_LAYOUT_FILES["kohya"]}
+MAIN, EXTRA = "ComfyUI/models", "extra"
+
+
+def comfy_root(models_dir: str | os.PathLike) -> Path:
+    return Path(models_dir) / DIRNAME
+
+
+def main_models(models_dir) -> Path:
+    """The ComfyUI ``models`` folder of the fake install (what ``--comfy-models`` points at)."""
+    return comfy_root(models_dir) / MAIN
+
+
+def yaml_path(models_dir) -> Path:
+    return comfy_root(models_dir) / "extra_model_paths.yaml"
+
+
+def build_demo_comfy(models_dir: str | os.PathLike) -> Path:
+    """Build (once) the fake ComfyUI install from the demo models; returns its ``ComfyUI/models`` folder."""
+    models_dir = Path(models_dir)
+    root = comfy_root(models_dir)
+    marker = root / ".built"
+    if marker.is_file() and marker.read_text(encoding="utf-8") == COMFY_DEMO_VERSION:
+        return root / MAIN
+    demo_dir = demo.build_demo_models(models_dir)
+    with file_lock(models_dir / ".demo-comfy.lock"):
+        if marker.is_file() and marker.read_text(encoding="utf-8") == COMFY_DEMO_VERSION:
+            return root / MAIN
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-comfy.tmp-", dir=models_dir))
+        os.chmod(tmp, 0o755)
+        try:
+            with quiet():
+                _write(tmp, demo_dir)
+            (tmp / ".built").write_text(COMFY_DEMO_VERSION, encoding="utf-8")
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return root / MAIN
+
+
+def original_state(demo_dir: Path, model: str, component: str) -> dict:
+    """The state dict of one demo component in the key layout its real single file has."""
+    from safetensors.torch import load_file
+
+    from engine.comfy_models import layouts
+
+    folder = demo_dir / model / component if component else demo_dir / model
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if model in (demo.FLUX_DEV, demo.CHROMA) and component == "transformer":
+        if model == demo.CHROMA:
+            return {f"model.diffusion_model.{k}": v for k, v in layouts.chroma_to_original(
+                state, config["num_layers"], config["num_single_layers"], config["approximator_layers"]).items()}
+        return layouts.flux_to_original(state, config["num_layers"], config["num_single_layers"])
+    if component == "vae" and model == demo.FLUX_DEV:
+        return layouts.ldm_vae_to_original(state, len(config["down_block_types"]))
+    if model in (demo.WAN22_I2V, demo.WAN22_TI2V) and component.startswith("transformer"):
+        return layouts.wan_to_original(state)
+    if model == demo.QWEN_IMAGE and component == "text_encoder":
+        return layouts.qwen25vl_to_comfy(state)
+    if model == demo.SIGLIP or (model == demo.FLUX_DEV and component == "text_encoder"):
+        # the transformers 4 names real clip_l / siglip files carry (transformers 5 saves without the prefix)
+        prefix = "vision_model." if model == demo.SIGLIP else "text_model."
+        return {prefix + k: v for k, v in state.items()}
+    return state
+
+
+def _write(root: Path, demo_dir: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    main = root / MAIN
+    for rel, (model, component) in FILES.items():
+        state = original_state(demo_dir, model, component)
+        if "fp8" in rel:
+            state = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: v.contiguous().clone() for k, v in state.items()}  # tied / shared storages: one copy each
+        out = main / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out), metadata={"format": "pt"})
+    (main / IP_ADAPTER_FILE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(demo_dir / demo.FLUX_IP_ADAPTER / demo.IP_ADAPTER_BIN_NAME, main / IP_ADAPTER_FILE)
+    for base, files in ((main, LORA_FILES), (root / EXTRA, EXTRA_LORA_FILES)):
+        for rel, source in files.items():
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(demo_dir / source, base / rel)
+    for folder in ("checkpoints", "vae", "unet", "clip", "ipadapter"):  # empty, as in a fresh ComfyUI install
+        (main / folder).mkdir(parents=True, exist_ok=True)
+    (root / "extra_model_paths.yaml").write_text(
+        "# two base paths, as ComfyUI's extra_model_paths.yaml.example\n"
+        "comfyui:\n"
+        f"    base_path: {MAIN.rsplit('/', 1)[0]}/\n"
+        "    is_default: true\n"
+        "    checkpoints: models/checkpoints/\n"
+        "    diffusion_models: |\n"
+        "        models/diffusion_models\n"
+        "        models/unet\n"
+        "    text_encoders: |\n"
+        "        models/text_encoders\n"
+        "        models/clip\n"
+        "    vae: models/vae/\n"
+        "    clip_vision: models/clip_vision/\n"
+        "    loras: models/loras/\n"
+        "    ipadapter-flux: models/ipadapter-flux/\n"
+        "other_ui:\n"
+        f"    base_path: {EXTRA}\n"
+        "    loras: loras\n",
+        encoding="utf-8",
+    )
