@@ -73,13 +73,15 @@ def has_real_weights(models_dir: Path) -> bool:
 def serve_engine(args: argparse.Namespace, demo: bool):
     """The Ray Serve front end's engine; None (with the install line) when Ray is missing: the app then runs on
     the local engine; False when Ray is there but cannot start."""
+    import comfy_export
     from engine import EngineError
     from engine.serve.launch import ServeUnavailable, start_serve
 
     outputs = args.outputs_dir or Path("outputs")
     try:
         return start_serve(args.serve_replicas, models_dir=args.models_dir, outputs_dir=outputs, demo=demo,
-                           address=args.ray_address, log=lambda line: print(line, flush=True))
+                           address=args.ray_address, log=lambda line: print(line, flush=True),
+                           output_text=comfy_export.png_text)
     except ServeUnavailable as exc:
         print(f"{exc}. Starting with the local engine instead.", flush=True)
         return None
