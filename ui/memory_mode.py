@@ -57,6 +57,12 @@ def swap_settings(mode, max_vram_gb, blocks_resident, block_size_mb, prefetch, u
                         prefetch=whole(prefetch), use_streams=use_streams, trace=trace)
 
 
+def swap_field(swap_values: tuple) -> dict:
+    """``{"swap": SwapSettings}`` for a request built from the widget's values; ``{}`` without them (the
+    request's default mode)."""
+    return {"swap": swap_settings(*swap_values)} if swap_values else {}
+
+
 def device_line(engine, job: str) -> str:
     default, why = engine.default_swap(job)
     return f"{why} · default **{default.mode}**"
