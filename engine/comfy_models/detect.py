@@ -13,6 +13,14 @@ from engine.comfy_models.wan_vae import is_wan22_layout
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
+#: every architecture ``detect`` names: the ones this app loads, and the ones it lists with a reason and refuses
+#: (tests/test_real_formats.py holds a demo file, or a synthetic header, to each)
+LOADED_ARCHS = ("flux-dev", "flux-schnell", "flux-diffusers", "chroma", "qwen-image", "wan22-i2v-a14b", "wan22-ti2v-5b",
+                "vae-flux", "vae-ldm", "vae-wan", "vae-wan22", "clip-l", "t5-xxl", "umt5-xxl", "qwen25-vl", "siglip",
+                "ipadapter-flux", "lora")
+REFUSED_ARCHS = ("flux-other", "wan21-i2v", "wan-t2v", "clip-g", "clip-vision", "ipadapter-sd", "ipadapter-xlabs",
+                 "unknown")
+
 
 @dataclass
 class Detection:

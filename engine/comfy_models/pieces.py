@@ -58,6 +58,8 @@ def check_piece(pipeline_class: str, part: str, path: str, field: str, folder: P
     fits = FITS.get(family(pipeline_class), {}).get(part)
     if fits is None:
         raise InputError(field, f"{pipeline_class} has no {part} that can come from a single file")
+    if part == "vae" and folder is not None and found.kind == "vae":  # names both families, before the generic check
+        check_vae_family(found, name, pipeline_class, folder / part / "config.json", field)
     if found.arch not in fits:
         what = found.label if found.arch != "unknown" else f"not a recognised model ({found.reason})"
         raise InputError(field, f"{name} is {what}; the {part} of {pipeline_class} needs "
@@ -66,8 +68,6 @@ def check_piece(pipeline_class: str, part: str, path: str, field: str, folder: P
         bad = scaled_fp8.problems(scaled_fp8.table_kinds(table))
         if bad:
             raise InputError(field, f"{name}: {bad[0]}")
-    if part == "vae" and folder is not None:
-        check_vae_family(found, name, pipeline_class, folder / part / "config.json", field)
 
 
 #: the VAE families, as the user reads them

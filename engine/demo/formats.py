@@ -32,6 +32,7 @@ VAES = {
     "vae/qwen_image_vae-tiny.safetensors": (demo.QWEN_IMAGE, "vae", "as-is"),
 }
 TRANSFORMERS = {
+    "diffusion_models/flux1-dev-diffusers-tiny.safetensors": (demo.FLUX_DEV, "transformer", "diffusers-layout"),
     "diffusion_models/qwen_image_edit_2509-tiny.safetensors": (demo.QWEN_IMAGE_EDIT_2509, "transformer", "as-is"),
 }
 FILES = {**ENCODERS, **VAES, **TRANSFORMERS}
@@ -82,7 +83,12 @@ def write_formats(main: Path, demo_dir: Path) -> None:
     from safetensors.torch import save_file
 
     for rel, (model, component, how) in FILES.items():
-        state = stored(original_state(demo_dir, model, component), how)
+        if how == "diffusers-layout":  # a single file holding diffusers' own names (some fine-tunes ship so)
+            from safetensors.torch import load_file
+
+            state = load_file(str(demo_dir / model / component / "diffusion_pytorch_model.safetensors"))
+        else:
+            state = stored(original_state(demo_dir, model, component), how)
         state = {k: v.contiguous().clone() for k, v in state.items()}
         out = main / rel
         out.parent.mkdir(parents=True, exist_ok=True)
