@@ -312,3 +312,83 @@ def test_readme_lists_every_demo_format_file():
                  "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image_vae.safetensors", "wan2.2_vae.safetensors",
                  "wan_2.1_vae.safetensors"):
         assert name in section, name
+
+
+def test_plan_counts_a_scaled_fp8_file_at_the_compute_dtype(comfy, models_dir):
+    """Scaled fp8 is multiplied out on load, so it is resident at the compute dtype's size (plain fp8 stays 1 byte)."""
+    from engine.plan import component_size
+
+    folder = demo_path(models_dir, "wan22-i2v") / "text_encoder"
+    scaled = component_size("text_encoder", folder, 4, str(comfy / "text_encoders/umt5_xxl_fp8_e4m3fn_scaled-tiny.safetensors"))
+    plain = component_size("text_encoder", folder, 4, str(comfy / "text_encoders/umt5_xxl_fp8_e4m3fn-tiny.safetensors"))
+    full = component_size("text_encoder", folder, 4, str(comfy / "text_encoders/umt5_xxl-tiny.safetensors"))
+    assert plain.total < scaled.total and abs(scaled.total - full.total) <= 64  # + the scales themselves
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir, tmp_path_factory):
+    from engine import Engine
+
+    return Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path_factory.mktemp("formats-out"))
+
+
+def test_a_run_on_a_bad_scaled_encoder_is_refused_naming_the_field(engine, comfy, tmp_path):
+    from engine import ModelRef, TextToImageRequest
+    from engine.requests import SingleFiles
+
+    key = "encoder.block.0.layer.0.SelfAttention.k"
+    bad = _edit(comfy / "text_encoders/t5xxl_fp8_e4m3fn_scaled-tiny.safetensors", tmp_path / "t5xxl_bad.safetensors",
+                lambda s: s.__setitem__(f"{key}.scale_weight", torch.ones(2, 2)))
+    req = TextToImageRequest(model=ModelRef(repo_id="black-forest-labs/FLUX.1-dev",
+                                            files=SingleFiles(text_encoder_2=str(bad))),
+                             prompt="x", width=32, height=32, steps=1)
+    with pytest.raises(InputError) as err:
+        engine.run(req)
+    assert err.value.field == "model.files.text_encoder_2" and f"{key}.scale_weight has shape [2, 2]" in err.value.message
+
+
+def test_a_graph_naming_the_qwen_vae_and_scaled_encoder_imports_and_runs(engine, comfy):
+    """The Qwen-Image graph ComfyUI's template builds (VAELoader qwen_image_vae, CLIPLoader qwen_2.5_vl_7b_fp8_scaled)
+    imports to those files and runs; the VAE file alone gives the repo's pixels."""
+    import comfy_export
+    from engine import ModelRef, TextToImageRequest
+    from engine.requests import SingleFiles
+    from ui.comfy_io import search_dirs
+
+    engine.comfy.configure(str(comfy))
+    files = SingleFiles(transformer=str(comfy / "diffusion_models/qwen_image_tiny_fp32.safetensors"),
+                        vae=str(comfy / "vae/qwen_image_vae-tiny.safetensors"),
+                        text_encoder=str(comfy / "text_encoders/qwen_2.5_vl_7b_fp8_scaled-tiny.safetensors"))
+    req = TextToImageRequest(model=ModelRef(repo_id="Qwen/Qwen-Image", files=files), prompt="a red boat", width=32,
+                             height=32, steps=2, seed=4)
+    api = comfy_export.to_api(req)
+    loaders = {n["class_type"]: n["inputs"] for n in api.values() if n["class_type"].endswith("Loader")}
+    assert loaders["VAELoader"]["vae_name"] == "qwen_image_vae-tiny.safetensors"
+    assert loaders["CLIPLoader"]["clip_name"] == "qwen_2.5_vl_7b_fp8_scaled-tiny.safetensors"
+    back = comfy_export.from_workflow(api, search_dirs(engine))
+    assert back == req
+    assert np.asarray(engine.run(back).images[0]).std() > 0
+
+
+@pytest.mark.parametrize("repo, vae", [("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan2.2_vae-tiny.safetensors"),
+                                       ("Wan-AI/Wan2.2-I2V-A14B-Diffusers", "wan_2.1_vae-tiny.safetensors")],
+                         ids=["ti2v-wan2.2-vae", "a14b-wan2.1-vae"])
+def test_image_to_video_on_the_wan_vae_file_gives_the_repos_frames(engine, comfy, tmp_path, repo, vae):
+    from PIL import Image
+
+    from engine import I2VRequest, ModelRef, SwapSettings
+    from engine.requests import SingleFiles
+
+    start = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(start)
+
+    def run(files):
+        req = I2VRequest(model=ModelRef(repo_id=repo, files=SingleFiles(**files)), image=str(start), prompt="waves",
+                         resolution="custom", width=32, height=32, num_frames=5, steps=1, swap=SwapSettings(),
+                         preview_every=0)
+        result = engine.run(req)
+        return np.asarray(Image.open(next(f for f in result.files if f.endswith("-last-frame.png")))).astype(int)
+
+    reference = run({})
+    frame = run({"vae": str(comfy / "vae" / vae)})
+    assert frame.std() > 0 and np.array_equal(frame, reference)
