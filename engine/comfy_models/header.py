@@ -154,5 +154,5 @@ def weight_dtype(table: TensorTable) -> str:
     label = labels.get(main, main.lower())
     fp8 = next((d for d, _ in table.tensors.values() if d.startswith("F8")), "")
     if scaled and fp8:  # the fp8 weights are what makes the file (a tiny one may hold more bytes in its norms)
-        label = f"scaled {labels[fp8]}"
+        label = f"scaled {labels.get(fp8, fp8.lower())}"
     return label

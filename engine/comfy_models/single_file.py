@@ -8,7 +8,9 @@ file copy-on-write, never writing it): a tensor whose dtype already matches is u
 copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mmap=True)``.
 
 Stored fp8: plain ``float8_e4m3fn`` weights stay fp8 through diffusers' layerwise casting (cast to the compute
-dtype one layer at a time); ComfyUI's *scaled* fp8 (``scale_weight`` per layer) is multiplied out on load."""
+dtype one layer at a time); ComfyUI's *scaled* fp8 (``scale_weight`` per layer, ``scaled_fp8``) is multiplied out on
+load, for transformers and text encoders alike (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are
+converted by ``wan_vae`` and loaded directly: diffusers 0.42.1's single-file path maps only part of them."""
 
 from __future__ import annotations
 
