@@ -4,9 +4,10 @@
   ``ComfyUI/models/``  the main base path, ComfyUI's own folder names:
     ``diffusion_models/`` Flux dev (BFL layout; plus an fp8 e4m3fn copy), Chroma (``model.diffusion_model.*``),
                           Qwen-Image, ``wan2.2/`` the I2V A14B high/low noise pair (Wan layout), TI2V 5B
-    ``vae/``              the Flux VAE (LDM layout, as BFL's ``ae.safetensors``); the Wan VAE converter of diffusers assumes
-                          the real depth (2 res blocks), which the tiny Wan VAEs lack, so Wan/Qwen runs take the repo's VAE
-    ``text_encoders/``    CLIP-L, T5-XXL (Flux), T5 (Chroma), umT5 (Wan), Qwen2.5-VL (transformers 4 names, as Comfy-Org)
+    ``vae/``              the Flux VAE (LDM layout, as BFL's ``ae.safetensors``); the Wan 2.1, Wan 2.2 and Qwen-Image VAEs
+                          in the original Wan layout (``engine.demo.formats``, converted on load by ``wan_vae``)
+    ``text_encoders/``    CLIP-L, T5-XXL (Flux), T5 (Chroma), umT5 (Wan), Qwen2.5-VL (transformers 4 names, as Comfy-Org);
+                          T5-XXL, umT5 and Qwen2.5-VL also in bf16, fp8 e4m3fn and ComfyUI's scaled fp8 (``formats``)
     ``clip_vision/``      SigLIP;  ``ipadapter-flux/`` the InstantX ``ip-adapter.bin`` (a pickle);  ``loras/``
   ``extra/``           a second base path (``extra_model_paths.yaml``): more LoRAs
   ``extra_model_paths.yaml``
@@ -27,7 +28,7 @@ from engine import demo
 from engine.demo.build import file_lock
 from engine.demo.common import quiet
 
-COMFY_DEMO_VERSION = "2"  # 2: the Flux VAE as ae-tiny.safetensors
+COMFY_DEMO_VERSION = "3"  # 2: the Flux VAE as ae-tiny.safetensors; 3: engine.demo.formats (issue 29)
 DIRNAME = "demo-comfyui"
 
 #: file -> (demo model, diffusers component) it was written from; names follow the real ComfyUI files'
@@ -140,6 +141,9 @@ def _write(root: Path, demo_dir: Path) -> None:
         for rel, source in files.items():
             (base / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(demo_dir / source, base / rel)
+    from engine.demo.formats import write_formats
+
+    write_formats(main, demo_dir)  # encoders in bf16 / fp8 / scaled fp8, Wan-layout VAEs, more LoRA schemes, GGUF
     for folder in ("checkpoints", "vae", "unet", "clip", "ipadapter"):  # empty, as in a fresh ComfyUI install
         (main / folder).mkdir(parents=True, exist_ok=True)
     (root / "extra_model_paths.yaml").write_text(
