@@ -6,11 +6,11 @@ model with the key names and dtypes of the real file it is named after (``layout
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from engine import demo
+from engine.demo.single_files import original_state
 
 #: ComfyUI name -> (demo model, component, how it is stored): "as-is" (the demo's fp32), "bf16", "fp8" (plain
 #: float8_e4m3fn, as ``*_fp8_e4m3fn.safetensors``) or "fp8_scaled" (``scaled_fp8`` + ``scale_weight``)
@@ -60,22 +60,6 @@ def stored(state: dict, how: str) -> dict:
         return {k: v.to(torch.bfloat16) if v.dtype == torch.float32 and not k.endswith(".scale_weight") else v
                 for k, v in scaled_fp8.quantize(state).items()}
     return state
-
-
-def original_state(demo_dir: Path, model: str, component: str) -> dict:
-    """A demo component in its real single file's key layout (the Wan-layout VAEs here, the rest in ``comfy``)."""
-    from safetensors.torch import load_file
-
-    from engine.comfy_models import wan_vae
-    from engine.demo.comfy import original_state as comfy_state
-
-    if component != "vae":
-        return comfy_state(demo_dir, model, component)
-    folder = demo_dir / model / component
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    return wan_vae.to_original(state, json.loads((folder / "config.json").read_text(encoding="utf-8")))
 
 
 def write_formats(main: Path, demo_dir: Path) -> None:
