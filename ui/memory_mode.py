@@ -99,10 +99,23 @@ def plan_text(engine, build: Callable[..., object], *values) -> str:
         log.exception("plan failed")
         return f"Plan unavailable ({type(exc).__name__})"
     text = f"**Plan** · {plan.explanation}"
+    text += f"  \n{host_text(plan)}"
     if not plan.fits and plan.suggestion:
         text += f"  \n⚠️ does not fit: {plan.suggestion}"
     for note in plan.notes:
         text += f"  \n{note}"
+    return text
+
+
+def host_text(plan) -> str:
+    """The host RAM line: what the mode needs (pinned part included) against what this machine has for it."""
+    host, pinned = getattr(plan, "host_bytes", 0), getattr(plan, "pinned_bytes", 0)
+    available = getattr(plan, "host_available", None)
+    text = f"**Host RAM** · {plan.mode}: {_gib(host)} GiB ({_gib(pinned)} pinned)"
+    if available is not None:
+        text += f" of {_gib(available)} GiB available"
+        if host > available:
+            text += " ⚠️ does not fit this machine's RAM"
     return text
 
 
