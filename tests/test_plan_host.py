@@ -10,7 +10,7 @@ import torch
 
 from engine import Engine, InputError, ModelRef, SwapSettings, TextToImageRequest
 from engine.memory import devices
-from engine.memory.planner import GiB, MiB, Layout
+from engine.memory.planner import GiB, Layout, MiB
 from engine.plan import folder_sizes
 
 FLUX = ModelRef(repo_id="black-forest-labs/FLUX.1-dev")
