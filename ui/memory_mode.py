@@ -137,10 +137,14 @@ def measured_text(result) -> str:
     memory = result.metadata.get("memory") or {}
     if not memory:
         return ""
-    peak = memory.get("cuda_peak_allocated") or memory.get("peak_compute_bytes", 0)
-    source = "allocator peak" if memory.get("cuda_peak_allocated") else "weights peak (ledger)"
+    # the allocator's reserved peak is what the process held (allocated drops at free time, before pending stream
+    # work is done); older results carry the allocated one only
+    cuda_peak = memory.get("cuda_peak_reserved") or memory.get("cuda_peak_allocated")
+    peak = cuda_peak or memory.get("peak_compute_bytes", 0)
+    source = ("reserved peak" if memory.get("cuda_peak_reserved") else "allocator peak") if cuda_peak \
+        else "weights peak (ledger)"
     plan = memory.get("plan") or {}
-    predicted = plan.get("predicted_peak") if memory.get("cuda_peak_allocated") else plan.get("weights_peak")
+    predicted = plan.get("predicted_peak") if cuda_peak else plan.get("weights_peak")
     text = (f"**Measured** · {memory.get('mode')}: {source} {_gib(peak)} GiB"
             + (f" (plan {_gib(predicted)} GiB)" if predicted else "")
             + f", {_gib(memory.get('bytes_moved', 0))} GiB moved")
