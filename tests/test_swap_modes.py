@@ -337,3 +337,36 @@ def test_budget_in_gib_reaches_the_ledger_for_the_run_only(disk_engine):
     disk_engine.run(req)
     assert disk_engine.memory.session_budget is None
     assert disk_engine.plan(req).budget == int(0.0095 * GiB)
+
+
+@pytest.fixture(scope="module")
+def panorama_file(tmp_path_factory) -> str:
+    """A smooth, horizontally periodic panorama of the smallest size the perception tab takes (128 x 64)."""
+    x, y = np.meshgrid(np.arange(128) / 128, np.arange(64) / 64)
+    rgb = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * x), 0.5 + 0.3 * y, 0.2 + 0.6 * y], -1)
+    path = tmp_path_factory.mktemp("pano") / "room.png"
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_perception_every_mode_with_disk_offload_gives_the_maps_of_none(disk_engine, panorama_file):
+    """OmniX perception encodes its input through the VAE: under every mode that offloads the VAE (to disk here, so
+    it sits on the meta device between uses) the input goes to the pipeline's execution device, and every mode
+    gives the maps of ``none``."""
+    from engine import PerceptionRequest
+
+    def maps(mode: str) -> dict[str, np.ndarray]:
+        result = disk_engine.run(PerceptionRequest(panorama=panorama_file, tasks=("depth",), steps=1,
+                                                   seed=3, swap=swap(mode)))
+        assert result.metadata["memory"]["mode"] == mode
+        return {k: np.asarray(Image.open(p)).astype(np.int64) for k, p in result.maps.items()}
+
+    base = maps("none")
+    assert base
+    for mode in ("model_offload", "block_swap", "adaptive", "chunkwise", "layerwise", "none"):
+        got = maps(mode)
+        assert got.keys() == base.keys(), mode
+        for key in base:
+            scale = 257 if base[key].dtype == np.int64 and base[key].max() > 255 else 1  # 16-bit maps
+            diff = np.abs(got[key] - base[key]).max() / scale
+            assert diff <= IMAGE_TOLERANCE, f"perception {mode} {key}: max difference {diff}"

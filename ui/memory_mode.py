@@ -105,10 +105,23 @@ def plan_text(engine, build: Callable[..., object], *values) -> str:
         log.exception("plan failed")
         return f"Plan unavailable ({type(exc).__name__})"
     text = f"**Plan** · {plan.explanation}"
+    text += f"  \n{host_text(plan)}"
     if not plan.fits and plan.suggestion:
         text += f"  \n⚠️ does not fit: {plan.suggestion}"
     for note in plan.notes:
         text += f"  \n{note}"
+    return text
+
+
+def host_text(plan) -> str:
+    """The host RAM line: what the mode needs (pinned part included) against what this machine has for it."""
+    host, pinned = getattr(plan, "host_bytes", 0), getattr(plan, "pinned_bytes", 0)
+    available = getattr(plan, "host_available", None)
+    text = f"**Host RAM** · {plan.mode}: {_gib(host)} GiB ({_gib(pinned)} pinned)"
+    if available is not None:
+        text += f" of {_gib(available)} GiB available"
+        if host > available:
+            text += " ⚠️ does not fit this machine's RAM"
     return text
 
 
@@ -129,10 +142,14 @@ def measured_text(result) -> str:
     memory = result.metadata.get("memory") or {}
     if not memory:
         return ""
-    peak = memory.get("cuda_peak_allocated") or memory.get("peak_compute_bytes", 0)
-    source = "allocator peak" if memory.get("cuda_peak_allocated") else "weights peak (ledger)"
+    # the allocator's reserved peak is what the process held (allocated drops at free time, before pending stream
+    # work is done); older results carry the allocated one only
+    cuda_peak = memory.get("cuda_peak_reserved") or memory.get("cuda_peak_allocated")
+    peak = cuda_peak or memory.get("peak_compute_bytes", 0)
+    source = ("reserved peak" if memory.get("cuda_peak_reserved") else "allocator peak") if cuda_peak \
+        else "weights peak (ledger)"
     plan = memory.get("plan") or {}
-    predicted = plan.get("predicted_peak") if memory.get("cuda_peak_allocated") else plan.get("weights_peak")
+    predicted = plan.get("predicted_peak") if cuda_peak else plan.get("weights_peak")
     text = (f"**Measured** · {memory.get('mode')}: {source} {_gib(peak)} GiB"
             + (f" (plan {_gib(predicted)} GiB)" if predicted else "")
             + f", {_gib(memory.get('bytes_moved', 0))} GiB moved")
