@@ -82,6 +82,8 @@ def test_device_and_pinned_bytes_stay_within_the_plan_at_real_size(real, kind, r
         ledger = ledger_for(sim)
         streamer = attach(ledger, kind, module, layout)
         ledger.ensure_loaded([kind])
+        kept = [streamer.store.slots[k] for k in streamer.kept_keys]
+        assert all(slot.host is None for slot in kept)  # resident weights live on the device only
         allocs_after_load = sim.device_allocs
         run_calls(streamer, calls=3)  # three denoising steps
         # allocated once per run: the resident slab, then prefetch + 1 ring slabs, nothing per step
@@ -262,7 +264,8 @@ class CopyRecorder(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-DEVICE_OPS = ("new_stream", "alloc_device", "copy", "record", "wait", "set_memory_fraction", "empty_device_cache",
+DEVICE_OPS = ("new_stream", "alloc_device", "copy", "record", "wait", "synchronize", "set_memory_fraction",
+              "empty_device_cache",
               "empty_host_cache")
 
 

@@ -53,6 +53,7 @@ class DeviceSlabs:
         self.own_stream = side_stream
         self.side = None
         self.kept_slab: torch.Tensor | None = None
+        self.host_device = torch.device("cpu")
         self.slabs: list[torch.Tensor] = []
         self.done: list[object | None] = []  # per slab: the event after the last block that read it
         self.owner: list[int | None] = []  # per slab: the group whose tensors point into it now
@@ -70,20 +71,32 @@ class DeviceSlabs:
 
     # ------------------------------------------------------------ resident part
     def load_kept(self) -> None:
+        """The resident part onto the device, once per arrival (pageable source: residents are never pinned). With
+        CPU offload the host copy is dropped: a resident weight lives on the device only, as ``module.to`` does."""
         if self.kept_slab is not None or not self.kept:
             return
         self.kept_slab = self.backend.alloc_device(max(self.kept_bytes, 1))
-        # pageable host memory (residents are never pinned): the copy is synchronous, once per arrival
         for slot, offset in zip(self.kept, self.kept_offsets, strict=True):
             view = _view(self.kept_slab, offset, slot)
             self.backend.copy(view, self.store.source(slot), self.backend.compute, self.kept_slab)
             set_tensor(slot, view)
             slot.on_compute = True
+        if self.store.place == "cpu":
+            self.backend.synchronize(self.backend.compute)  # the copies have read the host copies: they can go
+            for slot in self.kept:
+                self.host_device = slot.host.device
+                slot.host = None
 
     def evict_kept(self) -> None:
         if self.kept_slab is None:
             return
-        for slot in self.kept:
+        if self.store.place == "cpu":
+            self.backend.synchronize(self.backend.compute)  # the resident weights back to RAM (a rare move)
+        for slot, offset in zip(self.kept, self.kept_offsets, strict=True):
+            if self.store.place == "cpu" and slot.host is None:
+                host = torch.empty(slot.shape, dtype=slot.dtype, device=self.host_device)
+                host.copy_(_view(self.kept_slab, offset, slot))
+                slot.host = host
             slot.on_compute = False
             set_tensor(slot, self.store.home(slot))
         self.backend.free_device(self.kept_slab)  # only the compute stream touched it: stream order suffices
