@@ -443,3 +443,14 @@ def test_torch_compile_does_not_trace_into_the_streaming_hooks(models_dir):
     assert reasons and len(reasons) == len(counters["graph_break"]), list(counters["graph_break"])
     assert all("torch.compiler.disable" in reason for reason in reasons)  # a skipped hook, never a traced one
     torch._dynamo.reset()
+
+
+def test_disk_offload_under_the_simulator_pins_nothing(models_dir, tmp_path):
+    """Disk offload: streamed weights stay in the safetensors file; nothing is pinned, the pixels are none's."""
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, offload_device="disk", outputs_dir=tmp_path)
+    base = np.asarray(engine.run(t2i(FLUX, "none")).images[0]).astype(int)
+    sim = engine.memory.backend = SimBackend(run_ahead=None, materialize=True)
+    result = engine.run(t2i(FLUX, "block_swap"))
+    assert np.abs(np.asarray(result.images[0]).astype(int) - base).max() <= 1
+    assert sim.peak_pinned == 0 and result.metadata["memory"]["sessions"][-1]["device_slab_bytes"] > 0
+    assert any(op[0] == "copy" for op in sim.ops)
