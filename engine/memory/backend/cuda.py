@@ -44,7 +44,9 @@ class TorchCuda:
         torch.cuda.empty_cache()
 
     def host_empty_cache(self) -> None:
-        torch._C._host_emptyCache()  # the pinned allocator's cache: freed page-locked blocks go back to the OS
+        empty = getattr(torch._C, "_host_emptyCache", None)  # CUDA builds (torch/cuda/graphs.py calls it too)
+        if empty is not None:
+            empty()  # the pinned allocator's cache: freed page-locked blocks go back to the OS
 
     def mem_get_info(self) -> tuple[int, int]:
         return torch.cuda.mem_get_info(self.device)
