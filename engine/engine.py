@@ -186,7 +186,10 @@ class Engine:
             "sessions": notes,
         }
         if torch.cuda.is_available() and self.device.startswith("cuda"):
-            summary["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+            index = torch.device(self.device)
+            summary["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(index))
+            # what the card really had to give: allocated hides blocks freed before pending stream work completes
+            summary["cuda_peak_reserved"] = int(torch.cuda.max_memory_reserved(index))
         if plan is not None:
             summary["plan"] = plan.as_dict()
         result.metadata["memory"] = summary

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.memory.planner import STREAMING_MODES, ComponentSize, Layout
+from engine.memory.layouts import STREAMING_MODES, ComponentSize, Layout
 
 
 @dataclass(frozen=True)

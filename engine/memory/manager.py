@@ -146,10 +146,8 @@ class MemoryManager:
             return self.session_budget
         if self.budget_bytes is not None:
             return self.budget_bytes
-        if self.compute_device.startswith("cuda"):
-            stats = devices.cuda_stats(torch.device(self.compute_device).index or 0)
-            return int(stats["total"] * 0.9)  # headroom for activations and the allocator
-        return None
+        planned = devices.planning_budget(self.compute_device)  # free + held by us - a stated reserve, as planned
+        return planned[0] if planned else None
 
     def compute_bytes(self, e: ModuleEntry) -> int:
         """Bytes of this module on the compute device now (partial for a streamed transformer; 0 for a part,
