@@ -22,6 +22,7 @@ in words through ``run_with_feedback``, which ``click`` puts around it.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -31,8 +32,49 @@ import gradio as gr
 from engine import Result
 
 from . import zerogpu
-from .components import GPU_POOL, CancelSlots, cancel_button, engine_progress, run_with_feedback, status_line
+from .cancel import CancelSlots
+from .components import CONTROLS, GPU_POOL, status_line
+from .errors import run_with_feedback
 from .memory_mode import MemoryModeWidget, after_run, plan_text, wire_plan
+
+
+def threadsafe(fn: Callable) -> Callable:
+    """``fn`` callable from any thread. ``gr.Progress`` finds its event through context variables, which the
+    hub's download worker threads do not inherit: there, the call runs in a copy of the handler's context."""
+    context = contextvars.copy_context()
+    owner = threading.get_ident()
+
+    def call(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return fn(*args, **kwargs)
+        return context.copy().run(fn, *args, **kwargs)
+
+    return call
+
+
+def engine_progress(progress: gr.Progress) -> Callable[[float, str], None]:
+    """The engine's ``progress(fraction, message)`` shown on a ``gr.Progress`` bar (downloads report from
+    worker threads, hence ``threadsafe``)."""
+
+    def report(fraction: float, message: str) -> None:
+        progress(max(0.0, min(1.0, fraction)), desc=message)
+
+    return threadsafe(report)
+
+
+def cancel_button(slots: CancelSlots, status: gr.Markdown, api_name: str) -> gr.Button:
+    button = gr.Button("Cancel", variant="stop", scale=1, min_width=90)
+
+    def cancel(request: gr.Request):
+        if slots.cancel(request):
+            return "Cancelling: the run stops after the current step…"
+        return "Nothing to cancel: no run of yours is in progress."
+
+    button.click(
+        cancel, None, status, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",
+        api_name=api_name,
+    )
+    return button
 
 
 def done_text(result: Result) -> str:

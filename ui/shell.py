@@ -8,7 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from . import comfy_io, comfy_panel, vram_panel, zerogpu
-from .components import GPU_POOL, guard_api_inputs
+from .api_inputs import guard_api_inputs
+from .components import GPU_POOL
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
 TITLE = "Diffusion Studio"
