@@ -49,6 +49,31 @@ def steps_slider(default: int, maximum: int = 100) -> gr.Slider:
     return gr.Slider(1, maximum, value=default, step=1, precision=0, label="Steps")
 
 
+class ImageSettings(NamedTuple):
+    width: gr.Slider
+    height: gr.Slider
+    steps: gr.Slider
+    guidance: gr.Slider
+    seed: gr.Number
+    negative: gr.Textbox
+    true_cfg: gr.Slider
+
+
+def image_settings(prefix: str, d: dict, guidance: float = 3.5, guidance_info: str | None = None,
+                   true_cfg_info: str = "1 = off", negative_placeholder: str | None = None) -> ImageSettings:
+    """The settings every image tab has, in this order: size, steps and guidance, the seed (id ``<prefix>-seed``),
+    and the negative prompt with its true CFG. ``d``: the tab's defaults (``size``, ``max_size``, ``steps``)."""
+    width, height = size_sliders(d["size"], d["max_size"])
+    with gr.Row():
+        steps = steps_slider(d["steps"])
+        guidance_slider = gr.Slider(0, 30, value=guidance, step=0.5, label="Guidance", info=guidance_info)
+    seed = seed_input(0, elem_id=f"{prefix}-seed")
+    with gr.Accordion("Negative prompt", open=False):
+        negative = gr.Textbox(label="Negative prompt", lines=1, placeholder=negative_placeholder)
+        true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG", info=true_cfg_info)
+    return ImageSettings(width, height, steps, guidance_slider, seed, negative, true_cfg)
+
+
 def status_line(render: bool = True, elem_id: str | None = None) -> gr.Markdown:
     """The line under the run button: running, done, cancelled, or which field is wrong."""
     return gr.Markdown("", elem_classes=["run-status"], elem_id=elem_id, render=render)

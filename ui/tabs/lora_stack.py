@@ -16,9 +16,10 @@ from engine import LoraStackRequest, ModelRef, Result, SwapSettings
 from engine.adapters import nunchaku
 
 from .. import comfy_io, comfy_panel
-from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
+from ..components import as_int, image_output, image_settings
 from ..memory_mode import memory_mode_widget, swap_settings
 from ..run_handler import TabRun, done_text
+from . import text_to_image as t2i
 from .lora_stack_editor import specs, stack_editor
 
 MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
@@ -57,9 +58,9 @@ def build_request(model, stack, prompt, negative, width, height, steps, guidance
                   backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
                   stage2_upscale, swap: SwapSettings | None = None) -> LoraStackRequest:
     request = LoraStackRequest(
-        model=model_ref(model), loras=specs(stack), prompt=prompt or "", negative_prompt=negative or "",
-        width=as_int(width), height=as_int(height), steps=as_int(steps), guidance_scale=guidance,
-        true_cfg_scale=true_cfg, seed=as_int(seed), step_cache=float(step_cache or 0.0),
+        model=model_ref(model), loras=specs(stack),
+        **t2i.image_fields(prompt, negative, width, height, steps, guidance, true_cfg, seed),
+        step_cache=float(step_cache or 0.0),
         backend=backend or "diffusers", nunchaku_transformer=nunchaku_file or "", input_image=input_image or "",
         stage2=bool(stage2), stage2_loras=specs(stage2_stack, "stage2_loras") if stage2 else (),
         stage2_strength=stage2_strength, stage2_steps=as_int(stage2_steps), stage2_upscale=stage2_upscale,
@@ -111,14 +112,7 @@ def build(engine) -> comfy_io.Fill:
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="lora-prompt",
                                 placeholder="a watercolor fox reading a map, soft light")
             stack = stack_editor(engine, "lora", model, model_ref, "LoRA stack")
-            width, height = size_sliders(d["size"], d["max_size"])
-            with gr.Row():
-                steps = steps_slider(d["steps"])
-                guidance = gr.Slider(0, 30, value=1.0, step=0.5, label="Guidance")
-            seed = seed_input(0, elem_id="lora-seed")
-            with gr.Accordion("Negative prompt", open=False):
-                negative = gr.Textbox(label="Negative prompt", lines=1)
-                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG", info="1 = off")
+            width, height, steps, guidance, seed, negative, true_cfg = image_settings("lora", d, guidance=1.0)
             with gr.Accordion("Stage 2: refine (image to image, optionally upscaled)", open=False):
                 stage2 = gr.Checkbox(False, label="Run a second stage", elem_id="lora-stage2")
                 with gr.Row():
