@@ -26,7 +26,7 @@ from engine.requests import SDNQ_DTYPES  # noqa: F401  (re-exported, as the name
 
 from .. import comfy_io
 from ..components import CONTROLS, as_int, image_output, seed_input, steps_slider
-from ..memory_mode import memory_mode_widget, swap_field
+from ..memory_mode import swap_field
 from ..run_handler import TabRun, threadsafe  # noqa: F401
 from .catalog_download import DOWNLOAD_LABELS, DOWNLOAD_LIMIT, DOWNLOADS, byte_progress, cache_of, download_panel  # noqa: F401
 from .catalog_quantize import (  # noqa: F401
@@ -189,9 +189,7 @@ def build(engine) -> comfy_io.Fill:
                                           info="faster after a slow first run; needs a compiler")
             with gr.Accordion("Negative prompt", open=False):
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
-            memory = memory_mode_widget(engine, "text_to_image", "catalog")
-            run = generator.run_row("catalog", cancel_api="catalog_cancel")
-            comfy = comfy_io.ExportPanel(engine, "catalog")
+            memory, run, comfy = generator.controls("text_to_image", "catalog", cancel_api="catalog_cancel")
         with gr.Column(scale=6):
             image = image_output("catalog")
             memory.trace_plot.render()
@@ -200,7 +198,7 @@ def build(engine) -> comfy_io.Fill:
         return build_generate_request(source_kind, entry_id, path, "plan", "", w, h, n_steps, 3.5, 0, False, False,
                                       *swap_values)
 
-    generator.plan(memory, plan_request, [source, entry, local_path, width, height, steps, *memory.inputs])
+    generator.plan(plan_request, [source, entry, local_path, width, height, steps, *memory.inputs])
 
     quantize_pickers, quantize_fields = quantize_panel(engine, local_path, source, SOURCE_FOLDER)
 

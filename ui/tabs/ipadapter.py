@@ -13,7 +13,6 @@ from engine.requests import SingleFiles
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, image_settings
-from ..memory_mode import memory_mode_widget
 from ..run_handler import TabRun
 from . import text_to_image as t2i
 
@@ -93,11 +92,7 @@ def build(engine) -> comfy_io.Fill:
 
     with gr.Row():
         with gr.Column(scale=5):
-            suffix = " (tiny demo stand-in)" if engine.demo else ""
-            base = [(label + suffix, repo) for repo, label in MODELS.items()]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "ipadapter", base), value=next(iter(MODELS)),
-                                label="Model")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("ipadapter"), base)
+            model = comfy_panel.model_dropdown(engine, "ipadapter", MODELS)
             images, weights = [], []
             with gr.Row():
                 for i in range(MAX_REFERENCES):
@@ -130,15 +125,13 @@ def build(engine) -> comfy_io.Fill:
                 norm = gr.Radio(NORMS, value="kv", label="IP normalisation")
             comfy = comfy_panel.tab_picker(engine, "ipadapter", "ip", pieces=False, files={
                 "ip_adapter": "IP-Adapter file", "image_encoder": "Image encoder (clip_vision, SigLIP)"})
-            memory = memory_mode_widget(engine, "text_to_image", "ip")
-            run = runner.run_row("ip", cancel_api="ipadapter_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "ip")
+            memory, run, export_panel = runner.controls("text_to_image", "ip", cancel_api="ipadapter_cancel")
         with gr.Column(scale=6):
             image = image_output("ip")
             memory.trace_plot.render()
 
     # the plan reads the base model's folder; the adapter's pieces are not in it (they stay resident, one row each)
-    runner.plan(memory, t2i.plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(t2i.plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,

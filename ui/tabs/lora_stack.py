@@ -17,7 +17,7 @@ from engine.adapters import nunchaku
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, image_settings
-from ..memory_mode import memory_mode_widget, swap_settings
+from ..memory_mode import swap_settings
 from ..run_handler import TabRun, done_text
 from . import text_to_image as t2i
 from .lora_stack_editor import specs, stack_editor
@@ -103,12 +103,9 @@ def build(engine) -> comfy_io.Fill:
     state = nunchaku.status()
     with gr.Row():
         with gr.Column(scale=5):
-            repos = DEMO_MODELS if demo else tuple(MODELS)
-            choices = [(f"{MODELS[r]}{' (tiny demo stand-in)' if demo else ''}", r) for r in repos]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "lora_stack", choices), value=repos[0], label="Model",
-                                allow_custom_value=True,
-                                info="or type the folder of an SDNQ model you quantized on the catalog tab")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("lora_stack"), choices)
+            model = comfy_panel.model_dropdown(
+                engine, "lora_stack", MODELS, DEMO_MODELS if demo else None, allow_custom_value=True,
+                info="or type the folder of an SDNQ model you quantized on the catalog tab")
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="lora-prompt",
                                 placeholder="a watercolor fox reading a map, soft light")
             stack = stack_editor(engine, "lora", model, model_ref, "LoRA stack")
@@ -137,14 +134,12 @@ def build(engine) -> comfy_io.Fill:
                 input_image = gr.Image(type="filepath", label="Input image", sources=["upload"],
                                        elem_id="lora-input-image")
             comfy_panel.tab_picker(engine, "lora_stack", "lora", pieces=False)
-            memory = memory_mode_widget(engine, "text_to_image", "lora")
-            run = runner.run_row("lora", cancel_api="lora_stack_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "lora")
+            memory, run, export_panel = runner.controls("text_to_image", "lora", cancel_api="lora_stack_cancel")
         with gr.Column(scale=6):
             image = image_output("lora")
             memory.trace_plot.render()
 
-    runner.plan(memory, plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
     model.change(lambda value: gr.Accordion(open=is_edit_model(value)), model, edit_box, show_progress="hidden")
 
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,

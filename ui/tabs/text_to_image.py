@@ -10,7 +10,7 @@ from engine import Result, TextToImageRequest
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, image_settings
-from ..memory_mode import memory_mode_widget, swap_field
+from ..memory_mode import swap_field
 from ..run_handler import TabRun
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
@@ -72,25 +72,19 @@ def build(engine) -> comfy_io.Fill:
 
     with gr.Row():
         with gr.Column(scale=5):
-            choices = [(f"{label}{' (tiny demo stand-in)' if engine.demo else ''}", repo) for repo, label in
-                       MODELS.items()]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "text_to_image", choices), value=next(iter(MODELS)),
-                                label="Model", elem_id="t2i-model")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("text_to_image"), choices)
+            model = comfy_panel.model_dropdown(engine, "text_to_image", MODELS, elem_id="t2i-model")
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a lighthouse on a cliff at dusk, oil painting",
                                 elem_id="t2i-prompt")
             width, height, steps, guidance, seed, negative, true_cfg = image_settings(
                 "t2i", d, negative_placeholder="what to avoid",
                 true_cfg_info="real classifier-free guidance with the negative prompt; 1 = off")
             pieces = comfy_panel.tab_picker(engine, "text_to_image", "t2i")["pieces"]
-            memory = memory_mode_widget(engine, "text_to_image", "t2i")
-            run = runner.run_row("t2i", cancel_api="text_to_image_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "t2i")
+            memory, run, export_panel = runner.controls("text_to_image", "t2i", cancel_api="text_to_image_cancel")
         with gr.Column(scale=6):
             image = image_output("t2i")
             memory.trace_plot.render()
 
-    runner.plan(memory, plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
                           resident, block_mb, prefetch, streams, trace, pieces=None, request: gr.Request = None,
