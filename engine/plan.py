@@ -41,13 +41,19 @@ def read_header(path: Path) -> dict[str, dict]:
     return header
 
 
-def _nbytes(info: dict, load_bytes: int) -> int:
+def _nbytes(info: dict, load_bytes: int, dequantised: bool = False) -> int:
     numel = 1
     for d in info["shape"]:
         numel *= d
     dtype = info["dtype"]
-    per = load_bytes if dtype in _FLOATS and load_bytes else _DTYPE_BYTES.get(dtype, 1)
+    floats = _FLOATS | ({"F8_E4M3", "F8_E5M2"} if dequantised else set())
+    per = load_bytes if dtype in floats and load_bytes else _DTYPE_BYTES.get(dtype, 1)
     return numel * per
+
+
+def _scaled_fp8(header: dict) -> bool:
+    """ComfyUI's scaled fp8 file: its weights are multiplied out on load, so resident at the compute dtype's size."""
+    return "scaled_fp8" in header or any(k.endswith((".scale_weight", ".weight_scale")) for k in header)
 
 
 def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "") -> ComponentSize | None:
@@ -65,8 +71,9 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
             from engine.comfy_models.detect import strip_transformer_prefix
 
             header = {new: header[old] for new, old in strip_transformer_prefix(header).items()}
+        dequantised = bool(single_file) and _scaled_fp8(header)
         for key, info in header.items():
-            n = _nbytes(info, load_bytes)
+            n = _nbytes(info, load_bytes, dequantised)
             total += n
             leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
             m = _BLOCK_KEY.match(key)
