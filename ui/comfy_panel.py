@@ -53,6 +53,17 @@ def model_choices(engine, tab: str, base: list) -> list:
     return list(base) + engine.comfy.model_choices(tab)
 
 
+def model_dropdown(engine, tab: str, models: dict[str, str], repos=None, **kwargs) -> gr.Dropdown:
+    """A tab's model picker: ``models`` (repo id -> label; ``repos``, the ones to offer, all by default; in demo
+    mode each marked as a tiny stand-in) and then the tab's files of the ComfyUI folder, refreshed with it."""
+    repos = tuple(repos or models)
+    suffix = " (tiny demo stand-in)" if engine.demo else ""
+    base = [(models[repo] + suffix, repo) for repo in repos]
+    dropdown = gr.Dropdown(model_choices(engine, tab, base), value=repos[0], label="Model", **kwargs)
+    register_dropdown(dropdown, lambda: engine.comfy.model_choices(tab), base)
+    return dropdown
+
+
 def register_dropdown(dropdown: gr.Dropdown, choices, base: list | None = None) -> None:
     """Refresh ``dropdown``'s choices (``choices()`` + ``base``) whenever the folder changes."""
     registry = _REGISTRY.get()

@@ -4,16 +4,17 @@ first, then the one GPU call), show the engine's warnings, then the status line,
 A tab's handler is then its request and its outputs::
 
     runner = TabRun(engine, LABELS)
-    ...                                                     # the tab's widgets
-    run = runner.run_row("t2i", cancel_api="text_to_image_cancel")
-    runner.plan(memory, plan_request, plan_inputs)
+    ...                                                     # the tab's widgets, then the foot of its column:
+    memory, run, export_panel = runner.controls("text_to_image", "t2i", cancel_api="text_to_image_cancel")
+    ...                                                     # the output column
+    runner.plan(plan_request, plan_inputs)
 
     def run_text_to_image(model, prompt, ..., request: gr.Request = None, progress=gr.Progress()):
         req = build_request(model, prompt, ...)
         result = yield from runner.run(req, request, progress)
         yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps, ...)
 
-    runner.click(run, run_text_to_image, inputs, image)
+    runner.click(run, run_text_to_image, inputs, image, api_name="text_to_image")
 
 The handler keeps its explicit parameters: Gradio reads them to name the API's parameters and to pass
 ``gr.Request`` / ``gr.Progress``. Failures anywhere in it (the request's ``InputError`` included) reach the page
@@ -22,6 +23,7 @@ in words through ``run_with_feedback``, which ``click`` puts around it.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -31,8 +33,50 @@ import gradio as gr
 from engine import Result
 
 from . import zerogpu
-from .components import GPU_POOL, CancelSlots, cancel_button, engine_progress, run_with_feedback, status_line
-from .memory_mode import MemoryModeWidget, after_run, plan_text, wire_plan
+from .cancel import CancelSlots
+from .comfy_io import ExportPanel
+from .components import CONTROLS, GPU_POOL, status_line
+from .errors import run_with_feedback
+from .memory_mode import MemoryModeWidget, after_run, memory_mode_widget, plan_text, wire_plan
+
+
+def threadsafe(fn: Callable) -> Callable:
+    """``fn`` callable from any thread. ``gr.Progress`` finds its event through context variables, which the
+    hub's download worker threads do not inherit: there, the call runs in a copy of the handler's context."""
+    context = contextvars.copy_context()
+    owner = threading.get_ident()
+
+    def call(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return fn(*args, **kwargs)
+        return context.copy().run(fn, *args, **kwargs)
+
+    return call
+
+
+def engine_progress(progress: gr.Progress) -> Callable[[float, str], None]:
+    """The engine's ``progress(fraction, message)`` shown on a ``gr.Progress`` bar (downloads report from
+    worker threads, hence ``threadsafe``)."""
+
+    def report(fraction: float, message: str) -> None:
+        progress(max(0.0, min(1.0, fraction)), desc=message)
+
+    return threadsafe(report)
+
+
+def cancel_button(slots: CancelSlots, status: gr.Markdown, api_name: str) -> gr.Button:
+    button = gr.Button("Cancel", variant="stop", scale=1, min_width=90)
+
+    def cancel(request: gr.Request):
+        if slots.cancel(request):
+            return "Cancelling: the run stops after the current step…"
+        return "Nothing to cancel: no run of yours is in progress."
+
+    button.click(
+        cancel, None, status, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",
+        api_name=api_name,
+    )
+    return button
 
 
 def done_text(result: Result) -> str:
@@ -81,11 +125,18 @@ class TabRun:
         self.status.render()
         return run
 
-    def plan(self, memory: MemoryModeWidget, plan_request: Callable, inputs: list) -> None:
+    def controls(self, job: str, prefix: str, cancel_api: str) -> tuple[MemoryModeWidget, gr.Button, ExportPanel]:
+        """The foot of a tab's settings column: the memory-mode widget (the VRAM advice for ``job``), Run and
+        Cancel over the status line, and the ComfyUI export panel. Returns (memory widget, Run button, panel)."""
+        self.memory = memory_mode_widget(self.engine, job, prefix)
+        run = self.run_row(prefix, cancel_api)
+        return self.memory, run, ExportPanel(self.engine, prefix)
+
+    def plan(self, plan_request: Callable, inputs: list) -> None:
         """Show the memory plan for ``plan_request(*values of inputs)`` as they change; after a run, ``done``
         shows it again with what was measured."""
-        self.memory, self.plan_request = memory, plan_request
-        wire_plan(self.engine, memory, plan_request, inputs)
+        self.plan_request = plan_request
+        wire_plan(self.engine, self.memory, plan_request, inputs)
 
     def click(self, button: gr.Button, handler: Callable, inputs: list, outputs: Sequence, *, api_name: str,
               show_progress_on: list | None = None, concurrency_id: str = GPU_POOL):

@@ -10,7 +10,8 @@ import gradio as gr
 import comfy_export
 
 from . import comfy_io, comfy_panel, vram_panel, zerogpu
-from .components import GPU_POOL, guard_api_inputs
+from .api_inputs import guard_api_inputs
+from .components import GPU_POOL
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
 TITLE = "Diffusion Studio"

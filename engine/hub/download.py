@@ -45,7 +45,6 @@ Environment: ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``, ``HF_TOKEN`` and ``H
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -64,20 +63,8 @@ from huggingface_hub import (
     snapshot_download,
     try_to_load_from_cache,
 )
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import (
-    HFValidationError,
-    build_hf_headers,
-    validate_repo_id,
-)
+from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.utils import build_hf_headers
 
 from engine.errors import Cancelled
 from engine.hub import http as hub_http
@@ -106,8 +93,7 @@ from engine.hub.fetch import Job as _Job
 from engine.hub.fetch import fetch as _fetch
 from engine.hub.fetch import have_bytes as _have
 from engine.hub.fetch import matches as _matches
-from engine.hub.http import STREAM_ERRORS as _STREAM_ERRORS
-from engine.hub.http import TIMEOUTS as _TIMEOUTS
+from engine.hub.messages import check_repo_id, first_line, translate_error  # noqa: F401  (also hub.check_repo_id)
 from engine.hub.progress import Aborted as _Aborted
 from engine.hub.progress import ProgressFn
 from engine.hub.progress import Transfer as _Transfer
@@ -181,78 +167,10 @@ def model_info(env: HubEnv, repo_id: str, revision: str | None, transfer: _Trans
     )
 
 
-def translate_error(exc: BaseException, env: HubEnv, repo_id: str, revision: str | None) -> BaseException:
-    """Map huggingface_hub / network errors to HubError subclasses with messages a user can act on."""
-    rev = revision or constants.DEFAULT_REVISION
-    if isinstance(exc, (HubError, Cancelled)):
-        return exc
-    if isinstance(exc, GatedRepoError):  # first: it subclasses RepositoryNotFoundError
-        return GatedRepoAccessError(
-            f"'{repo_id}' is a gated model: open {env.endpoint}/{repo_id} while logged in, accept its licence, then "
-            f"set HF_TOKEN to a read token of that account ({env.endpoint}/settings/tokens)."
-            + (" The token currently set has no access to it." if env.token else " No token is set.")
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return UnknownRepoError(
-            f"Model repository '{repo_id}' was not found on {env.endpoint}. Check the repo id for typos; if it is a "
-            "private repository, set HF_TOKEN to a token that can read it."
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return RevisionMissingError(f"'{repo_id}' has no branch, tag or commit named '{rev}' on {env.endpoint}.")
-    if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
-        return FilesMissingError(
-            f"A file of the catalog entry is missing from '{repo_id}' ({rev}) on {env.endpoint}: {_first_line(exc)}. "
-            "The repository changed or the catalog entry is wrong."
-        )
-    if isinstance(exc, OfflineModeIsEnabled):
-        return OfflineNotCachedError(
-            f"'{repo_id}' is not fully in the local cache ({env.cache_dir}) and offline mode is on "
-            "(HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE to download it."
-        )
-    if isinstance(exc, hub_http.Stalled) or isinstance(exc, _TIMEOUTS):
-        seconds = exc.seconds if isinstance(exc, hub_http.Stalled) else hub_http.limits().read
-        return HubStalledError(
-            f"The hub at {env.endpoint} stopped answering: no reply within {seconds:g} s "
-            "(STUDIO_HUB_READ_TIMEOUT). Try again later; what is already downloaded is kept and will be resumed."
-        )
-    if isinstance(exc, hub_http.RetriesExhausted):
-        return HubError(
-            f"The hub at {env.endpoint} answered HTTP {exc.status} for '{repo_id}' on all {exc.tries} tries; it may "
-            f"be having trouble. Try again later; what is already downloaded is kept and will be resumed."
-        )
-    if isinstance(exc, (LocalEntryNotFoundError, *_STREAM_ERRORS)):
-        return HubUnreachableError(
-            f"Cannot reach the Hugging Face hub at {env.endpoint}; check your connection (or proxy, or HF_ENDPOINT), "
-            f"or set HF_HUB_OFFLINE=1 to use only cached models. ({type(exc).__name__}: {_first_line(exc)})"
-        )
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            return GatedRepoAccessError(
-                f"The hub refused access to '{repo_id}' (HTTP {status}). Check that HF_TOKEN is set to a valid "
-                "token with read access to this repository."
-            )
-        return HubError(
-            f"The hub at {env.endpoint} answered HTTP {status} for '{repo_id}'; it may be having trouble. Try again "
-            f"later. ({_first_line(exc)})"
-        )
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return NotEnoughDiskError(f"The disk holding {env.cache_dir} is full. Free some space and try again.")
-    if isinstance(exc, Exception):
-        return HubError(f"Downloading '{repo_id}' failed: {type(exc).__name__}: {_first_line(exc)}")
-    return exc
 
 
-def check_repo_id(repo_id: str) -> None:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise UnknownRepoError(f"'{repo_id}' is not a valid repo id: expected 'owner/name'. ({exc})") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------- download
@@ -301,7 +219,7 @@ def download(
         raise
     except Exception as exc:  # every failure leaves with a message for the user
         if local.complete:  # complete on disk, only the hub's listing was missing: as the client, use the cache
-            logger.warning("could not check %s on the hub (%s); using the cached copy", repo_id, _first_line(exc))
+            logger.warning("could not check %s on the hub (%s); using the cached copy", repo_id, first_line(exc))
             return local.path  # type: ignore[return-value]
         error = translate_error(exc, env, repo_id, revision)
         if isinstance(error, HubUnreachableError) and local.state == "partial":

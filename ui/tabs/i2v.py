@@ -20,7 +20,7 @@ from engine.requests import (
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, download_update, file_of, seed_input
-from ..memory_mode import memory_mode_widget, swap_field, swap_settings
+from ..memory_mode import swap_field, swap_settings
 from ..run_handler import TabRun
 
 MODELS = {
@@ -98,11 +98,8 @@ def build(engine) -> comfy_io.Fill:
     runner = TabRun(engine, LABELS)
     with gr.Row():
         with gr.Column(scale=5):
-            suffix = " (tiny demo stand-in)" if engine.demo else ""
-            base = [(label + suffix, repo) for repo, label in MODELS.items()]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "i2v", base), value=next(iter(MODELS)),
-                                label="Model", info="ComfyUI high/low noise files run as one A14B pair")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("i2v"), base)
+            model = comfy_panel.model_dropdown(engine, "i2v", MODELS,
+                                               info="ComfyUI high/low noise files run as one A14B pair")
             image = gr.Image(type="filepath", label="Start image", elem_id="i2v-image", height=220)
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="the waves roll in, the camera pans slowly left",
                                 elem_id="i2v-prompt")
@@ -156,9 +153,7 @@ def build(engine) -> comfy_io.Fill:
                     quality = gr.Slider(1, 10, value=8, step=1, precision=0, label="Quality")
                     loop = gr.Checkbox(True, label="Loop (gif)")
             pieces = comfy_panel.tab_picker(engine, "i2v", "i2v")["pieces"]
-            memory = memory_mode_widget(engine, "i2v", "i2v")
-            run = runner.run_row("i2v", cancel_api="i2v_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "i2v")
+            memory, run, export_panel = runner.controls("i2v", "i2v", cancel_api="i2v_cancel")
         with gr.Column(scale=6):
             video = gr.Video(label="Video", elem_id="i2v-video", height=380, autoplay=True, loop=True)
             preview = gr.Image(label="Live preview (latent projection)", type="pil", elem_id="i2v-preview",
@@ -174,7 +169,7 @@ def build(engine) -> comfy_io.Fill:
                        api_visibility="private")
     turbo_on.change(lambda on, s: 4 if on and s > 4 else s, [turbo_on, steps], steps, queue=False,
                     api_visibility="private")
-    runner.plan(memory, plan_request, [model, width, height, frames, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, frames, *memory.inputs])
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
               turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs, pieces]

@@ -12,8 +12,7 @@ from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
 from engine.requests import SingleFiles
 
 from .. import comfy_io, comfy_panel
-from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
-from ..memory_mode import memory_mode_widget, swap_field
+from ..components import as_int, image_output, image_settings
 from ..run_handler import TabRun
 from . import text_to_image as t2i
 
@@ -46,14 +45,8 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
     request = IPAdapterRequest(
         model=comfy_panel.model_ref(model),
         **extra,
-        prompt=prompt or "",
-        negative_prompt=negative_prompt or "",
-        width=as_int(width),
-        height=as_int(height),
-        steps=as_int(steps),
-        guidance_scale=guidance_scale,
-        true_cfg_scale=true_cfg_scale,
-        seed=as_int(seed),
+        **t2i.image_fields(prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed,
+                           swap_values),
         references=tuple(ReferenceImage(path, w) for path, w in references if path),
         weight=weight,
         start_percent=start_percent,
@@ -64,7 +57,6 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
         ramp_steps=as_int(ramp_steps),
         offload_preprocessing=bool(offload_preprocessing),
         ip_norm=ip_norm,
-        **swap_field(swap_values),
     )
     request.validate()
     return request
@@ -100,11 +92,7 @@ def build(engine) -> comfy_io.Fill:
 
     with gr.Row():
         with gr.Column(scale=5):
-            suffix = " (tiny demo stand-in)" if engine.demo else ""
-            base = [(label + suffix, repo) for repo, label in MODELS.items()]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "ipadapter", base), value=next(iter(MODELS)),
-                                label="Model")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("ipadapter"), base)
+            model = comfy_panel.model_dropdown(engine, "ipadapter", MODELS)
             images, weights = [], []
             with gr.Row():
                 for i in range(MAX_REFERENCES):
@@ -127,31 +115,23 @@ def build(engine) -> comfy_io.Fill:
                     weight_end = gr.Slider(-1, 5, value=1.0, step=0.05, label="Weight at end")
                     ramp_steps = gr.Slider(1, 100, value=10, step=1, precision=0, label="Ramp steps",
                                            info="in-window steps to go from start to end")
-            width, height = size_sliders(d["size"], d["max_size"])
-            with gr.Row():
-                steps = steps_slider(d["steps"])
-                guidance = gr.Slider(0, 30, value=3.5, step=0.5, label="Guidance",
-                                     info="distilled guidance on Flux; real CFG on Chroma")
-            seed = seed_input(0, elem_id="ip-seed")
-            with gr.Accordion("Negative prompt", open=False):
-                negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
-                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
-                                     info="Flux: real classifier-free guidance with the negative prompt; 1 = off")
+            width, height, steps, guidance, seed, negative, true_cfg = image_settings(
+                "ip", d, guidance_info="distilled guidance on Flux; real CFG on Chroma",
+                negative_placeholder="what to avoid",
+                true_cfg_info="Flux: real classifier-free guidance with the negative prompt; 1 = off")
             with gr.Accordion("Adapter options", open=False):
                 offload = gr.Checkbox(True, label="Offload preprocessing",
                                       info="move the image encoder and projector off the GPU once the tokens exist")
                 norm = gr.Radio(NORMS, value="kv", label="IP normalisation")
             comfy = comfy_panel.tab_picker(engine, "ipadapter", "ip", pieces=False, files={
                 "ip_adapter": "IP-Adapter file", "image_encoder": "Image encoder (clip_vision, SigLIP)"})
-            memory = memory_mode_widget(engine, "text_to_image", "ip")
-            run = runner.run_row("ip", cancel_api="ipadapter_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "ip")
+            memory, run, export_panel = runner.controls("text_to_image", "ip", cancel_api="ipadapter_cancel")
         with gr.Column(scale=6):
             image = image_output("ip")
             memory.trace_plot.render()
 
     # the plan reads the base model's folder; the adapter's pieces are not in it (they stay resident, one row each)
-    runner.plan(memory, t2i.plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(t2i.plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,

@@ -16,9 +16,10 @@ from engine import LoraStackRequest, ModelRef, Result, SwapSettings
 from engine.adapters import nunchaku
 
 from .. import comfy_io, comfy_panel
-from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
-from ..memory_mode import memory_mode_widget, swap_settings
+from ..components import as_int, image_output, image_settings
+from ..memory_mode import swap_settings
 from ..run_handler import TabRun, done_text
+from . import text_to_image as t2i
 from .lora_stack_editor import specs, stack_editor
 
 MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
@@ -57,9 +58,9 @@ def build_request(model, stack, prompt, negative, width, height, steps, guidance
                   backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength, stage2_steps,
                   stage2_upscale, swap: SwapSettings | None = None) -> LoraStackRequest:
     request = LoraStackRequest(
-        model=model_ref(model), loras=specs(stack), prompt=prompt or "", negative_prompt=negative or "",
-        width=as_int(width), height=as_int(height), steps=as_int(steps), guidance_scale=guidance,
-        true_cfg_scale=true_cfg, seed=as_int(seed), step_cache=float(step_cache or 0.0),
+        model=model_ref(model), loras=specs(stack),
+        **t2i.image_fields(prompt, negative, width, height, steps, guidance, true_cfg, seed),
+        step_cache=float(step_cache or 0.0),
         backend=backend or "diffusers", nunchaku_transformer=nunchaku_file or "", input_image=input_image or "",
         stage2=bool(stage2), stage2_loras=specs(stage2_stack, "stage2_loras") if stage2 else (),
         stage2_strength=stage2_strength, stage2_steps=as_int(stage2_steps), stage2_upscale=stage2_upscale,
@@ -102,23 +103,13 @@ def build(engine) -> comfy_io.Fill:
     state = nunchaku.status()
     with gr.Row():
         with gr.Column(scale=5):
-            repos = DEMO_MODELS if demo else tuple(MODELS)
-            choices = [(f"{MODELS[r]}{' (tiny demo stand-in)' if demo else ''}", r) for r in repos]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "lora_stack", choices), value=repos[0], label="Model",
-                                allow_custom_value=True,
-                                info="or type the folder of an SDNQ model you quantized on the catalog tab")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("lora_stack"), choices)
+            model = comfy_panel.model_dropdown(
+                engine, "lora_stack", MODELS, DEMO_MODELS if demo else None, allow_custom_value=True,
+                info="or type the folder of an SDNQ model you quantized on the catalog tab")
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="lora-prompt",
                                 placeholder="a watercolor fox reading a map, soft light")
             stack = stack_editor(engine, "lora", model, model_ref, "LoRA stack")
-            width, height = size_sliders(d["size"], d["max_size"])
-            with gr.Row():
-                steps = steps_slider(d["steps"])
-                guidance = gr.Slider(0, 30, value=1.0, step=0.5, label="Guidance")
-            seed = seed_input(0, elem_id="lora-seed")
-            with gr.Accordion("Negative prompt", open=False):
-                negative = gr.Textbox(label="Negative prompt", lines=1)
-                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG", info="1 = off")
+            width, height, steps, guidance, seed, negative, true_cfg = image_settings("lora", d, guidance=1.0)
             with gr.Accordion("Stage 2: refine (image to image, optionally upscaled)", open=False):
                 stage2 = gr.Checkbox(False, label="Run a second stage", elem_id="lora-stage2")
                 with gr.Row():
@@ -143,14 +134,12 @@ def build(engine) -> comfy_io.Fill:
                 input_image = gr.Image(type="filepath", label="Input image", sources=["upload"],
                                        elem_id="lora-input-image")
             comfy_panel.tab_picker(engine, "lora_stack", "lora", pieces=False)
-            memory = memory_mode_widget(engine, "text_to_image", "lora")
-            run = runner.run_row("lora", cancel_api="lora_stack_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "lora")
+            memory, run, export_panel = runner.controls("text_to_image", "lora", cancel_api="lora_stack_cancel")
         with gr.Column(scale=6):
             image = image_output("lora")
             memory.trace_plot.render()
 
-    runner.plan(memory, plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
     model.change(lambda value: gr.Accordion(open=is_edit_model(value)), model, edit_box, show_progress="hidden")
 
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,

@@ -12,7 +12,7 @@ from engine.requests import PERCEPTION_TASKS
 
 from .. import comfy_io
 from ..components import as_int, seed_input, steps_slider
-from ..memory_mode import memory_mode_widget, swap_field, swap_settings
+from ..memory_mode import swap_field, swap_settings
 from ..run_handler import TabRun
 
 TASK_LABELS = {"depth": "Depth (distance)", "normal": "Normal", "albedo": "Albedo",
@@ -95,9 +95,8 @@ def build(engine) -> comfy_io.Fill:
             with gr.Row():
                 seam_blending = gr.Checkbox(True, label="Seam blending", info="left and right edges of every map agree")
                 sphere = gr.Checkbox(True, label="3D sphere (.glb)", info="with depth")
-            memory = memory_mode_widget(engine, "text_to_image", "pano")  # Flux, as on Text to image
-            run = runner.run_row("pano", cancel_api="perception_cancel")
-            comfy = comfy_io.ExportPanel(engine, "pano")
+            # the base model is Flux, as on Text to image
+            memory, run, comfy = runner.controls("text_to_image", "pano", cancel_api="perception_cancel")
         with gr.Column(scale=6):
             gallery = gr.Gallery(label="Maps", columns=2, height=420, object_fit="contain", elem_id="pano-maps",
                                  buttons=["download", "fullscreen"])
@@ -108,7 +107,7 @@ def build(engine) -> comfy_io.Fill:
                             elem_id="pano-files")
             memory.trace_plot.render()
 
-    runner.plan(memory, plan_request, memory.inputs)
+    runner.plan(plan_request, memory.inputs)
 
     def check(path):
         text, fixable = aspect_note(path)

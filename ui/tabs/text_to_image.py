@@ -9,8 +9,8 @@ import gradio as gr
 from engine import Result, TextToImageRequest
 
 from .. import comfy_io, comfy_panel
-from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
-from ..memory_mode import memory_mode_widget, swap_field
+from ..components import as_int, image_output, image_settings
+from ..memory_mode import swap_field
 from ..run_handler import TabRun
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
@@ -37,20 +37,18 @@ def build_request(
     """The request these widget values describe, validated (raises ``InputError`` naming the field).
     ``swap_values`` are the memory-mode widget's (none: the default mode); ``model`` is a repo id or a ComfyUI
     folder choice, ``pieces`` the VAE / text encoder files picked from that folder."""
-    request = TextToImageRequest(
-        model=comfy_panel.model_ref(model, pieces),
-        prompt=prompt or "",
-        negative_prompt=negative_prompt or "",
-        width=as_int(width),
-        height=as_int(height),
-        steps=as_int(steps),
-        guidance_scale=guidance_scale,
-        true_cfg_scale=true_cfg_scale,
-        seed=as_int(seed),
-        **swap_field(swap_values),
-    )
+    request = TextToImageRequest(model=comfy_panel.model_ref(model, pieces), **image_fields(
+        prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed, swap_values))
     request.validate()
     return request
+
+
+def image_fields(prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed,
+                 swap_values: tuple = ()) -> dict:
+    """The request fields every image tab shares, from its widgets' values (numbers arrive as floats)."""
+    return dict(prompt=prompt or "", negative_prompt=negative_prompt or "", width=as_int(width),
+                height=as_int(height), steps=as_int(steps), guidance_scale=guidance_scale,
+                true_cfg_scale=true_cfg_scale, seed=as_int(seed), **swap_field(swap_values))
 
 
 def plan_request(model, width, height, steps, *swap_values) -> TextToImageRequest:
@@ -74,31 +72,19 @@ def build(engine) -> comfy_io.Fill:
 
     with gr.Row():
         with gr.Column(scale=5):
-            choices = [(f"{label}{' (tiny demo stand-in)' if engine.demo else ''}", repo) for repo, label in
-                       MODELS.items()]
-            model = gr.Dropdown(comfy_panel.model_choices(engine, "text_to_image", choices), value=next(iter(MODELS)),
-                                label="Model", elem_id="t2i-model")
-            comfy_panel.register_dropdown(model, lambda: engine.comfy.model_choices("text_to_image"), choices)
+            model = comfy_panel.model_dropdown(engine, "text_to_image", MODELS, elem_id="t2i-model")
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a lighthouse on a cliff at dusk, oil painting",
                                 elem_id="t2i-prompt")
-            width, height = size_sliders(d["size"], d["max_size"])
-            with gr.Row():
-                steps = steps_slider(d["steps"])
-                guidance = gr.Slider(0, 30, value=3.5, step=0.5, label="Guidance")
-            seed = seed_input(0, elem_id="t2i-seed")
-            with gr.Accordion("Negative prompt", open=False):
-                negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
-                true_cfg = gr.Slider(1, 30, value=1.0, step=0.5, label="True CFG",
-                                     info="real classifier-free guidance with the negative prompt; 1 = off")
+            width, height, steps, guidance, seed, negative, true_cfg = image_settings(
+                "t2i", d, negative_placeholder="what to avoid",
+                true_cfg_info="real classifier-free guidance with the negative prompt; 1 = off")
             pieces = comfy_panel.tab_picker(engine, "text_to_image", "t2i")["pieces"]
-            memory = memory_mode_widget(engine, "text_to_image", "t2i")
-            run = runner.run_row("t2i", cancel_api="text_to_image_cancel")
-            export_panel = comfy_io.ExportPanel(engine, "t2i")
+            memory, run, export_panel = runner.controls("text_to_image", "t2i", cancel_api="text_to_image_cancel")
         with gr.Column(scale=6):
             image = image_output("t2i")
             memory.trace_plot.render()
 
-    runner.plan(memory, plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
                           resident, block_mb, prefetch, streams, trace, pieces=None, request: gr.Request = None,
