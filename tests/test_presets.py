@@ -115,7 +115,7 @@ def test_entries_are_consistent(catalog):
     entries = by_id(catalog)
     assert entries["Z-Image-Turbo-SDNQ-int8"].quantization == "int8"
     assert entries["Z-Image-SDNQ-4bit-hadamard"].svd_rank == 32
-    assert entries["Ideogram-4-SDNQ-4bit-hadamard"].supported is False
+    assert entries["Ideogram-4-SDNQ-4bit-hadamard"].pipeline == "Ideogram4Pipeline"  # diffusers 0.42.1 has it
     assert entries["LTX-2-SDNQ-8bit"].quantization == "8bit-dynamic"
     assert entries["NoobAI-XL-v1.1-SDNQ-uint4"].svd_rank == 128
     assert entries["FLUX.2-klein-9B-SDNQ-4bit"].svd_rank == 32
