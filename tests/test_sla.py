@@ -140,3 +140,29 @@ def test_the_processor_computes_upstreams_sla_on_the_modules_q_k_v():
     ref = reference_sla(q, k, v, attn.proj_l, 0.4, sla.BLOCK_Q, sla.BLOCK_K).float()
     want = attn.to_out[0](ref.transpose(1, 2).flatten(2, 3))
     assert (got - want).abs().max() < 1e-4
+
+
+def test_the_export_carries_attention_type_and_sla_topk_to_the_loader_node(tmp_path):
+    """seed 003's TurboWanModelLoader: attention_type [original, sla, sagesla] default sla, sla_topk 0.01..1; its
+    sampler's sigma_max stops at 1000, so upstream's 1600 is written as 1000 with a note."""
+    from PIL import Image
+
+    from comfy_export import validate
+    from comfy_export.export import both, build
+    from engine.requests import I2VRequest, TurboWanSettings
+
+    image = tmp_path / "start.png"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(image)
+    for attention, topk, sigma in (("sla", 0.15, 200.0), ("original", 0.1, 1600.0)):
+        req = I2VRequest(image=str(image), prompt="go", steps=4, turbo=TurboWanSettings(
+            enabled=True, attention_type=attention, sla_topk=topk, sigma_max=sigma))
+        req.validate()
+        api, _ = both(req)
+        assert validate.problems(api) == []
+        loaders = [n for n in api.values() if n["class_type"] == "TurboWanModelLoader"]
+        assert len(loaders) == 2
+        assert all(n["inputs"]["attention_type"] == attention and n["inputs"]["sla_topk"] == topk for n in loaders)
+        sampler = next(n for n in api.values() if n["class_type"] == "TurboDiffusionI2VSampler")
+        assert sampler["inputs"]["sigma_max"] == min(sigma, 1000.0)
+        notes = build(req).notes
+        assert any("sigma_max up to 1000" in n for n in notes) == (sigma > 1000)
