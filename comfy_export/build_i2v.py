@@ -15,6 +15,7 @@ WAN_SHIFT = 5.0  # ModelSamplingSD3 shift of the official Wan 2.2 14B I2V templa
 TURBO_MODES = {"cpu_only": "cpu_only", "none": "comfy_native", "model_offload": "comfy_native"}  # else block_swap
 TURBO_SWAP = {"layerwise": "layerwise", "chunkwise": "chunkwise"}  # else adaptive
 NEGATIVE = "negative prompt"
+NODE_SIGMA_MAX = 1000.0  # TurboDiffusionI2VSampler's sigma_max range is 1..1000 (the app allows upstream's 1600)
 
 
 def boundary_step(steps: int, boundary: float, shift: float = WAN_SHIFT) -> int:
@@ -100,7 +101,7 @@ def _turbo_file(turbo, which: str) -> str:
 def _turbo(g: Graph, req) -> None:
     turbo, swap = req.turbo, req.swap
     loader_inputs = {
-        "attention_type": "original", "sla_topk": 0.1, "offload_mode": TURBO_MODES.get(swap.mode, "block_swap"),
+        "attention_type": turbo.attention_type, "sla_topk": turbo.sla_topk, "offload_mode": TURBO_MODES.get(swap.mode, "block_swap"),
         "max_vram_gb": swap.max_vram_gb or 8.0, "block_size_mb": int(math.ceil(swap.block_size_mb / 10) * 10),
         "swap_mode": TURBO_SWAP.get(swap.mode, "adaptive"),
     }
@@ -123,10 +124,14 @@ def _turbo(g: Graph, req) -> None:
             VIDEO_RESOLUTIONS[r][aspect][0] * VIDEO_RESOLUTIONS[r][aspect][1] - req.width * req.height))
         g.notes.append(f"The blockswap fork's sampler has no custom size; {req.width}x{req.height} is written as "
                        f"{resolution} {aspect}.")
+    sigma_max = min(turbo.sigma_max, NODE_SIGMA_MAX)
+    if sigma_max != turbo.sigma_max:
+        g.notes.append(f"The TurboDiffusion sampler node takes sigma_max up to {NODE_SIGMA_MAX:g}; "
+                       f"{turbo.sigma_max:g} is written as {sigma_max:g}.")
     frames = g.add("TurboDiffusionI2VSampler", base.SAMPLE, high_noise_model=high[0], low_noise_model=low[0],
                    conditioning=text, vae=vae[0], image=image, num_frames=req.num_frames, num_steps=req.steps,
                    resolution=resolution, aspect_ratio=aspect, boundary=req.boundary_ratio,
-                   sigma_max=turbo.sigma_max, seed=req.seed, use_ode=turbo.ode)[0]
+                   sigma_max=sigma_max, seed=req.seed, use_ode=turbo.ode)[0]
     fmt = req.output_format
     g.add("TurboDiffusionSaveVideo", base.DECODE, "Save video", frames=frames, filename_prefix=base.PREFIX + req.kind,
           fps=req.fps, format=fmt, quality=req.quality, optimize_gif=True)

@@ -112,10 +112,12 @@ def test_layout_matches_presets_and_real_repos(models_dir: Path) -> None:
     for path in turbo:
         assert all(isinstance(v, torch.Tensor) for v in torch.load(path, weights_only=True).values()), path
     for path in (p for p in files if p.suffix == ".safetensors"):
-        if "flux-dev-sdnq-int8/transformer" in path.as_posix():
+        if "flux-dev-sdnq-int8/transformer" in path.as_posix() or "ideogram-4-sdnq/" in path.as_posix() and (
+                "transformer/" in path.as_posix()):
             continue
-        with safe_open(path, "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}, path
+        with safe_open(path, "pt") as f:  # the Flux.2 VAE's BatchNorm counts its batches in int64
+            assert {f.get_slice(k).get_dtype() for k in f.keys() if not k.endswith("num_batches_tracked")} == {
+                "F32"}, path
 
 
 def test_second_call_is_fast_and_rewrites_nothing(models_dir: Path) -> None:

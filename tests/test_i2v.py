@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineError, I2VRequest, InputError, ModelRef, SwapSettings
+from engine import Engine, I2VRequest, InputError, ModelRef, SwapSettings
 from engine.errors import Cancelled, ModelLoadError
 from engine.memory.block_stream import find_blocks
 from engine.requests import SWAP_MODES, TurboWanSettings
 from engine.video.encode import read_video
-from engine.video.rcm import rcm_timesteps
+from engine.video.rcm import net_timestep, rcm_timesteps
 
 TI2V = ModelRef(repo_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers")
 A14B = ModelRef(repo_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers")
@@ -172,6 +172,15 @@ def test_rcm_timesteps_are_upstreams_formula():
         rcm_timesteps(5)
 
 
+def test_the_net_gets_the_time_as_upstream_feeds_it_on_cuda():
+    """``(t.float() * 1000).to(bfloat16)``: upstream's tensors are bf16, so the 4-step times reach the experts as
+    these exact values (the float32 times would be 995.02, 934.16, 852.66, 609.00)."""
+    assert [net_timestep(t) for t in rcm_timesteps(4).tolist()[:4]] == [996.0, 932.0, 852.0, 608.0]
+    assert [net_timestep(t) for t in rcm_timesteps(2).tolist()[:2]] == [996.0, 932.0]
+    assert net_timestep(0.0) == 0.0
+    assert net_timestep(rcm_timesteps(1, 1600.0).tolist()[0]) == 1000.0  # sigma_max 1600 (upstream README): t 0.99938
+
+
 def test_turbowan_checkpoints_convert_to_the_diffusers_experts(models_dir):
     from engine.demo import demo_path
     from engine.video.turbowan import load_expert, read_checkpoint
@@ -180,6 +189,7 @@ def test_turbowan_checkpoints_convert_to_the_diffusers_experts(models_dir):
     wan = demo_path(models_dir, "wan22-i2v")
     raw = read_checkpoint(folder / "TurboWan2.2-I2V-A14B-high-720P.pth")
     assert "blocks.0.self_attn.q.weight" in raw and "head.modulation" in raw  # upstream's names, not diffusers'
+    assert raw["blocks.1.self_attn.attn_op.local_attn.proj_l.weight"].shape == (12, 12)  # SLA's branch, head_dim'
     assert raw["patch_embedding.weight"].dim() == 2  # upstream's patch embedding is a Linear
     quant = read_checkpoint(folder / "TurboWan2.2-I2V-A14B-high-720P-quant.pth")
     assert quant["blocks.0.ffn.0.int8_weight"].dtype == torch.int8 and quant["blocks.0.ffn.0.scale"].shape == (1, 1)
@@ -192,8 +202,17 @@ def test_turbowan_checkpoints_convert_to_the_diffusers_experts(models_dir):
         assert not notes
         for key, value in reference.items():
             assert torch.equal(plain.state_dict()[key], value), key
+        from engine.video.sla import SLAProcessor
+
+        for i, block in enumerate(plain.blocks):
+            file_key = f"blocks.{i}.self_attn.attn_op.local_attn.proj_l.weight"
+            other = read_checkpoint(folder / f"TurboWan2.2-I2V-A14B-{name}-720P.pth")
+            assert torch.equal(block.attn1.proj_l.weight, other[file_key])
+            assert isinstance(block.attn1.processor, SLAProcessor) and block.attn1.processor.topk == 0.1
+            assert not isinstance(block.attn2.processor, SLAProcessor)  # cross-attention stays full (upstream too)
         q, notes = load_expert(folder / f"TurboWan2.2-I2V-A14B-{name}-720P-quant.pth", config, torch.float32)
         assert "dequantised" in notes[0]
+        assert torch.equal(q.blocks[0].attn1.proj_l.weight, plain.blocks[0].attn1.proj_l.weight)  # never int8
         for key, value in reference.items():
             # int8 with scale = amax / 128 per 128x128 block (upstream's): rounding costs half a step, and the
             # block's largest value saturates at 127, one step
@@ -215,30 +234,60 @@ def test_turbowan_samples_in_1_to_4_steps_and_switches_on_t(engine, start_image,
             h.remove()
     ts = rcm_timesteps(steps).tolist()[:-1]
     assert [a for a, _ in calls] == ["transformer" if t >= 0.9 else "transformer_2" for t in ts]  # no CFG: 1 call
-    assert [t for _, t in calls] == pytest.approx([t * 1000 for t in ts], rel=1e-6)
+    assert [t for _, t in calls] == [net_timestep(t) for t in ts]  # t x 1000 rounded to bf16, as upstream
     assert np.array_equal(last_frame(first), last_frame(again))
     assert first.metadata["pipeline"] == "TurboWanI2VPipeline"
 
 
-def test_turbowan_ode_differs_from_sde_and_the_sla_keys_are_dropped_with_a_note(engine, start_image, models_dir,
-                                                                               tmp_path):
+def test_turbowan_ode_differs_from_sde(engine, start_image):
     sde = last_frame(engine.run(i2v(start_image, steps=2, turbo=TurboWanSettings(enabled=True))))
     ode = last_frame(engine.run(i2v(start_image, steps=2, turbo=TurboWanSettings(enabled=True, ode=True))))
     assert np.abs(sde - ode).max() > 0
+
+
+def test_turbowan_runs_sla_by_default_and_original_only_with_a_warning(engine, start_image, models_dir, tmp_path):
+    """The demo experts carry proj_l as the released ones do. "sla" (default) runs it; "original" drops it with a
+    warning saying so (and gives another video); a file without proj_l is refused for "sla" (upstream's strict
+    load fails there too) and runs as "original"."""
     from engine.demo import demo_path
+    from engine.video.sla import SLAProcessor
+
+    # 5 frames at 128 px: 2 latent frames of 8 x 8 tokens = 128 tokens, 2 key blocks of 64, 1 query block of
+    # 128: sla_topk 0.1 keeps 1 key block (real sparsity), 1.0 keeps both
+    big = dict(width=128, height=128, num_frames=5, steps=2)
+    result = engine.run(i2v(start_image, **big, turbo=TurboWanSettings(enabled=True)))
+    pipe = next(p for k, p in engine.store._pipelines.items() if k[0] == "turbowan" and k[4] == "sla")
+    calls = []
+    handles = [b.attn1.register_forward_hook(lambda m, a, o: calls.append(type(m.processor).__name__))
+               for expert in (pipe.transformer, pipe.transformer_2) for b in expert.blocks]
+    try:
+        sla_frame = last_frame(engine.run(i2v(start_image, **big, turbo=TurboWanSettings(enabled=True))))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls and set(calls) == {SLAProcessor.__name__}
+    assert not any("SLA" in w or "original" in w for w in result.metadata.get("warnings", []))
+    dense = last_frame(engine.run(i2v(start_image, **big, turbo=TurboWanSettings(enabled=True, sla_topk=1.0))))
+    assert np.abs(dense - sla_frame).max() > 0  # the block selection matters at this size
+    original = engine.run(i2v(start_image, **big, turbo=TurboWanSettings(enabled=True, attention_type="original")))
+    assert any("proj_l" in w and "full softmax attention" in w for w in original.metadata["warnings"])
+    assert np.abs(last_frame(original) - sla_frame).max() > 0
 
     folder = demo_path(models_dir, "turbowan22-i2v")
     paths = []
     for name in ("high", "low"):
-        state = torch.load(folder / f"TurboWan2.2-I2V-A14B-{name}-720P.pth", weights_only=True)
-        state["blocks.0.self_attn.attn_op.local_attn.proj_l.weight"] = torch.zeros(12, 12)
-        state = {f"net.{k}": v for k, v in state.items()}  # a training checkpoint's prefix
+        state = torch.load(folder / f"TurboWan2.2-I2V-A14B-{name}-720P-quant.pth", weights_only=True)
+        state = {f"net.{k}": v for k, v in state.items() if "proj_l" not in k}  # a non-SLA training checkpoint
         torch.save(state, tmp_path / f"{name}.pth")
         paths.append(str(tmp_path / f"{name}.pth"))
-    result = engine.run(i2v(start_image, steps=2, turbo=TurboWanSettings(enabled=True, high_path=paths[0],
-                                                                         low_path=paths[1])))
-    assert any("SLA" in w for w in result.metadata["warnings"])
-    assert np.array_equal(last_frame(result), sde)  # same weights, same seed: the same video
+    plain = TurboWanSettings(enabled=True, high_path=paths[0], low_path=paths[1])
+    with pytest.raises(InputError) as err:
+        engine.run(i2v(start_image, **big, turbo=plain))
+    assert err.value.field == "turbo.attention_type" and "no SLA weights" in str(err.value)
+    no_sla = engine.run(i2v(start_image, **big, turbo=TurboWanSettings(
+        enabled=True, high_path=paths[0], low_path=paths[1], attention_type="original")))
+    assert not any("proj_l" in w for w in no_sla.metadata.get("warnings", []))  # nothing was dropped
+    assert np.array_equal(last_frame(no_sla), last_frame(original))  # same weights, same attention, same video
 
 
 def test_turbowan_under_every_memory_mode_gives_the_frames_of_none(disk_engine, start_image):
@@ -481,8 +530,16 @@ def test_request_round_trips_with_the_export_fields(start_image):
         assert key in data
     assert data["turbo"]["sigma_max"] == 200.0 and data["turbo"]["ode"] is True
     assert data["swap"]["max_vram_gb"] == 16.0 and data["swap"]["block_size_mb"] == 300
-    with pytest.raises(EngineError):
-        I2VRequest.from_dict({**data, "turbo": {**data["turbo"], "attention": "sla"}}).validate()
+    assert data["turbo"]["attention_type"] == "sla" and data["turbo"]["sla_topk"] == 0.1
+    for bad in ({"attention_type": "sagesla"}, {"attention_type": "flash"}, {"sla_topk": 0.0}, {"sla_topk": 2},
+                {"sigma_max": 1600.5}):
+        with pytest.raises(InputError) as err:
+            I2VRequest.from_dict({**data, "turbo": {**data["turbo"], **bad}}).validate()
+        assert err.value.field == f"turbo.{next(iter(bad))}"
+    I2VRequest.from_dict({**data, "turbo": {**data["turbo"], "sigma_max": 1600.0}}).validate()  # upstream's README
+    legacy = {k: v for k, v in data["turbo"].items() if k != "attention_type"}
+    old = I2VRequest.from_dict({**data, "turbo": {**legacy, "attention": "original"}})  # a request saved before
+    assert old.turbo.attention_type == "original"
 
 
 def test_a_turbowan_run_downloads_no_base_experts(models_dir, start_image, tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ chroma             ChromaPipeline diffusers folder (T5 only); transformer shaped
 wan22-i2v          WanImageToVideoPipeline folder with two experts and ``boundary_ratio``
 wan22-ti2v-5b      Wan2.2-TI2V-5B-Diffusers layout: WanPipeline, one transformer, ``expand_timesteps``, 48-ch VAE
 turbowan22-i2v     ``TurboWan2.2-I2V-A14B-{high,low}-720P[-quant].pth``: the wan22-i2v experts in TurboDiffusion's
-                   key layout (torch.save of a state dict; ``-quant``: int8 128x128-block weights + scales)
+                   key layout (torch.save of a state dict; ``-quant``: int8 128x128-block weights + scales), with
+                   SLA's per-block ``self_attn.attn_op.local_attn.proj_l`` as the released files carry it
 qwen-image         QwenImagePipeline folder (Qwen2.5-VL text encoder)
 qwen-image-edit    Qwen/Qwen-Image-Edit layout (QwenImageEditPipeline, processor/; ``-2509``: EditPlus), demo/qwen_edit.py
 loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format), and
@@ -21,6 +22,8 @@ flux-ip-adapter    InstantX layout: ``ip-adapter.bin`` (torch.save of {"image_pr
 siglip             SiglipVisionModel folder + ``preprocessor_config.json``
 omnix              ``<task>/<adapter>/pytorch_lora_weights.safetensors`` for the flux-dev transformer
 flux-dev-sdnq-int8 flux-dev with an SDNQ int8 transformer (quantization_config in its config.json)
+ideogram-4-sdnq    Ideogram4Pipeline folder (head-less Qwen3-VL text encoder, two SDNQ int8 transformers, Flux.2
+                   VAE), demo/ideogram.py
 ================== ==========================================================================
 
 Everything is float32 safetensors built from fixed seeds; tokenizers are built from vocabularies, so no hub
@@ -51,6 +54,7 @@ from engine.demo.names import (
     FLUX_DEV,
     FLUX_DEV_SDNQ_INT8,
     FLUX_IP_ADAPTER,
+    IDEOGRAM4_SDNQ,
     LORAS,
     MARKER_NAME,
     OMNIX,
@@ -173,6 +177,10 @@ def _build_all(root: Path) -> dict[str, float]:
             adapters.build_omnix(root / OMNIX, flux_pipe.transformer)
         with timed(FLUX_DEV_SDNQ_INT8):
             flux.build_flux_sdnq(root / FLUX_DEV_SDNQ_INT8, root / FLUX_DEV, flux_pipe)
+        with timed(IDEOGRAM4_SDNQ):
+            from engine.demo.ideogram import build_ideogram
+
+            build_ideogram(root / IDEOGRAM4_SDNQ)
     return timings
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from engine.panorama.tasks import TASKS as _OMNIX
 from engine.panorama.tasks import WEIGHT_NAME as _OMNIX_WEIGHT_NAME
 
-DEMO_VERSION = "6"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
+DEMO_VERSION = "8"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
 
-# 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata); 6: Qwen-Image-Edit (+2509)
+# 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata); 6: Qwen-Image-Edit (+2509);
+# 7: TurboWan experts with SLA's proj_l per block (the released files' layout); 8: Ideogram 4 (SDNQ) stand-in
 MARKER_NAME = ".built-v1"
 
 DEMO_DIRNAME = "demo"
@@ -34,6 +35,8 @@ OMNIX = "omnix"
 
 FLUX_DEV_SDNQ_INT8 = "flux-dev-sdnq-int8"
 
+IDEOGRAM4_SDNQ = "ideogram-4-sdnq"
+
 LORAS = "loras"
 
 #: Every demo model name (the ``demo`` fields of presets/models.json).
@@ -50,6 +53,7 @@ DEMO_NAMES: tuple[str, ...] = (
     SIGLIP,
     OMNIX,
     FLUX_DEV_SDNQ_INT8,
+    IDEOGRAM4_SDNQ,
 )
 
 #: LoRA files for the Qwen-Image demo, relative to ``<models_dir>/demo``.

@@ -84,15 +84,32 @@ def build_wan_ti2v(out: Path) -> None:
                 expand_timesteps=True).save_pretrained(out, safe_serialization=True)
 
 
+def sla_proj_l(module, seed: int) -> dict:
+    """Per block, the linear branch SLA fine-tuning trains (``proj_l``: Linear(head_dim, head_dim); upstream
+    initialises it to zero, the released experts carry trained, non-zero values), in diffusers naming."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i, block in enumerate(module.blocks):
+        d = block.attn1.inner_dim // block.attn1.heads
+        out[f"blocks.{i}.attn1.proj_l.weight"] = torch.randn(d, d, generator=g) * 0.5
+        out[f"blocks.{i}.attn1.proj_l.bias"] = torch.randn(d, generator=g) * 0.1
+    return out
+
+
 def build_turbowan(out: Path, wan) -> None:
-    """The wan22-i2v experts written as TurboDiffusion writes its checkpoints (``torch.save(net.state_dict())``
-    in upstream's Wan key layout), plain and ``-quant``, so the conversion path loads real-layout files."""
+    """The wan22-i2v experts written as TurboDiffusion writes its SLA-finetuned checkpoints
+    (``torch.save(net.state_dict())`` in upstream's Wan key layout, every block's
+    ``self_attn.attn_op.local_attn.proj_l``), plain and ``-quant``, so the conversion path loads real-layout
+    files."""
     import torch
 
     from engine.video.turbowan import to_upstream
 
     out.mkdir(parents=True, exist_ok=True)
-    for expert, module in (("high", wan.transformer), ("low", wan.transformer_2)):
+    for n, (expert, module) in enumerate((("high", wan.transformer), ("low", wan.transformer_2))):
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state.update(sla_proj_l(module, 3201 + n))
         for suffix, quantized in (("", False), ("-quant", True)):
             torch.save(to_upstream(state, quantized), out / f"TurboWan2.2-I2V-A14B-{expert}-720P{suffix}.pth")

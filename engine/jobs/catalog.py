@@ -101,6 +101,8 @@ def run(engine, req: CatalogRequest, progress, cancel) -> Result:
     if transformer is not None and not any(type(m).__name__.startswith("SDNQ") for m in transformer.modules()):
         warnings.append(f"{ref.label} is not SDNQ-quantized; it runs at full precision")
     apply_options(pipe, req, engine.run_device(req.swap), warnings)
+    if req.negative_prompt.strip() and "negative_prompt" not in text2image.accepted_kwargs(pipe, {"negative_prompt": 1}):
+        warnings.append(f"{type(pipe).__name__} takes no negative prompt; it was not used")
     timings["load"] = time.perf_counter() - t0
     try:
         images = text2image.generate(engine, pipe, req, progress, cancel, timings)

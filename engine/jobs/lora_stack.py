@@ -260,11 +260,14 @@ def _run_nunchaku(engine, req, pipe, progress, cancel, timings) -> Result:  # pr
                        s.label) for i, s in enumerate(req.loras)]
     # this transformer serves LoRA-stack runs only (Text to image loads the diffusers one): the composed LoRAs
     # may stay until the stack changes
-    composer.apply(items)
+    composed = composer.apply(items)  # only when the stack changed; the step cache opens after it (never stale)
     with step_cache(pipe, req.step_cache):
         out = run_denoise(engine, pipe, stage1_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
+    warnings = [f"{len(composer.skipped)} layer(s) without an SVDQuant low-rank branch left out (e.g. "
+                f"{composer.skipped[0]}), as seed 004 does"] if composer.skipped else []
     return Result(request=req, images=list(out.images), timings=timings,
-                  metadata={"pipeline": type(pipe).__name__, "backend": "nunchaku", "fingerprint": fingerprint(items)})
+                  metadata={"pipeline": type(pipe).__name__, "backend": "nunchaku", "fingerprint": fingerprint(items),
+                            "lora_work": {"composes": int(composed)}, "warnings": warnings})
 
 
 def plan_extra(engine, req: LoraStackRequest, elem: int):

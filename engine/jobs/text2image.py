@@ -27,6 +27,7 @@ def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
     }
     if req.negative_prompt.strip():
         kwargs["negative_prompt"] = req.negative_prompt
+    kwargs["guidance_schedule"] = None  # Ideogram 4: its default 48-step schedule would clash with guidance_scale
     return accepted_kwargs(pipe, kwargs)
 
 

@@ -36,6 +36,8 @@ VIDEO_FORMATS = ("mp4", "webm", "gif")
 FIT_MODES = ("crop", "pad", "stretch")  # how the start image meets the video size
 STEP_CACHES = ("none", "first_block", "mag_cache")  # TaylorSeer: see engine/speed/step_cache.py
 TURBOWAN_REPO = "TurboDiffusion/TurboWan2.2-I2V-A14B-720P"
+TURBO_ATTENTION = ("sla", "original")  # the TurboDiffusion loader node's attention_type, less sagesla
+SIGMA_MAX_LIMIT = 1600.0  # upstream's README: "sigma_max ... up to 1600" for I2V
 MAX_IMAGE_PIXELS = 64 * 2**20  # a start image above 64 MP is refused before it is decoded
 
 
@@ -57,9 +59,18 @@ class TurboWanSettings(_Serialisable):
     quantized: bool = True  # the int8 "-quant" files (half the download), dequantised on load
     high_path: str = ""
     low_path: str = ""
-    sigma_max: float = 200.0
+    sigma_max: float = 200.0  # upstream's I2V default; its README suggests up to 1600 for more motion variety
     ode: bool = False  # upstream samples SDE unless --ode
-    attention: str = "original"  # sla / sagesla need SpargeAttn kernels that no maintained package ships
+    attention_type: str = "sla"  # what the released experts were fine-tuned for (engine/video/sla.py); "original"
+    # = full attention without their proj_l branch (a warning says so). sagesla needs the SpargeAttn package.
+    sla_topk: float = 0.1  # the share of key blocks each query block attends to (upstream's and seed 003's default)
+
+    @classmethod
+    def from_dict(cls, data, _prefix: str = ""):
+        if isinstance(data, dict) and "attention" in data and "attention_type" not in data:
+            data = {**data, "attention_type": data["attention"]}  # requests saved before the field was renamed
+            data.pop("attention")
+        return super().from_dict(data, _prefix)
 
     def file_names(self) -> tuple[str, str]:
         suffix = "-quant" if self.quantized else ""
@@ -82,8 +93,12 @@ class TurboWanSettings(_Serialisable):
                 raise InputError(f"{name}.{key}", "expects a TurboWan .pth (or .safetensors) checkpoint")
         if not self.high_path:
             self.checkpoints.validate(f"{name}.checkpoints")
-        check_float(f"{name}.sigma_max", self.sigma_max, 1.0, 1000.0)
-        check_choice(f"{name}.attention", self.attention, ("original",))
+        check_float(f"{name}.sigma_max", self.sigma_max, 1.0, SIGMA_MAX_LIMIT)
+        if self.attention_type == "sagesla":
+            raise InputError(f"{name}.attention_type", "sagesla needs the SpargeAttn CUDA package, which this app "
+                                                       "does not use; \"sla\" runs the same trained weights")
+        check_choice(f"{name}.attention_type", self.attention_type, TURBO_ATTENTION)
+        check_float(f"{name}.sla_topk", self.sla_topk, 0.01, 1.0)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 (``turbodiffusion/inference/wan2.2_i2v_infer.py``), on diffusers' Wan components.
 
 Upstream: TrigFlow times ``[atan(sigma_max), 1.5, 1.4, 1.0][:steps] + [0]`` mapped to rectified-flow time by
-``t -> sin t / (cos t + sin t)``; start ``x = noise * t0`` in float64; at each step ``v = net(x, t * 1000)``;
+``t -> sin t / (cos t + sin t)``; start ``x = noise * t0`` in float64; at each step ``v = net(x, t * 1000)`` with the time rounded to bf16 as upstream's CUDA run rounds it;
 SDE ``x = (1 - t_next) * (x - t_cur * v) + t_next * noise`` (default) or the ODE Euler step
 ``x = x - (t_cur - t_next) * v``; the high-noise expert runs while ``t_cur >= boundary``; no classifier-free
 guidance (rCM is distilled with the condition only). The I2V condition (mask on latent frame 0 + the VAE latent of
@@ -31,6 +31,12 @@ def rcm_timesteps(num_steps: int, sigma_max: float = 200.0) -> torch.Tensor:
         raise ValueError("rCM samples in 1 to 4 steps")
     t = torch.tensor([math.atan(sigma_max), *MID_TIMES[: num_steps - 1], 0.0], dtype=torch.float64)
     return torch.sin(t) / (torch.cos(t) + torch.sin(t))
+
+
+def net_timestep(t: float) -> float:
+    """The time the net sees, as upstream feeds it: ``(t.float() * 1000).to(bfloat16)`` (its tensors are all bf16
+    on CUDA), so 0.9950, 0.9342, 0.8527, 0.6090 for 4 steps arrive as 996, 932, 852, 608."""
+    return float((torch.tensor(t, dtype=torch.float32) * 1000).to(torch.bfloat16).float())
 
 
 def rcm_step(x: torch.Tensor, v: torch.Tensor, t_cur: float, t_next: float, ode: bool,
@@ -71,7 +77,7 @@ class TurboWanI2VPipeline(WanImageToVideoPipeline):
                 break
             net = self.transformer if t_cur >= boundary or self.transformer_2 is None else self.transformer_2
             hidden = torch.cat([x.to(dtype), condition.to(dtype)], dim=1)
-            timestep = torch.full((1,), t_cur * 1000.0, device=device, dtype=torch.float32)
+            timestep = torch.full((1,), net_timestep(t_cur), device=device, dtype=torch.float32)
             with net.cache_context("cond"):
                 v = net(hidden_states=hidden, timestep=timestep, encoder_hidden_states=prompt_embeds,
                         return_dict=False)[0]

@@ -10,8 +10,10 @@ ceil(in/128)) float32, one scale per 128x128 block with ``weight = int8_weight *
 branch of Sparse-Linear Attention. Norm replacements (FastRMSNorm/FastLayerNorm) keep the names ``weight``/``bias``.
 
 Ours differs: we dequantise the int8 blocks on load (upstream keeps them int8 for its CUDA W8A8 GEMM, which no
-maintained package provides) and run diffusers' own attention, so the SLA branch is dropped, with a note. Files
-are read with ``torch.load(weights_only=True)`` only: a file that needs any other unpickling is refused.
+maintained package provides). The SLA branch is kept: ``proj_l`` loads into ``attn1.proj_l`` and the
+self-attentions run ``engine/video/sla.py`` (``attention_type`` "sla", the default, as seed 003's loader);
+"original" drops it with a warning saying what that changes. Files are read with ``torch.load(weights_only=True)``
+only: a file that needs any other unpickling is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from engine.errors import ModelLoadError
 
 QUANT_BLOCK = 128
 SLA_KEY = re.compile(r"\.self_attn\.attn_op\.local_attn\.")
+SLA_PARAM = re.compile(r"^blocks\.(\d+)\.self_attn\.attn_op\.local_attn\.proj_l\.(weight|bias)$")
 _PREFIXES = ("net.", "model.", "_orig_mod.", "module.")  # training / compile wrappers upstream strips too
 
 # upstream (Wan original) name -> diffusers name; block-level names follow "blocks.<i>."
@@ -102,8 +105,10 @@ def _diffusers_name(module: str, block: str | None) -> str | None:
     return None if target is None else f"blocks.{block}.{target}"
 
 
-def convert(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Upstream keys to diffusers keys (dequantising int8 blocks). Returns (state dict, notes)."""
+def convert(state: dict[str, torch.Tensor], dtype: torch.dtype, attention_type: str = "sla"
+            ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Upstream keys to diffusers keys (dequantising int8 blocks); ``proj_l`` to ``blocks.<i>.attn1.proj_l`` for
+    "sla", dropped for "original". Returns (state dict, notes)."""
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     dropped_sla = 0
@@ -112,7 +117,13 @@ def convert(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[st
     for raw, value in state.items():
         key = next((raw[len(p):] for p in _PREFIXES if raw.startswith(p)), raw)
         if SLA_KEY.search(key):
-            dropped_sla += 1
+            m = SLA_PARAM.match(key)
+            if m is None:
+                unknown.append(raw)
+            elif attention_type == "sla":
+                out[f"blocks.{m.group(1)}.attn1.proj_l.{m.group(2)}"] = value.to(dtype)
+            else:
+                dropped_sla += 1
             continue
         if key == "head.modulation":
             out["scale_shift_table"] = value.to(dtype)
@@ -146,21 +157,33 @@ def convert(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[st
     if quantized:
         notes.append(f"{quantized} int8 block-quantised layers dequantised on load")
     if dropped_sla:
-        notes.append("SLA attention weights ignored: this app runs the original attention (SLA/SageSLA need "
-                     "SpargeAttn kernels that no maintained package provides)")
+        from engine.video.sla import ORIGINAL_ON_SLA
+
+        notes.append(ORIGINAL_ON_SLA)
     return out, notes
 
 
-def load_expert(path: str | Path, config: dict, dtype: torch.dtype):
+def load_expert(path: str | Path, config: dict, dtype: torch.dtype, attention_type: str = "sla",
+                sla_topk: float = 0.1, field: str = "turbo.attention_type"):
     """A diffusers ``WanTransformer3DModel`` (``config`` from the base model's ``transformer/config.json``) with
-    the TurboWan file's weights. Returns (model, notes)."""
+    the TurboWan file's weights, its self-attentions on SLA for ``attention_type`` "sla". Returns (model, notes)."""
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    state, notes = convert(read_checkpoint(path), dtype)
+    from engine.errors import InputError
+    from engine.video import sla
+
+    state, notes = convert(read_checkpoint(path), dtype, attention_type)
+    has_sla = any(".attn1.proj_l." in k for k in state)
+    if attention_type == "sla" and not has_sla:
+        # upstream's strict load fails here too (its SLA modules' proj_l has nothing to load)
+        raise InputError(field, f"{Path(path).name} has no SLA weights (blocks.<i>.self_attn.attn_op.local_attn."
+                                "proj_l): it was not fine-tuned for Sparse-Linear Attention; pick \"original\"")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     with init_empty_weights():
         model = WanTransformer3DModel.from_config(config)
+        if has_sla:
+            sla.add_proj_l(model, dtype)
     expected = model.state_dict()
     if "patch_embedding.weight" in state:  # a Linear over (c kt kh kw) upstream, the same kernel as a Conv3d
         state["patch_embedding.weight"] = state["patch_embedding.weight"].reshape(expected["patch_embedding.weight"].shape)
@@ -180,6 +203,8 @@ def load_expert(path: str | Path, config: dict, dtype: torch.dtype):
         raise ModelLoadError(f"{Path(path).name}: {k} has shape {tuple(state[k].shape)}, the base model's "
                              f"transformer expects {tuple(expected[k].shape)} (a checkpoint of another model size?)")
     model.load_state_dict(state, assign=True, strict=True)
+    if has_sla:
+        sla.use_sla(model, sla_topk)
     return model.eval(), notes
 
 
@@ -192,6 +217,10 @@ def to_upstream(state: dict[str, torch.Tensor], quantized: bool) -> dict[str, to
     for key, value in state.items():
         if key == "scale_shift_table":
             out["head.modulation"] = value
+            continue
+        sla = re.match(r"^blocks\.(\d+)\.attn1\.proj_l\.(weight|bias)$", key)
+        if sla:  # SLA's linear branch: kept float (upstream's replace_linear_norm skips "proj_l")
+            out[f"blocks.{sla.group(1)}.self_attn.attn_op.local_attn.proj_l.{sla.group(2)}"] = value.contiguous()
             continue
         m = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key)
         if key.startswith("blocks.") and key.endswith(".scale_shift_table"):
@@ -256,10 +285,12 @@ def turbo_pipeline(engine, req, base, progress=None, cancel=None):
     folder = store.resolve(req.model, allow_patterns=list(BASE_PATTERNS))
     dtype = base.text_encoder.dtype if base.text_encoder is not None else torch.float32
     stamp = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (high, low))
-    key = ("turbowan", str(folder.resolve()), stamp, str(dtype))
+    turbo = req.turbo
+    key = ("turbowan", str(folder.resolve()), stamp, str(dtype), turbo.attention_type, float(turbo.sla_topk))
     with store._lock:
-        if key in store._pipelines:
-            return store._pipelines[key], []
+        if key in store._pipelines:  # the load notes again: "original" on SLA experts warns on every run
+            pipe = store._pipelines[key]
+            return pipe, list(getattr(pipe, "_turbo_notes", []))
         for old in [k for k in store._pipelines if k and k[0] == "turbowan"]:
             pipe = store._pipelines.pop(old)
             for module in (pipe.transformer, pipe.transformer_2):
@@ -272,7 +303,7 @@ def turbo_pipeline(engine, req, base, progress=None, cancel=None):
         for path in (high, low):
             if progress:
                 progress(0.0, f"converting {path.name}")
-            model, expert_notes = load_expert(path, config, dtype)
+            model, expert_notes = load_expert(path, config, dtype, turbo.attention_type, turbo.sla_topk)
             notes += expert_notes
             store.register_module(f"TurboWan/{path.stem}", model, "transformer")
             experts.append(model)
@@ -280,5 +311,6 @@ def turbo_pipeline(engine, req, base, progress=None, cancel=None):
                                    scheduler=base.scheduler, transformer=experts[0], transformer_2=experts[1],
                                    boundary_ratio=req.boundary_ratio)
         pipe.set_progress_bar_config(disable=True)
+        pipe._turbo_notes = list(dict.fromkeys(notes))
         store._pipelines[key] = pipe
-        return pipe, list(dict.fromkeys(notes))
+        return pipe, list(pipe._turbo_notes)

@@ -17,6 +17,7 @@ from engine.requests import (
     VIDEO_FORMATS,
     TurboWanSettings,
 )
+from engine.requests.video import TURBO_ATTENTION
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, download_update, file_of, seed_input
@@ -35,10 +36,12 @@ LABELS = {
     "output_format": "Format", "quality": "Quality", "loop": "Loop (gif)", "step_cache": "Step cache",
     "cache_threshold": "Cache threshold", "preview_every": "Preview every", "turbo": "TurboWan",
     "turbo.high_path": "High-noise .pth", "turbo.low_path": "Low-noise .pth", "turbo.sigma_max": "sigma max",
+    "turbo.attention_type": "Attention", "turbo.sla_topk": "SLA top-k",
     "swap": "Memory mode",
 }
-SLA_NOTE = ("Attention: original. TurboDiffusion's SLA / SageSLA need the SpargeAttn kernels, which no maintained "
-            "package provides, so this app runs the standard attention (the checkpoints still work, a little slower).")
+SLA_NOTE = ("Attention: **sla** (the default) runs the Sparse-Linear Attention the TurboWan experts were fine-tuned "
+            "for, with their proj_l weights; **original** runs full attention without them (a warning says it changes "
+            "the result). SageSLA needs the SpargeAttn CUDA package and is not offered.")
 
 
 def defaults(demo: bool) -> dict:
@@ -49,10 +52,12 @@ def defaults(demo: bool) -> dict:
 
 def build_request(model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
                   guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
-                  turbo_quant, high_path, low_path, sigma_max, ode, *swap_values, pieces=()) -> I2VRequest:
+                  turbo_quant, high_path, low_path, sigma_max, ode, attention_type, sla_topk, *swap_values,
+                  pieces=()) -> I2VRequest:
     turbo = TurboWanSettings(enabled=bool(turbo_on), checkpoints=ModelRef(repo_id=TURBOWAN_REPO),
                              quantized=bool(turbo_quant), high_path=(high_path or "").strip(),
-                             low_path=(low_path or "").strip(), sigma_max=sigma_max, ode=bool(ode))
+                             low_path=(low_path or "").strip(), sigma_max=sigma_max, ode=bool(ode),
+                             attention_type=attention_type or "sla", sla_topk=sla_topk)
     request = I2VRequest(
         model=comfy_panel.model_ref(model, pieces), image=image or "", prompt=prompt or "",
         negative_prompt=negative or "",
@@ -135,8 +140,15 @@ def build(engine) -> comfy_io.Fill:
                     high_path = gr.Textbox(label="High-noise .pth", placeholder=f"default: {TURBOWAN_REPO}")
                     low_path = gr.Textbox(label="Low-noise .pth", placeholder="give both or neither")
                 with gr.Row():
-                    sigma_max = gr.Number(200.0, label="sigma max", minimum=1, maximum=1000)
+                    sigma_max = gr.Number(200.0, label="sigma max", minimum=1, maximum=1600,
+                                          info="upstream: 200; up to 1600 (less diversity, maybe more quality)")
                     ode = gr.Checkbox(False, label="ODE sampling (sharper, less robust; SDE by default)")
+                with gr.Row():
+                    attention_type = gr.Radio(list(TURBO_ATTENTION), value="sla", label="Attention",
+                                              elem_id="i2v-attention-type")
+                    sla_topk = gr.Slider(0.01, 1.0, value=0.1, step=0.01, label="SLA top-k",
+                                         info="share of key blocks each query block attends to (0.15: upstream's "
+                                              "quality pick)")
                 gr.Markdown(SLA_NOTE)
             with gr.Accordion("Speed and output", open=False):
                 with gr.Row():
@@ -172,19 +184,21 @@ def build(engine) -> comfy_io.Fill:
     runner.plan(plan_request, [model, width, height, frames, *memory.inputs])
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
-              turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs, pieces]
+              turbo_quant, high_path, low_path, sigma_max, ode, attention_type, sla_topk, *memory.inputs, pieces]
 
     export_panel.wire(lambda *v: build_request(*v[:-1], pieces=v[-1] or ()), inputs)
 
     def run_i2v(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_, steps_,
                 guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_, threshold_, every_,
-                turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, mode, max_vram, resident, block_mb, prefetch,
+                turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, attention_, topk_, mode, max_vram, resident,
+                block_mb, prefetch,
                 streams, trace, pieces=None, request: gr.Request = None, progress=gr.Progress()):
         # explicit parameters: Gradio reads the signature to pass gr.Request and gr.Progress
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_,
                             steps_, guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_,
-                            threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, *swap_values,
+                            threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, attention_,
+                            topk_, *swap_values,
                             pieces=pieces or ())
         result = yield from runner.run(req, request, progress, start={preview: None}, preview=preview)
         yield runner.done(result, {
@@ -200,6 +214,7 @@ def build(engine) -> comfy_io.Fill:
     return comfy_io.Fill(("i2v",), [
         (turbo_on, turbo("enabled")), (turbo_quant, turbo("quantized")), (high_path, turbo("high_path")),
         (low_path, turbo("low_path")), (sigma_max, turbo("sigma_max")), (ode, turbo("ode")),
+        (attention_type, turbo("attention_type")), (sla_topk, turbo("sla_topk")),
         (model, lambda r: r.model.repo_id or comfy_io.KEEP),
         *comfy_io.attrs((image, "image"), (prompt, "prompt"), (negative, "negative_prompt"),
                         (resolution, "resolution"), (aspect, "aspect_ratio"), (width, "width"), (height, "height"),
