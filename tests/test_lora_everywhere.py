@@ -14,7 +14,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from engine import Engine, I2VRequest, InputError, LoraSpec, ModelRef, SwapSettings, TextToImageRequest
-from engine.adapters.lora_stack import LoraComposer
 from engine.demo import CHROMA_LORA_FILES, FLUX_LORA_FILES, WAN_LORA_FILES, demo_path, demo_root
 from engine.errors import Cancelled
 from engine.requests import MAX_LORAS, CatalogRequest, IPAdapterRequest, ReferenceImage

@@ -16,6 +16,9 @@ import time
 from engine.adapters import nunchaku
 from engine.adapters.lora_files import content_hash, inspect_file, target_table_from_folder
 from engine.adapters.lora_stack import LoraComposer, StackItem, fingerprint
+from engine.errors import InputError, ModelLoadError
+from engine.jobs import qwen_edit
+from engine.jobs.common import accepted_kwargs, generator_for, run_denoise, step_cache
 from engine.jobs.loras import (  # noqa: F401  (lora_file, stack_items: this module's names before jobs/loras.py)
     keep_set,
     lora_file,
@@ -23,9 +26,6 @@ from engine.jobs.loras import (  # noqa: F401  (lora_file, stack_items: this mod
     unknown_key_warnings,
     weights_in_memory,
 )
-from engine.errors import InputError, ModelLoadError
-from engine.jobs import qwen_edit
-from engine.jobs.common import accepted_kwargs, generator_for, run_denoise, step_cache
 from engine.jobs.text2image import pipeline_kwargs
 from engine.models import read_model_index, torch_dtype
 from engine.requests import LoraSpec, LoraStackRequest, ModelRef
@@ -161,7 +161,7 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
     stage1 = stack_items(composer, req.loras, "loras")
     stage2 = stack_items(composer, req.stage2_loras, "stage2_loras") if req.stage2 else []
     keep = keep_set(composer, stage1 + [i for i in stage2 if i.adapter not in {s.adapter for s in stage1}])
-    if (stage1 or stage2) and composer.pending(keep):
+    if composer.pending(keep):  # this tab owns its stack: an emptied stack frees its files
         weights_in_memory(engine, pipe)
         composer.sync(keep)
     timings["lora"] = time.perf_counter() - t1
