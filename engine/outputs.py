@@ -1,5 +1,6 @@
-"""Writing results to disk: PNGs that carry their request and ComfyUI's ``prompt``/``workflow`` chunks (dropped on
-ComfyUI's canvas they open the graph), and the request JSON beside them."""
+"""Writing results to disk: PNGs that carry their request and the text chunks the engine's host asked for (the app
+passes ComfyUI's ``prompt``/``workflow``: dropped on ComfyUI's canvas they open the graph), and the request JSON
+beside them. The engine never imports the exporter: ``Engine(output_text=...)`` hands the chunks in."""
 
 from __future__ import annotations
 
@@ -13,22 +14,11 @@ from PIL import PngImagePlugin
 log = logging.getLogger(__name__)
 
 
-def comfy_text(request, demo: bool = False) -> dict[str, str]:
-    """ComfyUI's PNG text chunks for a request (``prompt``: API JSON, ``workflow``: UI JSON); none if the export
-    fails, which must never cost the run its output."""
-    import comfy_export
-
-    try:
-        return comfy_export.png_text(request, demo)
-    except comfy_export.WorkflowError as exc:
-        log.warning("no ComfyUI metadata for this output: %s", exc)
-        return {}
-
-
-def png_info(request, demo: bool = False, extra_text: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
+def png_info(request, text: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
+    """The request as JSON plus ``text`` (e.g. ComfyUI's chunks) as PNG text chunks."""
     info = PngImagePlugin.PngInfo()
     info.add_text("request", json.dumps(request.to_dict()))
-    for k, v in {**comfy_text(request, demo), **(extra_text or {})}.items():
+    for k, v in (text or {}).items():
         info.add_text(k, v)
     return info
 
@@ -43,12 +33,11 @@ def save_request(request, path: Path) -> Path:
     return path
 
 
-def save_images(images, out_dir: Path, request, extra_text: dict[str, str] | None = None,
-                demo: bool = False) -> list[str]:
-    """Save each image as PNG with the request and ComfyUI's chunks (and any extra chunks) as text chunks."""
+def save_images(images, out_dir: Path, request, text: dict[str, str] | None = None) -> list[str]:
+    """Save each image as PNG with the request and ``text`` (ComfyUI's chunks, when the host gives them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = run_stem(request.kind, getattr(request, "seed", None))
-    info = png_info(request, demo, extra_text)
+    info = png_info(request, text)
     files = []
     for i, image in enumerate(images):
         path = out_dir / f"{stem}-{i}.png"

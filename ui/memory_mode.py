@@ -57,6 +57,12 @@ def swap_settings(mode, max_vram_gb, blocks_resident, block_size_mb, prefetch, u
                         prefetch=whole(prefetch), use_streams=use_streams, trace=trace)
 
 
+def swap_field(swap_values: tuple) -> dict:
+    """``{"swap": SwapSettings}`` for a request built from the widget's values; ``{}`` without them (the
+    request's default mode)."""
+    return {"swap": swap_settings(*swap_values)} if swap_values else {}
+
+
 def device_line(engine, job: str) -> str:
     default, why = engine.default_swap(job)
     return f"{why} · default **{default.mode}**"
@@ -107,16 +113,15 @@ def plan_text(engine, build: Callable[..., object], *values) -> str:
 
 
 def wire_plan(engine, widget: MemoryModeWidget, build: Callable[..., object], inputs: list) -> None:
-    """Show the plan as soon as any of ``inputs`` (the tab's request fields, the widget's included) changes, and
-    once when the page loads. ``build(*values)`` returns the tab's request."""
+    """Show the plan when the page loads and as soon as any of ``inputs`` (the tab's request fields, the widget's
+    included) changes. ``build(*values)`` returns the tab's request. Not at build time: a plan imports its job's
+    runner (diffusers, peft), which the server's start must not wait for."""
 
     def update(*values):
         return plan_text(engine, build, *values)
 
-    widget.plan.value = update(*[c.value for c in inputs])  # the plan for the defaults, before any change
-    for component in inputs:
-        component.change(update, inputs, widget.plan, show_progress="hidden", api_visibility="private",
-                         queue=False)
+    gr.on(triggers=None, fn=update, inputs=inputs, outputs=widget.plan, show_progress="hidden",
+          api_visibility="private", queue=False)  # triggers=None: on page load and on every change of the inputs
 
 
 def measured_text(result) -> str:

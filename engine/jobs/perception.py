@@ -78,7 +78,7 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
         out = run_denoise(engine, pipe, kwargs, len(req.tasks) * req.steps, req.swap, progress, cancel, timings)
 
     t1 = time.perf_counter()
-    result = write_outputs(engine.outputs_dir, req, out.maps, panorama, demo=engine.demo)
+    result = write_outputs(engine.outputs_dir, req, out.maps, panorama, text=engine.output_text_for(req))
     timings["write"] = time.perf_counter() - t1
     result.timings = timings
     result.metadata.update(info, pipeline=type(pipe).__name__, peak_ledger_bytes=session.peak_ledger_bytes,
@@ -86,14 +86,15 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
     return result
 
 
-def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama, demo: bool = False) -> Result:
+def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama,
+                  text: dict[str, str] | None = None) -> Result:
     """Every map's files, the resized input, the sphere ``.glb`` (with depth) and the request JSON."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = run_stem(req.kind, req.seed)
     result = Result(request=req)
     input_path = out_dir / f"{stem}-input.png"
-    info = png_info(req, demo)  # every PNG of the run opens its ComfyUI graph
+    info = png_info(req, text)  # every PNG of the run opens its ComfyUI graph (the app's text chunks)
     panorama.save(input_path, pnginfo=info)
     result.files.append(str(input_path))
     depth = None

@@ -8,6 +8,7 @@ module it loads, runners call ``ensure_loaded`` before they compute and ``offloa
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import tempfile
 import threading
@@ -120,9 +121,14 @@ class MemoryManager:
         self.session_budget: int | None = None  # a run's max_vram_gb, while it runs
         self.bytes_moved = 0
         self.peak_compute = 0
-        from engine.memory.session import SwapController  # noqa: PLC0415  (session imports the strategies, which import us)
 
-        self.swap = SwapController(self)
+    @functools.cached_property
+    def swap(self):
+        """The memory-mode controller, made on first use: the strategies import diffusers' hooks (and with them
+        diffusers, peft and torch._dynamo: seconds), which the app's start must not wait for."""
+        from engine.memory.session import SwapController  # session imports the strategies, which import us
+
+        return SwapController(self)
 
     # ------------------------------------------------------------ registry
     def register(self, name: str, module: torch.nn.Module, role: str = "other",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.outputs import comfy_text, png_info, run_stem, save_request
+from engine.outputs import png_info, run_stem, save_request
 
 CODECS = {  # format -> (codec, output pixel format)
     "mp4": ("libx264", "yuv420p"),
@@ -64,17 +64,18 @@ def write_video(frames, path: Path, fmt: str, fps: int, quality: int = 8, loop: 
     return path
 
 
-def save_video_result(frames, out_dir: Path, request, demo: bool = False) -> list[str]:
+def save_video_result(frames, out_dir: Path, request, text: dict[str, str] | None = None) -> list[str]:
     """Video, request JSON and last frame PNG for ``request`` (an ``I2VRequest``); returns the paths. mp4 and webm
-    also carry ComfyUI's ``prompt`` and ``workflow`` tags; a gif has no place for them (the PNG beside it has)."""
+    also carry ``text`` as tags (the app's: ComfyUI's ``prompt`` and ``workflow``); a gif has no place for them (the
+    PNG beside it has)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = run_stem(request.kind, request.seed)
     request_json = json.dumps(request.to_dict())
     arr = to_uint8(frames)
     video = write_video(arr, out_dir / f"{stem}.{request.output_format}", request.output_format, request.fps,
-                        request.quality, request.loop, comment=request_json, tags=comfy_text(request, demo))
+                        request.quality, request.loop, comment=request_json, tags=text or {})
     last = out_dir / f"{stem}-last-frame.png"
-    Image.fromarray(arr[-1]).save(last, pnginfo=png_info(request, demo))
+    Image.fromarray(arr[-1]).save(last, pnginfo=png_info(request, text))
     saved = save_request(request, out_dir / f"{stem}.json")
     return [str(video), str(saved), str(last)]
 
