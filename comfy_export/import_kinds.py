@@ -313,11 +313,5 @@ def quantize(g: ReadGraph) -> dict[str, Any]:
             "svd_rank": int(g.value(q, "svd_rank", 32)), "group_size": int(g.value(q, "group_size", 0))}
 
 
-def _i2v(g: ReadGraph) -> dict[str, Any]:
-    from .import_video import i2v
-
-    return i2v(g)
-
-
 EXTRACT = {"text_to_image": text_to_image, "lora_stack": lora_stack, "ipadapter": ipadapter,
-           "perception": perception, "sdnq_generate": catalog, "sdnq_quantize": quantize, "i2v": _i2v}
+           "perception": perception, "sdnq_generate": catalog, "sdnq_quantize": quantize}  # + i2v: import_video

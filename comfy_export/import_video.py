@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import build_i2v
+from . import build_i2v, import_kinds
 from .import_kinds import (
     IMAGE_PASS,
     LOADERS,
@@ -109,3 +109,6 @@ def _turbo(g: ReadGraph, s: str, size_fields) -> dict[str, Any]:
             **out}
 
 
+
+
+EXTRACT = {**import_kinds.EXTRACT, "i2v": i2v}  # every job's extractor: the importer reads this one

@@ -15,7 +15,8 @@ from typing import Any
 from . import import_report, names, validate
 from .errors import WorkflowError
 from .export import EXTRA_KEY, to_api
-from .import_kinds import EXTRACT, check_understood, detect
+from .import_kinds import check_understood, detect
+from .import_video import EXTRACT
 from .pngmeta import read_png_text
 from .read_graph import ReadGraph
 from .ui_to_api import ui_to_api

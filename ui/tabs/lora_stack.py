@@ -17,9 +17,9 @@ from engine.adapters import nunchaku
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
+from ..lora_editor import specs, stack_editor
 from ..memory_mode import memory_mode_widget, swap_settings
 from ..run_handler import TabRun, done_text
-from .lora_stack_editor import specs, stack_editor
 
 MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
     "Qwen/Qwen-Image": "Qwen-Image (bf16)",
