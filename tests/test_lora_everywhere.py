@@ -253,3 +253,21 @@ def test_bad_loras_are_refused_with_words(engine, models_dir, tmp_path):
     too_many = tuple(LoraSpec(path=str(a_path), name=str(i)) for i in range(MAX_LORAS + 1))
     with pytest.raises(InputError, match=f"the limit is {MAX_LORAS}"):
         t2i(loras=too_many).validate()
+
+
+# ---------------------------------------------------------------- the shared editor's requests (no browser)
+def test_every_tab_builds_its_loras_from_the_one_shared_editor(models_dir, start_image):
+    from ui import lora_editor
+    from ui.tabs import catalog, i2v as i2v_tab, ipadapter, lora_stack, text_to_image
+
+    for module in (text_to_image, ipadapter, catalog, i2v_tab, lora_stack):  # one editor, not a copy per tab
+        assert module.stack_editor is lora_editor.stack_editor and module.specs is lora_editor.specs
+    a = {"path": str(demo_root(models_dir) / FLUX_LORA_FILES["diffusers"][0]), "weight": 0.7, "info": {"x": 1}}
+    req = text_to_image.build_request("black-forest-labs/FLUX.1-dev", "a fox", "", 64, 64, 2, 3.5, 1.0, 0, loras=[a])
+    assert req.loras == (LoraSpec(path=a["path"], weight=0.7),)
+    h = {"path": str(demo_root(models_dir) / WAN_LORA_FILES["lightx2v_high"]), "weight": 1.0}
+    args = ["Wan-AI/Wan2.2-I2V-A14B-Diffusers", start_image, "waves", "", "custom", "16:9", 32, 32, "crop", 5, 4, 1.0,
+            1.0, 0.875, 16, 0, "mp4", 8, True, "none", 0.05, 0, False, True, "", "", 200.0, False]
+    both = i2v_tab.build_request(*args, loras=[h], loras_2=[], both=True)
+    assert both.loras == both.loras_2 == (LoraSpec(path=h["path"]),)
+    assert i2v_tab.build_request(*args, loras=[h], loras_2=[], both=False).loras_2 == ()
