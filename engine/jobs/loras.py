@@ -114,11 +114,14 @@ def weights_in_memory(engine, pipe) -> None:
 
 
 def unknown_key_warnings(items: list[StackItem], where: str = "") -> list[str]:
+    """One line per LoRA that left something out: how many keys, an example, and its converter's notes."""
     out = []
     for i in items:
-        if i.info.unknown_count:
-            out.append(f"{where}{i.label}: {i.info.unknown_count} key(s) not applied, e.g. {i.info.unknown_example}")
-        out += [f"{where}{i.label}: {note}" for note in i.info.notes]
+        parts = [f"{i.info.unknown_count} key(s) not applied, e.g. {i.info.unknown_example}"] \
+            if i.info.unknown_count else []
+        parts += list(i.info.notes)
+        if parts:
+            out.append(f"{where}{i.label}: " + "; ".join(parts))
     return out
 
 
