@@ -244,11 +244,14 @@ def test_bad_loras_are_refused_with_words(engine, models_dir, tmp_path):
     with pytest.raises(InputError, match="only text-encoder weights"):
         engine.run(t2i(loras=[LoraSpec(path=str(tmp_path / "te.safetensors"))]))
 
+    a_spec = LoraSpec(path=str(a_path))
+    engine.run(t2i(loras=[a_spec]))
     fresh = spec(models_dir, FLUX_LORA_FILES["diffusers"][1], weight=0.0)
     (composer,) = composers(engine)
     loaded = composer.loaded()
-    idle = engine.run(t2i(loras=[fresh]))  # 0 strength: not read, not loaded, nothing activated
+    idle = engine.run(t2i(loras=[a_spec, fresh]))  # the entry at 0 strength: not read, not loaded, not activated
     assert idle.metadata["lora_work"] == NO_WORK and composer.loaded() == loaded
+    assert idle.metadata["loras"][1]["layout"].startswith("not read")
 
     too_many = tuple(LoraSpec(path=str(a_path), name=str(i)) for i in range(MAX_LORAS + 1))
     with pytest.raises(InputError, match=f"the limit is {MAX_LORAS}"):
@@ -258,7 +261,8 @@ def test_bad_loras_are_refused_with_words(engine, models_dir, tmp_path):
 # ---------------------------------------------------------------- the shared editor's requests (no browser)
 def test_every_tab_builds_its_loras_from_the_one_shared_editor(models_dir, start_image):
     from ui import lora_editor
-    from ui.tabs import catalog, i2v as i2v_tab, ipadapter, lora_stack, text_to_image
+    from ui.tabs import catalog, ipadapter, lora_stack, text_to_image
+    from ui.tabs import i2v as i2v_tab
 
     for module in (text_to_image, ipadapter, catalog, i2v_tab, lora_stack):  # one editor, not a copy per tab
         assert module.stack_editor is lora_editor.stack_editor and module.specs is lora_editor.specs
