@@ -6,6 +6,12 @@ again (unchanged), one strength changed, a 6th LoRA added, and raw diffusers on 
 the time the engine spent on LoRA work, and the run's time; the goal: an unchanged stack does zero loads and
 zero set_adapters, and its run is within 2% of the pre-set raw call.
     python bench/lora_recompose.py [--rounds 8] [--size 256] [--steps 4] [--pairs 4]
+
+``--job flux`` / ``--job wan`` (issue 31): Text to image on the tiny Flux with a 2-LoRA stack, and the tiny Wan 2.2
+A14B pair with one 2-LoRA stack per expert: per round the first run (fresh engine), the unchanged stack, a
+re-weighted stack, and interleaved unchanged-stack / no-LoRA runs; prints the LoRA work of each and the median
+time of the unchanged stack against the no-LoRA run (goal: 0 loads, 0 set_adapters, within 2%).
+    python bench/lora_recompose.py --job flux [--rounds 5] [--size 64] [--steps 4]
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--pairs", type=int, default=4, help="extra unchanged/raw pairs per round")
     ap.add_argument("--models-dir", default=None)
+    ap.add_argument("--job", choices=("qwen", "flux", "wan"), default="qwen")
     args = ap.parse_args()
+    if args.job != "qwen":
+        return other_job(args)
 
     models_dir = Path(args.models_dir or tempfile.mkdtemp(prefix="bench-models-"))
     root = build_demo_models(models_dir)
@@ -116,6 +125,75 @@ def main() -> None:
     print(f"unchanged stack vs pre-set raw: {min(unchanged) / raw_min:.3f}x best of {len(unchanged)} vs "
           f"{len(raw_times)}, {statistics.median(unchanged) / raw_med:.3f}x median (goal within 2%); LoRA work on "
           f"it: {max(w for w in stats['same 5 again (unchanged)']['work'])} (loads, set_adapters)")
+
+def other_job(args) -> None:
+    """Flux text to image, or the Wan pair (a stack per expert): first / unchanged / re-weighted, and the
+    unchanged 2-LoRA stack against no LoRA, interleaved."""
+    from PIL import Image
+
+    from engine import I2VRequest, SwapSettings, TextToImageRequest
+    from engine.demo import FLUX_LORA_FILES, WAN_LORA_FILES
+
+    models_dir = Path(args.models_dir or tempfile.mkdtemp(prefix="bench-models-"))
+    root = build_demo_models(models_dir)
+    work = Path(tempfile.mkdtemp(prefix="bench-lora-"))
+    if args.job == "flux":
+        a, b = (str(root / rel) for rel in FLUX_LORA_FILES["diffusers"])
+
+        def request(weights):
+            loras = tuple(LoraSpec(path=p, weight=w) for p, w in zip((a, b), weights)) if weights else ()
+            return TextToImageRequest(prompt="a red fox", width=args.size, height=args.size, steps=args.steps,
+                                      seed=5, loras=loras)
+    else:
+        image = work / "start.png"
+        Image.new("RGB", (args.size, args.size), (90, 120, 150)).save(image)
+        high, low = (str(root / WAN_LORA_FILES[k]) for k in ("lightx2v_high", "lightx2v_low"))
+        extra = str(root / WAN_LORA_FILES["kohya"])
+
+        def request(weights):
+            def stack(first):
+                return tuple(LoraSpec(path=p, weight=w) for p, w in zip((first, extra), weights)) if weights else ()
+            return I2VRequest(image=str(image), prompt="waves", resolution="custom", width=args.size,
+                              height=args.size, num_frames=5, steps=args.steps, guidance_scale=1.0,
+                              guidance_scale_2=1.0, seed=5, swap=SwapSettings(), preview_every=0,
+                              loras=stack(high), loras_2=stack(low))
+
+    def run_time(result) -> float:
+        return result.timings["denoise_decode"] + result.timings.get("lora", 0.0)
+
+    engine = Engine(models_dir=models_dir, demo=True, outputs_dir=work / "out")
+    engine.run(request(None)), engine.run(request((0.8, 0.5)))  # warm up
+    cases = {"first run (fresh engine)": (0.8, 0.5), "unchanged": (0.8, 0.5), "re-weighted": (0.6, 0.5)}
+    work_seen: dict[str, set] = {name: set() for name in cases}
+    with_stack, without = [], []
+    for _ in range(args.rounds):
+        for name, weights in cases.items():
+            on = Engine(models_dir=models_dir, demo=True, outputs_dir=work / "out") if name.startswith("first") \
+                else engine
+            result = on.run(request(weights))
+            w = result.metadata["lora_work"]
+            work_seen[name].add((w["loads"], w["set_adapters"]))
+        engine.run(request((0.8, 0.5)))  # back to the measured stack
+        for i in range(args.pairs):  # interleaved, alternating which goes first
+            order = (True, False) if i % 2 == 0 else (False, True)
+            for stacked in order:
+                if stacked:
+                    result = engine.run(request((0.8, 0.5)))
+                    with_stack.append(run_time(result))
+                    work_seen["unchanged"].add((result.metadata["lora_work"]["loads"],
+                                                result.metadata["lora_work"]["set_adapters"]))
+                else:
+                    without.append(run_time(engine.run(request(None))))
+            engine.run(request((0.8, 0.5)))  # the no-LoRA run switched the stack off; the next one is unchanged
+    what = "Flux text to image" if args.job == "flux" else "Wan 2.2 A14B, a stack per expert"
+    print(f"device {engine.device}, tiny {what}, {args.size}px, {args.steps} steps, {args.rounds} rounds, "
+          f"2-LoRA stack{'s' if args.job == 'wan' else ''}")
+    for name, seen in work_seen.items():
+        print(f"{name:<28} (loads, set_adapters) seen: {sorted(seen)}")
+    ratio = statistics.median(with_stack) / statistics.median(without)
+    print(f"unchanged 2-LoRA stack {statistics.median(with_stack):.4f}s vs no LoRA {statistics.median(without):.4f}s "
+          f"median of {len(with_stack)} interleaved pairs: {ratio:.3f}x (goal <= 1.02x)")
+
 
 if __name__ == "__main__":
     main()

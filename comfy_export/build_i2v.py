@@ -69,7 +69,11 @@ def _core(g: Graph, req) -> None:
     neg = g.add("CLIPTextEncode", base.PROMPT, "Negative prompt", text=req.negative_prompt, clip=clip[0])[0]
     cond = g.add("WanImageToVideo", base.IMAGES, positive=pos, negative=neg, vae=vae[0], width=req.width,
                  height=req.height, length=req.num_frames, batch_size=1, start_image=image)
-    model_high = g.add("ModelSamplingSD3", base.LOAD, model=high[0], shift=WAN_SHIFT)[0]
+    # the official template's order: UNETLoader -> LoraLoaderModelOnly chain (one per expert) -> ModelSamplingSD3
+    from .build_lora import core_chain
+
+    high_model = core_chain(g, high[0], req.loras, "High-noise LoRAs" if not five_b else "LoRAs")
+    model_high = g.add("ModelSamplingSD3", base.LOAD, model=high_model, shift=WAN_SHIFT)[0]
     common = {"positive": cond[0], "negative": cond[1], "sampler_name": base.SAMPLER, "scheduler": base.SCHEDULER,
               "steps": req.steps}
     if five_b:
@@ -78,7 +82,8 @@ def _core(g: Graph, req) -> None:
     else:
         low = g.add("UNETLoader", base.LOAD, "Low-noise expert",
                     unet_name=base.piece(ref, fam, "transformer_2", "diffusion_models_2"), weight_dtype="default")
-        model_low = g.add("ModelSamplingSD3", base.LOAD, model=low[0], shift=WAN_SHIFT)[0]
+        low_model = core_chain(g, low[0], req.loras_2, "Low-noise LoRAs")
+        model_low = g.add("ModelSamplingSD3", base.LOAD, model=low_model, shift=WAN_SHIFT)[0]
         switch = boundary_step(req.steps, req.boundary_ratio)
         first = g.add("KSamplerAdvanced", base.SAMPLE, "High-noise expert", model=model_high, add_noise="enable",
                       noise_seed=req.seed, cfg=req.guidance_scale, latent_image=cond[2], start_at_step=0,

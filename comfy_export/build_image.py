@@ -22,7 +22,10 @@ def text_to_image(g: Graph, req) -> None:
     image = base.load_image(g, edit_image, "Input image") if edit_image else None
     pos, neg, cfg = base.encode(g, loaded, req, image)
     latent = base.empty_latent(g, req.width, req.height)
-    out = base.ksampler(g, loaded.model, pos, neg, latent, req.seed, req.steps, cfg)
+    from .build_lora import LORAS, core_chain
+
+    model = core_chain(g, loaded.model, getattr(req, "loras", ()), LORAS)
+    out = base.ksampler(g, model, pos, neg, latent, req.seed, req.steps, cfg)
     base.save_images(g, loaded.vae, out, req.kind)
     if loaded.family == "chroma" and req.true_cfg_scale != 1.0:
         g.notes.append("Chroma runs real CFG at the guidance value; true CFG has no ComfyUI counterpart here.")
@@ -43,6 +46,9 @@ def sdnq_generate(g: Graph, req) -> None:
     g.add("SaveImage", base.DECODE, "Save image", images=sampler[0], filename_prefix=base.PREFIX + req.kind)
     if req.use_torch_compile:
         g.notes.append("torch.compile was on in the app; the SDNQ node has no such switch.")
+    if req.loras:  # SDNQSampler loads and samples in one node: no MODEL output to put a LoRA loader on
+        g.notes.append(f"SDNQSampler takes no LoRA; the stack ({', '.join(lora.label for lora in req.loras)}) is not "
+                       "in this graph.")
 
 
 def sdnq_quantize(g: Graph, req) -> None:

@@ -43,7 +43,9 @@ def build(g: Graph, req) -> None:
     suffix = "_advanced" if req.ramp else ""
     loader = g.add(names_["loader" + suffix], ADAPTER, ipadapter=adapter_file(req), clip_vision=encoder_name(req),
                    provider="cuda")
-    model = loaded.model
+    from .build_lora import LORAS, core_chain
+
+    model = core_chain(g, loaded.model, req.loras, LORAS)  # LoRAs on the model, then the adapter (ComfyUI's order)
     for i, ref in enumerate(req.references):
         image = base.load_image(g, ref.path, f"Reference {i + 1}")
         if req.ramp:

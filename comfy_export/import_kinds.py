@@ -5,46 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import build_i2v, build_perception, names
+from . import build_perception, names
 from .build_base import FAMILY_REPO
 from .errors import WorkflowError
+from .import_nodes import (  # noqa: F401  (the node tables lived here; importers of this module use them)
+    CLIP_PASS,
+    COND_PASS,
+    IMAGE_PASS,
+    LATENT_PASS,
+    LOADERS,
+    MODEL_PATCHES,
+    SAMPLERS,
+    UNDERSTOOD,
+)
 from .read_graph import ReadGraph
-
-SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced", "SamplerCustom")
-MODEL_PATCHES = {  # node -> the input its MODEL comes through
-    "ModelSamplingAuraFlow": "model", "ModelSamplingSD3": "model", "ModelSamplingFlux": "model", "CFGNorm": "model",
-    "LoraLoaderModelOnly": "model", "LoraLoader": "model", "ApplyIPAdapterFlux": "model",
-    "ApplyIPAdapterFluxAdvanced": "model", "ApplyIPAdapterFluxChroma": "model",
-    "ApplyIPAdapterFluxChromaAdvanced": "model", "NunchakuQwenImageLoraLoader": "model",
-    "NunchakuQwenImageLoraStackV1": "model", "NunchakuQwenImageLoraStackV2": "model",
-    "NunchakuQwenImageLoraStackV3": "model",
-}
-COND_PASS = {"FluxGuidance": "conditioning", "ReferenceLatent": "conditioning"}
-CLIP_PASS = {"T5TokenizerOptions": "clip", "CLIPSetLastLayer": "clip", "LoraLoader": "clip"}
-LATENT_PASS = {"LatentUpscaleBy": "samples", "LatentUpscale": "samples"}
-IMAGE_PASS = {"ImageScaleToTotalPixels": "image", "ImageScale": "image", "ImageScaleBy": "image",
-              "FluxKontextImageScale": "image"}
-LOADERS = {"UNETLoader": "unet_name", "CheckpointLoaderSimple": "ckpt_name", "NunchakuQwenImageDiTLoader": "model_name"}
-UNDERSTOOD = set(SAMPLERS) | set(MODEL_PATCHES) | set(COND_PASS) | set(CLIP_PASS) | set(LATENT_PASS) | set(
-    IMAGE_PASS) | set(LOADERS) | {
-    "DualCLIPLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "CLIPTextEncodeFlux", "ConditioningZeroOut",
-    "TextEncodeQwenImageEdit", "TextEncodeQwenImageEditPlus", "EmptySD3LatentImage", "EmptyLatentImage",
-    "VAEDecode", "VAEEncode", "SaveImage", "PreviewImage", "LoadImage", "KSamplerSelect", "BasicScheduler",
-    "RandomNoise", "CFGGuider", "BasicGuider", "IPAdapterFluxLoader", "IPAdapterFluxLoaderAdvanced",
-    "IPAdapterFluxChromaLoader", "IPAdapterFluxChromaLoaderAdvanced", "SDNQSampler", "SDNQModelQuantizer",
-    "OmniX_PanoPerception_Depth", "OmniX_PanoPerception_Normal", "OmniX_PanoPerception_PBR",
-    "OmniX_PanoPerception_Semantic", "WanImageToVideo", "CreateVideo", "SaveVideo", "SaveWEBM", "SaveAnimatedWEBP",
-    "TurboWanModelLoader", "TurboWanVAELoader", "TurboDiffusionI2VSampler", "TurboDiffusionSaveVideo",
-    "PrimitiveInt", "PrimitiveFloat", "PrimitiveBoolean", "PrimitiveString", "PrimitiveStringMultiline",
-    "ComfySwitchNode", "ComfyMathExpression",
-}
 
 
 def check_understood(g: ReadGraph) -> None:
-    for nid in g.reachable:
-        if g.type(nid) not in UNDERSTOOD:
-            raise WorkflowError(f"node {nid} ({g.type(nid)}) has no counterpart in the app's jobs; remove or bypass "
-                                "it to import the rest")
+    """Nodes with no counterpart are not an error any more: ``import_report`` names each one in the warnings
+    and the rest imports; a graph whose sampler, loader or prompt cannot be found still fails with words."""
 
 
 def final_sampler(g: ReadGraph) -> str | None:
@@ -151,6 +130,7 @@ def piece_files(g: ReadGraph) -> dict[str, str]:
 
 
 def lora_entries(g: ReadGraph, patches: list[str]) -> list[dict[str, Any]]:
+    """The LoRA loaders among a model path's patches, nearest the loader first, as stack entries."""
     out: list[dict[str, Any]] = []
     for p in patches:
         kind = g.type(p)
@@ -219,11 +199,11 @@ def detect(g: ReadGraph) -> str:
 
 def text_to_image(g: ReadGraph) -> dict[str, Any]:
     s = final_sampler(g)
-    loader, _ = model_chain(g, sampler_settings(g, s)["model"])
+    loader, patches = model_chain(g, sampler_settings(g, s)["model"])
     ref, fam, _ = model_ref(g, loader)
     fields = image_fields(g, s, fam)
     fields.pop("input_image", None)
-    return {"model": ref, **fields}
+    return {"model": ref, **fields, "loras": lora_entries(g, patches)}
 
 
 def lora_stack(g: ReadGraph) -> dict[str, Any]:
@@ -277,6 +257,7 @@ def ipadapter(g: ReadGraph) -> dict[str, Any]:
     if g.type(applies[0]).startswith("ApplyIPAdapterFluxChroma"):
         fields["offload_preprocessing"] = bool(g.value(applies[0], "offload_preprocessing", True))
     fields["references"] = refs
+    fields["loras"] = lora_entries(g, patches)
     return fields
 
 
@@ -332,92 +313,5 @@ def quantize(g: ReadGraph) -> dict[str, Any]:
             "svd_rank": int(g.value(q, "svd_rank", 32)), "group_size": int(g.value(q, "group_size", 0))}
 
 
-def i2v(g: ReadGraph) -> dict[str, Any]:
-    from engine.requests import VIDEO_RESOLUTIONS
-
-    def size_fields(width: int, height: int) -> dict[str, Any]:
-        for res, table in VIDEO_RESOLUTIONS.items():
-            for aspect, wh in table.items():
-                if wh == (width, height):
-                    return {"resolution": res, "aspect_ratio": aspect, "width": width, "height": height}
-        return {"resolution": "custom", "width": width, "height": height}
-
-    turbo = g.of_type("TurboDiffusionI2VSampler")
-    if turbo:
-        return _turbo(g, turbo[0], size_fields)
-    w2v = g.of_type("WanImageToVideo")[0]
-    pos, _, _ = prompt_of(g, (w2v, "positive"))
-    neg, _, _ = prompt_of(g, (w2v, "negative"))
-    start = g.up(w2v, "start_image", IMAGE_PASS)[0]
-    fields: dict[str, Any] = {"prompt": pos, "negative_prompt": neg, "image": image_name(g, start),
-                              "num_frames": int(g.value(w2v, "length", 81)),
-                              **size_fields(int(g.value(w2v, "width", 832)), int(g.value(w2v, "height", 480)))}
-    samplers = [s for s in g.of_type(*SAMPLERS)]
-    samplers.sort(key=lambda s: g.value(s, "start_at_step", 0) or 0)
-    first = sampler_settings(g, samplers[0])
-    loader, _ = model_chain(g, first["model"])
-    ref, _, _ = model_ref(g, loader)
-    fields.update(model=ref, steps=int(first["steps"]), seed=int(first["seed"]), guidance_scale=float(first["cfg"]))
-    if len(samplers) > 1:
-        second = sampler_settings(g, samplers[1])
-        low, _ = model_chain(g, second["model"])
-        if low is not None and low != loader and g.type(low) in LOADERS:  # the low-noise expert's own file
-            ref["files"]["transformer_2"] = str(g.value(low, LOADERS[g.type(low)], ""))
-        switch = int(g.value(samplers[0], "end_at_step", first["steps"]))
-        fields.update(guidance_scale_2=float(second["cfg"]),
-                      boundary_ratio=build_i2v.boundary_from_step(int(first["steps"]), switch))
-    fields.update(_video_out(g))
-    return fields
-
-
-def _video_out(g: ReadGraph) -> dict[str, Any]:
-    for nid in g.reachable:
-        kind = g.type(nid)
-        if kind == "SaveVideo":
-            create = g.node(nid, "video")
-            fps = g.value(create, "fps", 16) if create else 16
-            return {"output_format": "mp4", "fps": int(round(fps))}
-        if kind == "SaveWEBM":
-            return {"output_format": "webm", "fps": int(round(g.value(nid, "fps", 16))),
-                    "quality": max(1, min(10, round((63 - float(g.value(nid, "crf", 32))) / 6.3)))}
-        if kind == "SaveAnimatedWEBP":
-            return {"output_format": "gif", "fps": int(round(g.value(nid, "fps", 16))),
-                    "quality": max(1, min(10, round(int(g.value(nid, "quality", 80)) / 10)))}
-    return {}
-
-
-def _turbo(g: ReadGraph, s: str, size_fields) -> dict[str, Any]:
-    from engine.requests import VIDEO_RESOLUTIONS
-
-    res, aspect = g.value(s, "resolution", "480p"), g.value(s, "aspect_ratio", "16:9")
-    width, height = VIDEO_RESOLUTIONS.get(res, VIDEO_RESOLUTIONS["480p"]).get(aspect, (832, 480))
-    high, low = g.node(s, "high_noise_model"), g.node(s, "low_noise_model")
-    high_name, low_name = (str(g.value(n, "model_name", "")) if n else "" for n in (high, low))
-    turbo: dict[str, Any] = {"enabled": True, "sigma_max": float(g.value(s, "sigma_max", 200.0)),
-                             "ode": bool(g.value(s, "use_ode", False))}
-    quant = high_name.endswith("-quant.pth")
-    if (high_name, low_name) == tuple(f"TurboWan2.2-I2V-A14B-{e}-720P{'-quant' if quant else ''}.pth"
-                                      for e in ("high", "low")):
-        turbo["quantized"] = quant
-    else:
-        turbo.update(high_path=high_name, low_path=low_name)
-    swap: dict[str, Any] = {}
-    if high:
-        offload = g.value(high, "offload_mode", "comfy_native")
-        mode = {"comfy_native": "none", "cpu_only": "cpu_only", "layerwise_gpu": "layerwise"}.get(
-            offload, g.value(high, "swap_mode", "adaptive"))
-        swap = {"mode": mode, "max_vram_gb": float(g.value(high, "max_vram_gb", 8.0)),
-                "block_size_mb": int(g.value(high, "block_size_mb", 100))}
-    text, _, _ = prompt_of(g, (s, "conditioning"))
-    save = g.of_type("TurboDiffusionSaveVideo")
-    out = {"fps": int(g.value(save[0], "fps", 16)), "output_format": g.value(save[0], "format", "mp4"),
-           "quality": int(g.value(save[0], "quality", 8))} if save else {}
-    return {"prompt": text, "image": image_name(g, g.up(s, "image", IMAGE_PASS)[0]),
-            "num_frames": int(g.value(s, "num_frames", 81)), "steps": int(g.value(s, "num_steps", 4)),
-            "boundary_ratio": float(g.value(s, "boundary", 0.9)), "seed": int(g.value(s, "seed", 0)),
-            **size_fields(width, height), "resolution": res, "aspect_ratio": aspect, "turbo": turbo, "swap": swap,
-            **out}
-
-
 EXTRACT = {"text_to_image": text_to_image, "lora_stack": lora_stack, "ipadapter": ipadapter,
-           "perception": perception, "sdnq_generate": catalog, "sdnq_quantize": quantize, "i2v": i2v}
+           "perception": perception, "sdnq_generate": catalog, "sdnq_quantize": quantize}  # + i2v: import_video

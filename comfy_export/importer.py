@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import names, validate
+from . import import_report, names, validate
 from .errors import WorkflowError
 from .export import EXTRA_KEY, to_api
-from .import_kinds import EXTRACT, check_understood, detect
+from .import_kinds import check_understood, detect
+from .import_video import EXTRACT
 from .pngmeta import read_png_text
 from .read_graph import ReadGraph
 from .ui_to_api import ui_to_api
@@ -122,7 +123,7 @@ def _resolve(key: str, value: Any, search: dict[str, list[str]]) -> Any:
         return _find(value, images)
     if key == "references":
         return [{**r, "path": _find(r["path"], images)} for r in value]
-    if key in ("loras", "stage2_loras"):
+    if key in ("loras", "loras_2", "stage2_loras"):
         return [{**r, "path": _find(r["path"], loras)} for r in value]
     if key == "nunchaku_transformer":
         return _find(value, models)
@@ -133,10 +134,11 @@ def _resolve(key: str, value: Any, search: dict[str, list[str]]) -> Any:
     return value
 
 
-def from_workflow(data: Any, search_dirs: dict[str, list[str]] | None = None):
+def from_workflow(data: Any, search_dirs: dict[str, list[str]] | None = None, with_warnings: bool = False):
     """The request a workflow describes (raises ``WorkflowError`` with a message naming node and input).
     ``search_dirs``: folders per ComfyUI category (``input``, ``loras``, ``diffusion_models``) where file names of
-    the graph are looked up."""
+    the graph are looked up. ``with_warnings``: ``(request, warnings)``, the warnings naming every node on the path
+    to an output that the request cannot express and every file not found (``import_report``)."""
     from engine.errors import InputError
     from engine.requests import REQUEST_TYPES, request_from_dict
 
@@ -144,13 +146,15 @@ def from_workflow(data: Any, search_dirs: dict[str, list[str]] | None = None):
     api, embedded = as_api(workflow)
     if workflow.get("_request_only"):
         try:
-            return request_from_dict(embedded)
+            request = request_from_dict(embedded)
+            return (request, []) if with_warnings else request
         except InputError as exc:
             raise WorkflowError(f"the PNG's request: {exc}") from None
     validate.check(api, strict=False)
     graph = ReadGraph(api)
     check_understood(graph)
     kind = detect(graph)
+    warnings = import_report.node_warnings(graph, kind)
     if isinstance(embedded, dict) and embedded.get("kind") in IMAGE_KINDS and kind in IMAGE_KINDS:
         kind = embedded["kind"]
     fields = EXTRACT[kind](graph)
@@ -174,7 +178,8 @@ def from_workflow(data: Any, search_dirs: dict[str, list[str]] | None = None):
     except InputError as exc:
         raise WorkflowError(f"{exc.field}: {exc.message}") from None
     _check_ranges(request)
-    return request
+    warnings += import_report.missing_files(request)
+    return (request, warnings) if with_warnings else request
 
 
 def _check_ranges(request) -> None:

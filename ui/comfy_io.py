@@ -116,7 +116,8 @@ def wire_import(engine, upload: gr.File, status: gr.Markdown, tabs: gr.Tabs, fil
             if os.path.getsize(path) > MAX_BYTES:
                 raise comfy_export.WorkflowError(f"the file is {os.path.getsize(path) / 2**20:.0f} MB; a workflow "
                                                  f"(or a PNG carrying one) must be under {MAX_BYTES >> 20} MB")
-            request = comfy_export.from_workflow(Path(path).read_bytes(), search_dirs(engine))
+            request, warnings = comfy_export.from_workflow(Path(path).read_bytes(), search_dirs(engine),
+                                                           with_warnings=True)
         except comfy_export.WorkflowError as exc:
             return [gr.update(), None, f"Cannot import {Path(path).name}: {exc}"] + unchanged
         tab = next((t for t, f in fills.items() if request.kind in f.kinds), None)
@@ -127,7 +128,9 @@ def wire_import(engine, upload: gr.File, status: gr.Markdown, tabs: gr.Tabs, fil
             for _, get in fill.fields:
                 value = get(request) if t == tab else KEEP
                 values.append(gr.update() if value is KEEP else value)
-        return [gr.Tabs(selected=tab), None, f"Opened **{Path(path).name}** in {titles[tab]}."] + values
+        # what the request cannot express is said, never dropped (issue 31): each node and missing file by name
+        note = "".join(f"\n- ⚠️ {w}" for w in warnings)
+        return [gr.Tabs(selected=tab), None, f"Opened **{Path(path).name}** in {titles[tab]}.{note}"] + values
 
     # the box empties after each file, so the next one can be dropped at once
     upload.upload(on_import, upload, [tabs, upload, status, *components], api_name="comfy_import", concurrency_limit=None)

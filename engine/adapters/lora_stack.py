@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.adapters.lora_families import model_family
 from engine.adapters.lora_files import LoraInfo, target_table
 from engine.errors import EngineError
 
@@ -85,6 +86,7 @@ class LoraComposer:
         self.transformer = transformer
         self.ledger_prefix = ledger_prefix
         self.table = target_table(transformer)  # taken before any LoRA wraps a layer
+        self.family = model_family(transformer)  # which LoRA layouts apply, and which files are refused
         self.counters = Counters()
         self._loaded: dict[str, _Loaded] = {}  # adapter name -> what is loaded
         self._applied: tuple | None = None  # composition last given to set_adapters
@@ -95,7 +97,11 @@ class LoraComposer:
     def of(cls, store, pipe, ledger_prefix: str) -> LoraComposer:
         """The composer of ``pipe``'s transformer, created on first use and kept on the transformer itself
         (it lives exactly as long as the weights it describes; the engine keeps no global state)."""
-        transformer = pipe.transformer
+        return cls.on(store, pipe.transformer, ledger_prefix)
+
+    @classmethod
+    def on(cls, store, transformer: torch.nn.Module, ledger_prefix: str) -> LoraComposer:
+        """The composer of one transformer (each Wan expert has its own: one stack per expert)."""
         composer = getattr(transformer, "_studio_lora_composer", None)
         if composer is None:
             composer = cls(store, transformer, ledger_prefix)
@@ -117,7 +123,7 @@ class LoraComposer:
         wanted = {i.adapter for i in keep}
         return wanted != set(self._loaded)
 
-    def sync(self, pipe, keep: list[StackItem]) -> None:
+    def sync(self, keep: list[StackItem]) -> None:
         """Load what ``keep`` holds and is not loaded yet; delete what is loaded and not in ``keep``.
 
         All-or-nothing: if a load fails, the adapters this call loaded are deleted again and the error
@@ -130,14 +136,14 @@ class LoraComposer:
                 for name, item in wanted.items():
                     if name not in self._loaded:
                         current = item
-                        self._load(pipe, name, item)
+                        self._load(name, item)
                         new.append(name)
             except Exception as exc:
                 if current is not None and current.adapter not in new:  # a load that failed half-way
                     with contextlib.suppress(Exception):
-                        pipe.delete_adapters(current.adapter)
+                        self.transformer.delete_adapters(current.adapter)
                 for name in new:
-                    self._delete(pipe, name)
+                    self._delete(name)
                 if isinstance(exc, EngineError):
                     raise
                 label = current.label if current else "?"
@@ -147,10 +153,12 @@ class LoraComposer:
                     self._applied = None
                     self._active = False
             for name in [n for n in self._loaded if n not in wanted]:
-                self._delete(pipe, name)
+                self._delete(name)
 
-    def _load(self, pipe, name: str, item: StackItem) -> None:
-        pipe.load_lora_weights(dict(item.info.state_dict), adapter_name=name)
+    def _load(self, name: str, item: StackItem) -> None:
+        # the model's own loader (not the pipeline's): the keys are converted already, and one call targets
+        # exactly this transformer, so two Wan experts never share an adapter by accident
+        self.transformer.load_lora_adapter(dict(item.info.state_dict), adapter_name=name, prefix="transformer")
         self.counters.loads += 1
         layers = _adapter_layers(self.transformer, name)
         ledger = self.store.register_module(f"{self.ledger_prefix}/lora/{item.label}#{name[5:13]}", layers, "lora",
@@ -158,15 +166,15 @@ class LoraComposer:
         # the converted tensors now live in the peft layers: keep the summary, not a second copy in RAM
         self._loaded[name] = _Loaded(dataclasses.replace(item.info, state_dict={}), ledger, layers)
 
-    def _delete(self, pipe, name: str) -> None:
+    def _delete(self, name: str) -> None:
         entry = self._loaded.pop(name)
-        pipe.delete_adapters(name)
+        self.transformer.delete_adapters(name)
         self.counters.deletes += 1
         self.store.unregister_module(entry.layers)
         self._applied = None
 
     # ------------------------------------------------------------ activation
-    def activate(self, pipe, items: list[StackItem]) -> bool:
+    def activate(self, items: list[StackItem]) -> bool:
         """Make exactly ``items`` (enabled, with their strengths) the active LoRAs. Returns whether
         ``set_adapters`` had to be called (False: the composition was already in place)."""
         wanted = composition(items)
@@ -179,13 +187,13 @@ class LoraComposer:
                 return False
             self._colocate()
             if not self._active:
-                pipe.enable_lora()
+                self.transformer.enable_lora()
                 self._active = True
             if wanted != self._applied:
                 if wanted:
-                    pipe.set_adapters([a for a, _ in wanted], adapter_weights=[w for _, w in wanted])
+                    self.transformer.set_adapters([a for a, _ in wanted], [w for _, w in wanted])
                 else:  # nothing enabled: no adapter may contribute (peft has no empty active set)
-                    pipe.disable_lora()
+                    self.transformer.disable_lora()
                     self._active = False
                 self.counters.set_adapters += 1
                 self._applied = wanted
@@ -210,17 +218,24 @@ class LoraComposer:
             self.store.memory.refresh([e.ledger_name for e in self._loaded.values()
                                        if e.ledger_name in self.store.memory])
 
-    def deactivate(self, pipe) -> None:
+    def deactivate(self) -> None:
         """No adapter contributes until the next ``activate``: the shared transformer is the base model."""
         with self._lock, _peft():
             if self._loaded:  # always: layers a load wrapped since the last activate must be off too
-                pipe.disable_lora()
+                self.transformer.disable_lora()
             self._active = False
 
-    def unload_all(self, pipe) -> None:
+    def is_active(self) -> bool:
+        """Whether any LoRA layer of this transformer would contribute to a forward pass now."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return any(isinstance(m, BaseTunerLayer) and not m.disable_adapters and m.active_adapters
+                   for m in self.transformer.modules())
+
+    def unload_all(self) -> None:
         with self._lock, _peft():
             for name in list(self._loaded):
-                self._delete(pipe, name)
+                self._delete(name)
             self._active = False
 
 

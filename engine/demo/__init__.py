@@ -14,6 +14,7 @@ from engine.demo.build import (
 )
 from engine.demo.names import (
     CHROMA,
+    CHROMA_LORA_FILES,
     DEMO_DIRNAME,
     DEMO_NAMES,
     DEMO_VERSION,
@@ -24,6 +25,7 @@ from engine.demo.names import (
     FLUX_INNER_DIM,
     FLUX_IP_ADAPTER,
     FLUX_JOINT_DIM,
+    FLUX_LORA_FILES,
     FLUX_NUM_LAYERS,
     FLUX_NUM_SINGLE_LAYERS,
     FLUX_POOLED_DIM,
@@ -50,6 +52,7 @@ from engine.demo.names import (
     WAN22_I2V,
     WAN22_TI2V,
     WAN_BOUNDARY_RATIO,
+    WAN_LORA_FILES,
 )
 
 __all__ = [
@@ -83,6 +86,9 @@ __all__ = [
     "QWEN_LORA_FILES",
     "QWEN_LORA_LAYOUT_FILES",
     "QWEN_LORA_TARGETS",
+    "FLUX_LORA_FILES",
+    "CHROMA_LORA_FILES",
+    "WAN_LORA_FILES",
     "QWEN_SPECIAL_TOKENS",
     "SIGLIP",
     "SIGLIP_DIM",

@@ -16,7 +16,9 @@ qwen-image         QwenImagePipeline folder (Qwen2.5-VL text encoder)
 qwen-image-edit    Qwen/Qwen-Image-Edit layout (QwenImageEditPipeline, processor/; ``-2509``: EditPlus), demo/qwen_edit.py
 loras/             ``qwen-style-a.safetensors``, ``qwen-style-b.safetensors`` (diffusers LoRA format), and
                    ``QWEN_LORA_LAYOUT_FILES``: the same kind of LoRA in ComfyUI (``diffusion_model.*``), kohya
-                   (``lora_unet_*`` + ``alpha``) and seed 004's alias names (fused ``to_qkv`` ...)
+                   (``lora_unet_*`` + ``alpha``) and seed 004's alias names (fused ``to_qkv`` ...);
+                   Flux / Chroma / Wan 2.2 LoRAs in every layout (demo/loras.py: ``FLUX_LORA_FILES``,
+                   ``CHROMA_LORA_FILES``, ``WAN_LORA_FILES``, the lightx2v pair under the template's names)
 flux-ip-adapter    InstantX layout: ``ip-adapter.bin`` (torch.save of {"image_proj", "ip_adapter"}, as published)
                    + the same weights flattened in ``ip-adapter.safetensors`` + config
 siglip             SiglipVisionModel folder + ``preprocessor_config.json``
@@ -181,6 +183,10 @@ def _build_all(root: Path) -> dict[str, float]:
             from engine.demo.ideogram import build_ideogram
 
             build_ideogram(root / IDEOGRAM4_SDNQ)
+        with timed("loras-flux-chroma-wan"):
+            from engine.demo.loras import build_loras
+
+            build_loras(root)
     return timings
 
 

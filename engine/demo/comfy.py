@@ -28,7 +28,8 @@ from engine.demo.build import file_lock
 from engine.demo.common import quiet
 from engine.demo.single_files import original_state
 
-COMFY_DEMO_VERSION = "3"  # 2: the Flux VAE as ae-tiny.safetensors; 3: engine.demo.formats (issue 29)
+COMFY_DEMO_VERSION = "4"  # 2: the Flux VAE as ae-tiny.safetensors; 3: engine.demo.formats (issue 29); 4: Flux LoRA and the
+# Wan lightx2v pair under the official template's names (issue 31)
 DIRNAME = "demo-comfyui"
 
 #: file -> (demo model, diffusers component) it was written from; names follow the real ComfyUI files'
@@ -49,7 +50,11 @@ FILES = {
     "clip_vision/siglip-tiny.safetensors": (demo.SIGLIP, ""),
 }
 IP_ADAPTER_FILE = "ipadapter-flux/ip-adapter-tiny.bin"
-LORA_FILES = {"loras/qwen-comfy-style.safetensors": demo.QWEN_LORA_LAYOUT_FILES["comfyui"]}
+LORA_FILES = {"loras/qwen-comfy-style.safetensors": demo.QWEN_LORA_LAYOUT_FILES["comfyui"],
+              "loras/flux-kohya-style.safetensors": demo.FLUX_LORA_FILES["kohya"],
+              # the names ComfyUI's official video_wan2_2_14B_i2v template loads, one per expert
+              "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors": demo.WAN_LORA_FILES["lightx2v_high"],
+              "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors": demo.WAN_LORA_FILES["lightx2v_low"]}
 EXTRA_LORA_FILES = {"loras/qwen-kohya-style.safetensors": demo.QWEN_LORA_LAYOUT_FILES["kohya"]}
 MAIN, EXTRA = "ComfyUI/models", "extra"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from engine.panorama.tasks import TASKS as _OMNIX
 from engine.panorama.tasks import WEIGHT_NAME as _OMNIX_WEIGHT_NAME
 
-DEMO_VERSION = "8"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
-
+DEMO_VERSION = "9"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
 # 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata); 6: Qwen-Image-Edit (+2509);
-# 7: TurboWan experts with SLA's proj_l per block (the released files' layout); 8: Ideogram 4 (SDNQ) stand-in
+# 7: TurboWan experts with SLA's proj_l per block (the released files' layout); 8: Ideogram 4 (SDNQ) stand-in;
+# 9: Flux, Chroma and Wan 2.2 LoRAs in every layout (demo/loras.py)
 MARKER_NAME = ".built-v1"
 
 DEMO_DIRNAME = "demo"
@@ -64,6 +64,24 @@ QWEN_LORA_LAYOUT_FILES: dict[str, str] = {
     "comfyui": "loras/qwen-comfy.safetensors",
     "kohya": "loras/qwen-kohya.safetensors",
     "seed004": "loras/qwen-seed004-names.safetensors",
+}
+
+#: Flux LoRAs (for flux-dev; they fit chroma's shapes too), relative to ``<models_dir>/demo``
+FLUX_LORA_FILES: dict = {
+    "diffusers": ("loras/flux-style-a.safetensors", "loras/flux-style-b.safetensors"),
+    "kohya": "loras/flux-kohya.safetensors",
+    "comfyui": "loras/flux-comfy-bfl.safetensors",
+    "xlabs": "loras/flux-xlabs.safetensors",
+}
+FLUX_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+CHROMA_LORA_FILES: dict[str, str] = {"kohya": "loras/chroma-kohya.safetensors"}
+#: Wan 2.2 LoRAs: the lightx2v pair under the names ComfyUI's official I2V template loads, and the other layouts
+WAN_LORA_FILES: dict[str, str] = {
+    "lightx2v_high": "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+    "lightx2v_low": "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+    "diffusers": "loras/wan-diffusers.safetensors",
+    "kohya": "loras/wan-kohya.safetensors",
+    "ti2v": "loras/wan-ti2v-5b-comfy.safetensors",
 }
 
 #: OmniX task folder -> adapter names (condition first, target last), as in upstream HKU-MMLab/OmniX.

@@ -88,6 +88,7 @@ def plan_ref(engine, req: CatalogRequest) -> ModelRef:
 def prepare(engine, req: CatalogRequest, progress, cancel) -> None:
     ref, _ = resolve_model(engine, req)
     engine.store.resolve(ref, progress=engine.download_progress(progress), cancel=cancel)
+    text2image.loras.fetch_files(req.loras, progress, cancel)
 
 
 def run(engine, req: CatalogRequest, progress, cancel) -> Result:
@@ -104,11 +105,11 @@ def run(engine, req: CatalogRequest, progress, cancel) -> Result:
     if req.negative_prompt.strip() and "negative_prompt" not in text2image.accepted_kwargs(pipe, {"negative_prompt": 1}):
         warnings.append(f"{type(pipe).__name__} takes no negative prompt; it was not used")
     timings["load"] = time.perf_counter() - t0
+    metadata = {"pipeline": type(pipe).__name__, "warnings": warnings, **facts}
     try:
-        images = text2image.generate(engine, pipe, req, progress, cancel, timings)
+        images = text2image.generate(engine, pipe, req, progress, cancel, timings, metadata, ref.label)
     except RuntimeError as exc:  # torch.compile fails inside the first call, not at .compile()
         if "compile" in str(exc).lower() or "inductor" in str(exc).lower():
             raise ModelLoadError(f"torch.compile failed ({str(exc).splitlines()[0]}); untick torch.compile") from exc
         raise
-    return Result(request=req, images=images, timings=timings,
-                  metadata={"pipeline": type(pipe).__name__, "warnings": warnings, **facts})
+    return Result(request=req, images=images, timings=timings, metadata=metadata)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from engine.errors import InputError
+from engine.jobs import loras
 from engine.jobs.common import generator_for, run_denoise
 from engine.requests import I2VRequest
 from engine.result import Result
@@ -33,6 +34,7 @@ def prepare(engine, req: I2VRequest, progress, cancel) -> None:
         from engine.video.turbowan import turbo_files
 
         turbo_files(engine, req.turbo, progress, cancel)
+    loras.fetch_files((*req.loras, *req.loras_2), progress, cancel)
 
 
 def load(engine, req: I2VRequest, progress, cancel):
@@ -80,7 +82,7 @@ def experts_note(pipe, req: I2VRequest) -> str:
     return f"two experts, switch at t = {req.boundary_ratio:g} x 1000"
 
 
-def step_cache_for(engine, pipe, req: I2VRequest):
+def step_cache_for(engine, pipe, req: I2VRequest, lora_key: str = ""):
     """Put the request's step cache on both experts: ``(names that carry it, Calibration or None)``; a MagCache
     run without saved ratios for this model and step count records them instead (remove, then save, after it)."""
     mag, calibration = None, None
@@ -88,8 +90,26 @@ def step_cache_for(engine, pipe, req: I2VRequest):
         from engine.speed import mag_cache
 
         boundary = req.boundary_ratio if pipe.transformer_2 is not None else None
-        mag, calibration = mag_cache.prepare(pipe, engine.models_dir, req.model.to_dict(), req.steps, boundary)
-    return apply_step_cache(pipe, req.step_cache, req.cache_threshold, req.steps, mag), calibration
+        mag, calibration = mag_cache.prepare(pipe, engine.models_dir, calibration_key(req, lora_key), req.steps,
+                                             boundary)
+    return apply_step_cache(pipe, req.step_cache, req.cache_threshold, req.steps, mag, lora_key), calibration
+
+
+def calibration_key(req: I2VRequest, lora_key: str) -> dict:
+    """What MagCache's saved ratios belong to: the model, and the LoRA stacks when there are any (a 4-step
+    distill LoRA changes every step's magnitude)."""
+    if not (req.loras or req.loras_2):
+        return req.model.to_dict()
+    return {**req.model.to_dict(), "loras": lora_key}
+
+
+def lora_stacks(pipe, req: I2VRequest) -> dict:
+    """One stack per expert: ``loras`` on the high-noise expert (TI2V 5B's one transformer), ``loras_2`` on the
+    low-noise one."""
+    if pipe.transformer_2 is None and req.loras_2:
+        raise InputError("loras_2", "this model (TI2V 5B layout) has one transformer: put its LoRAs in the first "
+                                    "stack")
+    return {"transformer": (req.loras, "loras"), "transformer_2": (req.loras_2, "loras_2")}
 
 
 def run(engine, req: I2VRequest, progress, cancel) -> Result:
@@ -108,21 +128,26 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
         pipe.register_to_config(boundary_ratio=req.boundary_ratio)  # diffusers reads it from the config per call
     image, image_notes = load_start_image(req.image, req.width, req.height, req.fit)
     notes += image_notes
-    cached, calibration = step_cache_for(engine, pipe, req)
-    sink = getattr(progress, "preview", None)
-    preview = None
-    if sink is not None and req.preview_every:
-        from engine.video.preview import LatentPreview
+    t_lora = time.perf_counter()
+    with loras.applied(engine, pipe, lora_stacks(pipe, req), req.model.label) as stack:
+        timings["lora"] = time.perf_counter() - t_lora
+        cached, calibration = step_cache_for(engine, pipe, req, stack.key())
+        sink = getattr(progress, "preview", None)
+        preview = None
+        if sink is not None and req.preview_every:
+            from engine.video.preview import LatentPreview
 
-        preview = LatentPreview(pipe, image, req.preview_every, sink)
-    try:
-        out = run_denoise(engine, pipe, call_kwargs(pipe, req, image), req.steps, req.swap, progress, cancel, timings)
-    finally:
-        if preview is not None:
-            preview.close()
-        if calibration is not None:
-            calibration.remove()
-    if calibration is not None and calibration.save(req.model.to_dict()):
+            preview = LatentPreview(pipe, image, req.preview_every, sink)
+        try:
+            out = run_denoise(engine, pipe, call_kwargs(pipe, req, image), req.steps, req.swap, progress, cancel,
+                              timings)
+        finally:
+            if preview is not None:
+                preview.close()
+            if calibration is not None:
+                calibration.remove()
+    notes += stack.warnings()
+    if calibration is not None and calibration.save(calibration_key(req, stack.key())):
         notes.append("MagCache: this run calibrated the model's magnitude ratios (nothing skipped); the next run "
                      "with these steps skips steps")
     frames = out.frames[0]
@@ -130,7 +155,7 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     files = save_video_result(frames, engine.outputs_dir, req, text=engine.output_text_for(req))
     timings["encode_video"] = time.perf_counter() - t1
     metadata = {"pipeline": type(pipe).__name__, "experts": experts_note(pipe, req), "frames": int(len(frames)),
-                "size": [int(frames.shape[2]), int(frames.shape[1])], "step_cache": cached}
+                "size": [int(frames.shape[2]), int(frames.shape[1])], "step_cache": cached, **stack.metadata()}
     if notes:
         metadata["warnings"] = list(dict.fromkeys(notes))
     return Result(request=req, video_path=files[0], files=files, timings=timings, metadata=metadata)

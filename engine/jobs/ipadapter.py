@@ -13,6 +13,7 @@ import time
 
 from engine.adapters import ipadapter_flux, ipadapter_pieces
 from engine.errors import ModelLoadError
+from engine.jobs import loras
 from engine.jobs.common import run_denoise
 from engine.jobs.text2image import pipeline_kwargs
 from engine.models import read_model_index
@@ -36,6 +37,7 @@ def prepare(engine, req: IPAdapterRequest, progress, cancel) -> None:
     engine.store.resolve(req.model, progress=bytes_progress, cancel=cancel)
     engine.store.resolve(req.ip_adapter, bytes_progress, cancel, allow_patterns=_adapter_patterns(req))
     engine.store.resolve(req.image_encoder, bytes_progress, cancel, allow_patterns=ENCODER_PATTERNS)
+    loras.fetch_files(req.loras, progress, cancel)
 
 
 def architecture_of(engine, req: IPAdapterRequest) -> str:
@@ -90,13 +92,17 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
     timings["encode"] = time.perf_counter() - t1
 
     schedule = _schedule(pipe, req, references, device)
-    remove = ipadapter_flux.install(transformer, pieces.layers, schedule)
-    try:
-        with ipadapter_pieces.placed(engine.memory, [pieces.names["adapter"]], device):
-            out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel,
-                              timings)
-    finally:
-        remove()
+    # the LoRAs change the transformer's own layers; the IP processors sit beside them on the attention. The image
+    # tokens depend on the reference, the image encoder and the projector only (never LoRA'd here), so the token
+    # cache stays valid across stacks; the stack's fingerprint is in the result beside the cache hits
+    with loras.applied(engine, pipe, {"transformer": (req.loras, "loras")}, req.model.label) as stack:
+        remove = ipadapter_flux.install(transformer, pieces.layers, schedule)
+        try:
+            with ipadapter_pieces.placed(engine.memory, [pieces.names["adapter"]], device):
+                out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel,
+                                  timings)
+        finally:
+            remove()
     metadata = {
         "pipeline": type(pipe).__name__,
         "architecture": architecture,
@@ -104,7 +110,10 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
         "token_cache_hits": cache_hits,
         "sigma_window": [schedule.sigma_low, schedule.sigma_high],
         "ip_steps": list(schedule.history),
+        **stack.metadata(),
     }
+    if stack.warnings():
+        metadata["warnings"] = stack.warnings()
     return Result(request=req, images=list(out.images), timings=timings, metadata=metadata)
 
 

@@ -14,67 +14,24 @@ import os
 import time
 
 from engine.adapters import nunchaku
-from engine.adapters.lora_files import LoraInfo, content_hash, inspect_file, target_table_from_folder
+from engine.adapters.lora_files import content_hash, inspect_file, target_table_from_folder
 from engine.adapters.lora_stack import LoraComposer, StackItem, fingerprint
 from engine.errors import InputError, ModelLoadError
 from engine.jobs import qwen_edit
 from engine.jobs.common import accepted_kwargs, generator_for, run_denoise, step_cache
+from engine.jobs.loras import (  # noqa: F401  (lora_file, stack_items: this module's names before jobs/loras.py)
+    keep_set,
+    lora_file,
+    stack_items,
+    unknown_key_warnings,
+    weights_in_memory,
+)
 from engine.jobs.text2image import pipeline_kwargs
-from engine.memory import DISK, real_device
 from engine.models import read_model_index, torch_dtype
 from engine.requests import LoraSpec, LoraStackRequest, ModelRef
 from engine.result import Result
 
 REFINE_PIPELINE = "QwenImageImg2ImgPipeline"
-
-
-# ---------------------------------------------------------------- files
-def lora_file(spec: LoraSpec, progress=None, cancel=None, cached_only: bool = False) -> str:
-    """The local file of a stack entry; a hub entry is fetched into the HF cache (resumable, verified) by
-    ``prepare``, outside the device lock; the run itself then only looks it up (``cached_only``)."""
-    if not spec.repo_id:
-        return spec.path
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    if progress is not None:
-        progress(0.0, f"fetching LoRA {spec.repo_id}/{spec.filename}")
-    try:
-        return hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision or None,
-                               local_files_only=cached_only)
-    except EntryNotFoundError:
-        raise ModelLoadError(f"{spec.repo_id} has no file {spec.filename}") from None
-    except RepositoryNotFoundError:
-        raise ModelLoadError(f"no hub repo {spec.repo_id} (or it is private: log in with a token)") from None
-    except LocalEntryNotFoundError:
-        raise ModelLoadError(f"{spec.repo_id}/{spec.filename} is not in the local cache and the hub cannot be "
-                             "reached") from None
-    except OSError as exc:
-        raise ModelLoadError(f"could not fetch {spec.repo_id}/{spec.filename}: {exc}") from None
-
-
-def stack_items(composer, specs: tuple[LoraSpec, ...], field: str) -> list[StackItem]:
-    """Resolve and check every entry; two entries with the same bytes (even under two names) are refused."""
-    items, seen = [], {}
-    for i, spec in enumerate(specs):
-        path = lora_file(spec, cached_only=True)
-        name = f"{field}[{i}]"
-        info = composer_info(composer, path, name, spec.label)
-        if info.content_hash in seen:
-            raise InputError(name, f"{spec.label} has the same content as entry {seen[info.content_hash] + 1} "
-                                   f"({specs[seen[info.content_hash]].label}); keep one and set its strength")
-        seen[info.content_hash] = i
-        items.append(StackItem(info, float(spec.weight), bool(spec.enabled), spec.label))
-    return items
-
-
-def composer_info(composer, path: str, field: str, label: str) -> LoraInfo:
-    """A loaded file's converted weights are reused: an unchanged stack reads no file at all."""
-    digest = content_hash(path)
-    for loaded in composer.loaded_infos():
-        if loaded.content_hash == digest:
-            return loaded
-    return inspect_file(path, composer.table, field, label)
 
 
 # ---------------------------------------------------------------- inspection (the editor's rows)
@@ -86,7 +43,21 @@ def inspect(engine, model: ModelRef, spec: LoraSpec) -> dict:
     table = None
     if folder is not None and (folder / "transformer").is_dir():
         table = target_table_from_folder(folder / "transformer")
-    return inspect_file(path, table, "lora", spec.label).summary()
+    family = _family_of_folder(folder)
+    return inspect_file(path, table, "lora", spec.label, family).summary()
+
+
+def _family_of_folder(folder) -> str:
+    """The LoRA family of a model folder from its transformer's class name (config.json), before loading it."""
+    import json
+
+    from engine.adapters.lora_families import model_family
+
+    try:
+        name = json.loads((folder / "transformer" / "config.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return model_family(type(name, (), {}))
 
 
 # ---------------------------------------------------------------- the run
@@ -189,10 +160,10 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
     t1 = time.perf_counter()
     stage1 = stack_items(composer, req.loras, "loras")
     stage2 = stack_items(composer, req.stage2_loras, "stage2_loras") if req.stage2 else []
-    keep = stage1 + [i for i in stage2 if i.adapter not in {s.adapter for s in stage1}]
-    if composer.pending(keep):
-        _weights_in_memory(engine, pipe)
-        composer.sync(pipe, keep)
+    keep = keep_set(composer, stage1 + [i for i in stage2 if i.adapter not in {s.adapter for s in stage1}])
+    if composer.pending(keep):  # this tab owns its stack: an emptied stack frees its files
+        weights_in_memory(engine, pipe)
+        composer.sync(keep)
     timings["lora"] = time.perf_counter() - t1
     stage1_image = None
     try:
@@ -204,7 +175,7 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
             images = _stage(engine, composer, refine, req, stage2, stage2_kwargs(refine, req, stage1_image),
                             req.stage2_steps or req.steps, progress, cancel, timings, "stage2")
     finally:
-        composer.deactivate(pipe)
+        composer.deactivate()
     after = composer.counters.as_dict()
     metadata = {
         "pipeline": type(pipe).__name__,
@@ -212,7 +183,7 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
         "step_cache_key": cache_key(req, fingerprint(stage1), 1),
         "lora_work": {k: after[k] - before[k] for k in after},
         "loras": [dict(i.info.summary(), weight=i.weight, enabled=i.enabled) for i in stage1],
-        "warnings": _unknown_key_warnings(stage1 + stage2),
+        "warnings": unknown_key_warnings(stage1 + stage2),
     }
     if req.stage2:
         metadata.update(stage2_fingerprint=fingerprint(stage2),
@@ -221,22 +192,9 @@ def run(engine, req: LoraStackRequest, progress, cancel) -> Result:
                   timings=timings, metadata=metadata)
 
 
-def _weights_in_memory(engine, pipe) -> None:
-    """peft wraps the layers a LoRA targets, which renames their tensors (``x.weight`` -> ``x.base_layer.weight``):
-    a transformer whose weights wait on disk or are streamed by a memory mode (which keeps its own books of
-    every tensor by name) is put back in RAM first, the mode's hooks taken off; the mode is re-applied on the
-    next call (the ledger sees the module's tensors changed). Only when the set of files changes."""
-    for c in engine.store.components_of(pipe):
-        if c.role != "transformer" or c.name not in engine.memory:
-            continue
-        entry = engine.memory.entry(c.name)
-        if entry.residency is not None or entry.device == DISK or real_device(c.module) in ("meta", "mixed"):
-            engine.memory.to_host([c.name])
-
-
 def _stage(engine, composer, pipe, req, items, kwargs, steps, progress, cancel, timings, tag) -> list:
     t = time.perf_counter()
-    composer.activate(pipe, items)
+    composer.activate(items)
     timings["lora"] = timings.get("lora", 0.0) + time.perf_counter() - t
     stage_timings: dict[str, float] = {}
     # the LoRA tensors live inside the transformer: its memory mode places (or streams) them with it
@@ -245,11 +203,6 @@ def _stage(engine, composer, pipe, req, items, kwargs, steps, progress, cancel, 
     for key, value in stage_timings.items():
         timings[f"{tag}_{key}" if req.stage2 else key] = value
     return list(out.images)
-
-
-def _unknown_key_warnings(items: list[StackItem]) -> list[str]:
-    return [f"{i.label}: {i.info.unknown_count} key(s) not applied, e.g. {i.info.unknown_example}"
-            for i in items if i.info.unknown_count]
 
 
 def _run_nunchaku(engine, req, pipe, progress, cancel, timings) -> Result:  # pragma: no cover - needs CUDA

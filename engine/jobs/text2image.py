@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from engine.errors import InputError
+from engine.jobs import loras
 from engine.jobs.common import accepted_kwargs, generator_for, run_denoise
 from engine.jobs.qwen_edit import is_edit_pipeline
 from engine.models import read_model_index
@@ -31,13 +32,20 @@ def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
     return accepted_kwargs(pipe, kwargs)
 
 
-def generate(engine, pipe, req: TextToImageRequest, progress, cancel, timings: dict) -> list:
-    out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
+def generate(engine, pipe, req: TextToImageRequest, progress, cancel, timings: dict, metadata: dict,
+             label: str = "") -> list:
+    """The denoising call with the request's LoRA stack active on the transformer (and only inside it)."""
+    with loras.applied(engine, pipe, {"transformer": (req.loras, "loras")}, label or req.model.label) as stack:
+        out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
+    metadata.update(stack.metadata())
+    if stack.warnings():
+        metadata["warnings"] = [*metadata.get("warnings", []), *stack.warnings()]
     return list(out.images)
 
 
 def prepare(engine, req: TextToImageRequest, progress, cancel) -> None:
     engine.store.resolve(req.model, progress=engine.download_progress(progress), cancel=cancel)
+    loras.fetch_files(req.loras, progress, cancel)
 
 
 def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
@@ -50,5 +58,6 @@ def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
                                   "an input image")
     pipe = engine.store.load_pipeline(req.model, progress=engine.download_progress(progress), cancel=cancel)
     timings["load"] = time.perf_counter() - t0
-    images = generate(engine, pipe, req, progress, cancel, timings)
-    return Result(request=req, images=images, timings=timings, metadata={"pipeline": type(pipe).__name__})
+    metadata = {"pipeline": type(pipe).__name__}
+    images = generate(engine, pipe, req, progress, cancel, timings, metadata)
+    return Result(request=req, images=images, timings=timings, metadata=metadata)

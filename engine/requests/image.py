@@ -10,12 +10,14 @@ from engine.errors import InputError
 from engine.requests.base import (
     MAX_SEED,
     MAX_STEPS,
+    LoraSpec,
     ModelRef,
     Request,
     SwapSettings,
     check_choice,
     check_float,
     check_int,
+    check_lora_stack,
     check_prompt,
     check_side,
 )
@@ -38,6 +40,8 @@ class TextToImageRequest(Request):
     true_cfg_scale: float = 1.0  # real CFG on Flux/Qwen when a negative prompt is given; 1 = off
     seed: int = 0
     swap: SwapSettings = field(default_factory=SwapSettings)
+    # the transformer's LoRA stack, on every image job (Flux, Chroma, Qwen-Image, IP-Adapter, SDNQ catalog)
+    loras: tuple[LoraSpec, ...] = ()
 
     def validate(self) -> None:
         self.model.validate("model")
@@ -54,6 +58,7 @@ class TextToImageRequest(Request):
         check_float("true_cfg_scale", self.true_cfg_scale, 1.0, 30.0)
         check_int("seed", self.seed, 0, MAX_SEED)
         self.swap.validate("swap")
+        check_lora_stack("loras", self.loras)
 
 SDNQ_DTYPES = ("int8", "int7", "int6", "int5", "uint4", "int4", "uint3", "uint2", "float8_e4m3fn", "float8_e5m2")
 

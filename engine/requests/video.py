@@ -10,6 +10,7 @@ from engine.errors import InputError
 from engine.requests.base import (
     MAX_SEED,
     MAX_STEPS,
+    LoraSpec,
     ModelRef,
     Request,
     SwapSettings,
@@ -18,6 +19,7 @@ from engine.requests.base import (
     check_float,
     check_image,
     check_int,
+    check_lora_stack,
     check_prompt,
     check_side,
 )
@@ -134,6 +136,10 @@ class I2VRequest(Request):
     preview_every: int = 2  # steps between live previews; 0 = off
     turbo: TurboWanSettings = field(default_factory=TurboWanSettings)
     swap: SwapSettings = field(default_factory=lambda: SwapSettings(mode="block_swap"))
+    # one LoRA stack per expert, as ComfyUI's official template and Wan2GP: ``loras`` on the high-noise expert
+    # (the only transformer of TI2V 5B), ``loras_2`` on the low-noise one (``transformer_2``, as guidance_scale_2)
+    loras: tuple[LoraSpec, ...] = ()
+    loras_2: tuple[LoraSpec, ...] = ()
 
     @classmethod
     def size_for(cls, resolution: str, aspect_ratio: str) -> tuple[int, int]:
@@ -182,6 +188,11 @@ class I2VRequest(Request):
         check_int("preview_every", self.preview_every, 0, MAX_STEPS)
         self.turbo.validate("turbo")
         self.swap.validate("swap")
+        check_lora_stack("loras", self.loras)
+        check_lora_stack("loras_2", self.loras_2)
+        if self.turbo.enabled and (self.loras or self.loras_2):
+            raise InputError("loras", "TurboWan experts load from TurboDiffusion's .pth files, which take no LoRA "
+                                      "here; untick TurboWan or empty the LoRA stacks")
 
 
 def check_image_size(name: str, path: str) -> None:

@@ -29,11 +29,12 @@ def cache_config(mode: str, threshold: float, steps: int):
 
 
 def apply_step_cache(pipe, mode: str, threshold: float, steps: int,
-                     mag: dict[str, tuple[int, list[float]]] | None = None) -> list[str]:
+                     mag: dict[str, tuple[int, list[float]]] | None = None, lora_key: str = "") -> list[str]:
     """Make every transformer of ``pipe`` carry exactly this cache (or none); returns the ones that have it.
 
     ``mag`` (for ``mag_cache``): expert attribute -> (its step count, its calibrated ratios); an expert missing
-    from it (a calibration run, or one that runs no step) gets no cache."""
+    from it (a calibration run, or one that runs no step) gets no cache. ``lora_key``: the LoRA stacks'
+    fingerprint, part of the key, so a cache configured under one stack is rebuilt under another."""
     applied = []
     for attr in ("transformer", "transformer_2", "unet"):
         module = getattr(pipe, attr, None)
@@ -45,6 +46,7 @@ def apply_step_cache(pipe, mode: str, threshold: float, steps: int,
             config, key = (lambda n=n, r=ratios: mag_config(threshold, n, r)), (mode, float(threshold), n, tuple(ratios))
         elif mode not in ("none", "mag_cache"):
             config, key = (lambda: cache_config(mode, threshold, steps)), (mode, float(threshold), int(steps))
+        key = (*key, lora_key)
         if getattr(module, _KEY, None) == key and (config is None or module.is_cache_enabled):
             applied += [type(module).__name__] if config is not None else []
             continue

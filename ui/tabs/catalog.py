@@ -26,6 +26,7 @@ from engine.requests import SDNQ_DTYPES  # noqa: F401  (re-exported, as the name
 
 from .. import comfy_io
 from ..components import CONTROLS, as_int, image_output, seed_input, steps_slider
+from ..lora_editor import entries_of, specs, stack_editor
 from ..memory_mode import swap_field
 from ..run_handler import TabRun, threadsafe  # noqa: F401
 from .catalog_download import DOWNLOAD_LABELS, DOWNLOAD_LIMIT, DOWNLOADS, byte_progress, cache_of, download_panel  # noqa: F401
@@ -88,6 +89,7 @@ def entry_defaults(entry: CatalogEntry, demo: bool) -> dict:
 def build_generate_request(
     source: str, entry: str, local_path: str, prompt: str, negative_prompt: str, width, height, steps,
     guidance_scale, seed, use_quantized_matmul: bool = False, use_torch_compile: bool = False, *swap_values,
+    loras=None,
 ) -> CatalogRequest:
     """The ``CatalogRequest`` these widget values describe, validated (raises ``InputError`` naming the field).
 
@@ -99,7 +101,7 @@ def build_generate_request(
         prompt=prompt if prompt is not None else "", negative_prompt=negative_prompt or "", width=as_int(width),
         height=as_int(height), steps=as_int(steps), guidance_scale=guidance_scale, seed=as_int(seed),
         use_quantized_matmul=bool(use_quantized_matmul), use_torch_compile=bool(use_torch_compile),
-        **swap_field(swap_values),
+        **swap_field(swap_values), loras=specs(loras),
     )
     if source == SOURCE_ENTRY:
         if not (entry or "").strip():
@@ -189,6 +191,10 @@ def build(engine) -> comfy_io.Fill:
                                           info="faster after a slow first run; needs a compiler")
             with gr.Accordion("Negative prompt", open=False):
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
+            with gr.Accordion("LoRAs", open=False, elem_id="catalog-loras"):
+                # hits are counted against a local SDNQ folder when one is given, else against Flux's layout
+                stack = stack_editor(engine, "catalog-lora", local_path, lambda p: ModelRef(path=p.strip()) if (
+                    p or "").strip() else ModelRef(repo_id="black-forest-labs/FLUX.1-dev"), "LoRA stack")
             memory, run, comfy = generator.controls("text_to_image", "catalog", cancel_api="catalog_cancel")
         with gr.Column(scale=6):
             image = image_output("catalog")
@@ -235,18 +241,18 @@ def build(engine) -> comfy_io.Fill:
 
     # ------------------------------------------------------------ handlers: generate
     def run_generate(source_kind, entry_id, path, prompt_text, negative_text, w, h, n_steps, cfg, seed_value, qmm,
-                     compile_, mode, max_vram, resident, block_mb, prefetch_, streams, trace,
-                     request: gr.Request, progress=gr.Progress()):
+                     compile_, mode, max_vram, resident, block_mb, prefetch_, streams, trace, loras=None,
+                     request: gr.Request = None, progress=gr.Progress()):
         swap_values = (mode, max_vram, resident, block_mb, prefetch_, streams, trace)
         req = build_generate_request(source_kind, entry_id, path, prompt_text, negative_text, w, h, n_steps, cfg,
-                                     seed_value, qmm, compile_, *swap_values)
+                                     seed_value, qmm, compile_, *swap_values, loras=loras)
         result = yield from generator.run(req, request, progress)
         yield generator.done(result, image.updates(result, format_result(result)), source_kind, entry_id, path, w,
                              h, n_steps, *swap_values)
 
     generate_inputs = [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm,
-                       use_compile, *memory.inputs]
-    comfy.wire(build_generate_request, generate_inputs)
+                       use_compile, *memory.inputs, stack]
+    comfy.wire(lambda *v: build_generate_request(*v[:-1], loras=v[-1]), generate_inputs)
     generator.click(run, run_generate, generate_inputs, image, api_name="catalog_generate").then(
         refresh_table, filters, table, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",
         api_visibility="private",  # a run may have downloaded the entry first
@@ -254,6 +260,7 @@ def build(engine) -> comfy_io.Fill:
 
     kind = "sdnq_generate"
     return comfy_io.Fill((kind, "sdnq_quantize"), [
+        (stack, lambda r: entries_of()(r) if r.kind == kind else comfy_io.KEEP),
         (source, lambda r: (SOURCE_ENTRY if r.entry else SOURCE_FOLDER) if r.kind == kind else comfy_io.KEEP),
         (entry, lambda r: (r.entry or comfy_io.KEEP) if r.kind == kind else comfy_io.KEEP),
         (local_path, lambda r: (r.model.path or r.model.repo_id) if r.kind == kind and not r.entry

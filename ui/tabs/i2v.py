@@ -21,6 +21,7 @@ from engine.requests.video import TURBO_ATTENTION
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, download_update, file_of, seed_input
+from ..lora_editor import entries_of, specs, stack_editor
 from ..memory_mode import swap_field, swap_settings
 from ..run_handler import TabRun
 
@@ -53,7 +54,9 @@ def defaults(demo: bool) -> dict:
 def build_request(model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
                   guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
                   turbo_quant, high_path, low_path, sigma_max, ode, attention_type, sla_topk, *swap_values,
-                  pieces=()) -> I2VRequest:
+                  pieces=(), loras=None, loras_2=None, both=False) -> I2VRequest:
+    """``loras`` on the high-noise expert (TI2V 5B: its one transformer), ``loras_2`` on the low-noise one;
+    ``both``: the first stack on both experts (as one stack per expert with the same entries)."""
     turbo = TurboWanSettings(enabled=bool(turbo_on), checkpoints=ModelRef(repo_id=TURBOWAN_REPO),
                              quantized=bool(turbo_quant), high_path=(high_path or "").strip(),
                              low_path=(low_path or "").strip(), sigma_max=sigma_max, ode=bool(ode),
@@ -66,6 +69,7 @@ def build_request(model, image, prompt, negative, resolution, aspect, width, hei
         boundary_ratio=boundary, fps=as_int(fps), seed=as_int(seed), output_format=fmt, quality=as_int(quality),
         loop=bool(loop), step_cache=cache, cache_threshold=threshold, preview_every=as_int(preview_every),
         turbo=turbo, **swap_field(swap_values),
+        loras=specs(loras), loras_2=specs(loras if both else loras_2, "loras_2"),
     )
     request.validate()
     return request
@@ -165,6 +169,12 @@ def build(engine) -> comfy_io.Fill:
                     quality = gr.Slider(1, 10, value=8, step=1, precision=0, label="Quality")
                     loop = gr.Checkbox(True, label="Loop (gif)")
             pieces = comfy_panel.tab_picker(engine, "i2v", "i2v")["pieces"]
+            with gr.Accordion("LoRAs (one stack per expert)", open=False, elem_id="i2v-loras"):
+                ref_of = lambda m: comfy_panel.model_ref(m, ())  # noqa: E731
+                stack = stack_editor(engine, "i2v-lora", model, ref_of, "High-noise expert (TI2V 5B: the model)")
+                both = gr.Checkbox(False, label="Apply to both experts", elem_id="i2v-lora-both",
+                                   info="the high-noise stack on the low-noise expert too (ignores the stack below)")
+                stack_2 = stack_editor(engine, "i2v-lora2", model, ref_of, "Low-noise expert")
             memory, run, export_panel = runner.controls("i2v", "i2v", cancel_api="i2v_cancel")
         with gr.Column(scale=6):
             video = gr.Video(label="Video", elem_id="i2v-video", height=380, autoplay=True, loop=True)
@@ -184,22 +194,24 @@ def build(engine) -> comfy_io.Fill:
     runner.plan(plan_request, [model, width, height, frames, *memory.inputs])
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
-              turbo_quant, high_path, low_path, sigma_max, ode, attention_type, sla_topk, *memory.inputs, pieces]
+              turbo_quant, high_path, low_path, sigma_max, ode, attention_type, sla_topk, *memory.inputs, pieces,
+              stack, stack_2, both]
 
-    export_panel.wire(lambda *v: build_request(*v[:-1], pieces=v[-1] or ()), inputs)
+    export_panel.wire(lambda *v: build_request(*v[:-4], pieces=v[-4] or (), loras=v[-3], loras_2=v[-2], both=v[-1]),
+                      inputs)
 
     def run_i2v(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_, steps_,
                 guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_, threshold_, every_,
                 turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, attention_, topk_, mode, max_vram, resident,
-                block_mb, prefetch,
-                streams, trace, pieces=None, request: gr.Request = None, progress=gr.Progress()):
+                block_mb, prefetch, streams, trace, pieces=None, loras=None, loras_2=None, both=False,
+                request: gr.Request = None, progress=gr.Progress()):
         # explicit parameters: Gradio reads the signature to pass gr.Request and gr.Progress
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(model_, image_, prompt_, negative_, resolution_, aspect_, width_, height_, fit_, frames_,
                             steps_, guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_,
                             threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, attention_,
                             topk_, *swap_values,
-                            pieces=pieces or ())
+                            pieces=pieces or (), loras=loras, loras_2=loras_2, both=bool(both))
         result = yield from runner.run(req, request, progress, start={preview: None}, preview=preview)
         yield runner.done(result, {
             video: result.video_path, info: format_result(result),
@@ -212,6 +224,7 @@ def build(engine) -> comfy_io.Fill:
         return lambda r: getattr(r.turbo, name)
 
     return comfy_io.Fill(("i2v",), [
+        (stack, entries_of("loras")), (stack_2, entries_of("loras_2")), (both, lambda r: False),
         (turbo_on, turbo("enabled")), (turbo_quant, turbo("quantized")), (high_path, turbo("high_path")),
         (low_path, turbo("low_path")), (sigma_max, turbo("sigma_max")), (ode, turbo("ode")),
         (attention_type, turbo("attention_type")), (sla_topk, turbo("sla_topk")),

@@ -13,6 +13,7 @@ from engine.requests import SingleFiles
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, image_settings
+from ..lora_editor import entries_of, specs, stack_editor
 from ..run_handler import TabRun
 from . import text_to_image as t2i
 
@@ -33,7 +34,8 @@ NORMS = [("keys and values (ComfyUI pack)", "kv"), ("keys only (InstantX diffuse
 
 def build_request(model, prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed,
                   references, weight, start_percent, end_percent, ramp, weight_start, weight_end, ramp_steps,
-                  offload_preprocessing, ip_norm, *swap_values, adapter_file="", encoder_file="") -> IPAdapterRequest:
+                  offload_preprocessing, ip_norm, *swap_values, adapter_file="", encoder_file="",
+                  loras=None) -> IPAdapterRequest:
     """The request these widget values describe, validated. ``references`` is a list of (path or None, weight);
     ``swap_values`` are the memory-mode widget's (none: the default mode); ``adapter_file`` / ``encoder_file``:
     an IP-Adapter and a SigLIP file from the ComfyUI folder ("" = the default repos)."""
@@ -57,6 +59,7 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
         ramp_steps=as_int(ramp_steps),
         offload_preprocessing=bool(offload_preprocessing),
         ip_norm=ip_norm,
+        loras=specs(loras),
     )
     request.validate()
     return request
@@ -125,6 +128,8 @@ def build(engine) -> comfy_io.Fill:
                 norm = gr.Radio(NORMS, value="kv", label="IP normalisation")
             comfy = comfy_panel.tab_picker(engine, "ipadapter", "ip", pieces=False, files={
                 "ip_adapter": "IP-Adapter file", "image_encoder": "Image encoder (clip_vision, SigLIP)"})
+            with gr.Accordion("LoRAs", open=False, elem_id="ip-loras"):
+                stack = stack_editor(engine, "ip-lora", model, lambda m: comfy_panel.model_ref(m), "LoRA stack")
             memory, run, export_panel = runner.controls("text_to_image", "ip", cancel_api="ipadapter_cancel")
         with gr.Column(scale=6):
             image = image_output("ip")
@@ -136,25 +141,25 @@ def build(engine) -> comfy_io.Fill:
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
                       mode, max_vram, resident, block_mb, prefetch, streams, trace, adapter_file=None,
-                      encoder_file=None, request: gr.Request = None, progress=gr.Progress()):
+                      encoder_file=None, loras=None, request: gr.Request = None, progress=gr.Progress()):
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         # explicit arguments: Gradio reads this signature
         pairs = [(keep_reference(engine.outputs_dir, ref), w) for ref, w in ((ref1, w1), (ref2, w2), (ref3, w3))]
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, pairs, weight,
                             start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm, *swap_values,
-                            adapter_file=adapter_file or "", encoder_file=encoder_file or "")
+                            adapter_file=adapter_file or "", encoder_file=encoder_file or "", loras=loras)
         result = yield from runner.run(req, request, progress)
         yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
                           *swap_values)
 
     inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
               weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs,
-              comfy["ip_adapter"], comfy["image_encoder"]]
+              comfy["ip_adapter"], comfy["image_encoder"], stack]
 
     def export_request(*values):
-        head, refs, ws, swap, files = values[:18], values[18:21], values[21:24], values[24:-2], values[-2:]
+        head, refs, ws, swap, files = values[:18], values[18:21], values[21:24], values[24:-3], values[-3:-1]
         return build_request(*head[:9], list(zip(refs, ws)), *head[9:], *swap, adapter_file=files[0] or "",
-                             encoder_file=files[1] or "")
+                             encoder_file=files[1] or "", loras=values[-1])
 
     export_panel.wire(export_request, inputs)
     runner.click(run, run_ipadapter, inputs, image, api_name="ipadapter")
@@ -164,7 +169,7 @@ def build(engine) -> comfy_io.Fill:
                           (None if part == "path" else 1.0))
 
     return comfy_io.Fill(("ipadapter",), [
-        (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP),
+        (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP), (stack, entries_of()),
         *[(images[i], ref(i, "path")) for i in range(MAX_REFERENCES)],
         *[(weights[i], ref(i, "weight")) for i in range(MAX_REFERENCES)],
         *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),

@@ -17,10 +17,10 @@ from engine.adapters import nunchaku
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, image_settings
+from ..lora_editor import specs, stack_editor
 from ..memory_mode import swap_settings
 from ..run_handler import TabRun, done_text
 from . import text_to_image as t2i
-from .lora_stack_editor import specs, stack_editor
 
 MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
     "Qwen/Qwen-Image": "Qwen-Image (bf16)",

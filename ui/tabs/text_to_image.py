@@ -10,6 +10,7 @@ from engine import Result, TextToImageRequest
 
 from .. import comfy_io, comfy_panel
 from ..components import as_int, image_output, image_settings
+from ..lora_editor import entries_of, specs, stack_editor
 from ..memory_mode import swap_field
 from ..run_handler import TabRun
 
@@ -32,13 +33,14 @@ def defaults(demo: bool) -> dict:
 
 def build_request(
     model: str, prompt: str, negative_prompt: str, width, height, steps, guidance_scale, true_cfg_scale, seed,
-    *swap_values, pieces=(),
+    *swap_values, pieces=(), loras=None,
 ) -> TextToImageRequest:
     """The request these widget values describe, validated (raises ``InputError`` naming the field).
     ``swap_values`` are the memory-mode widget's (none: the default mode); ``model`` is a repo id or a ComfyUI
     folder choice, ``pieces`` the VAE / text encoder files picked from that folder."""
     request = TextToImageRequest(model=comfy_panel.model_ref(model, pieces), **image_fields(
-        prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed, swap_values))
+        prompt, negative_prompt, width, height, steps, guidance_scale, true_cfg_scale, seed, swap_values),
+        loras=specs(loras))
     request.validate()
     return request
 
@@ -79,6 +81,8 @@ def build(engine) -> comfy_io.Fill:
                 "t2i", d, negative_placeholder="what to avoid",
                 true_cfg_info="real classifier-free guidance with the negative prompt; 1 = off")
             pieces = comfy_panel.tab_picker(engine, "text_to_image", "t2i")["pieces"]
+            with gr.Accordion("LoRAs", open=False, elem_id="t2i-loras"):
+                stack = stack_editor(engine, "t2i-lora", model, lambda m: comfy_panel.model_ref(m, ()), "LoRA stack")
             memory, run, export_panel = runner.controls("text_to_image", "t2i", cancel_api="text_to_image_cancel")
         with gr.Column(scale=6):
             image = image_output("t2i")
@@ -87,19 +91,19 @@ def build(engine) -> comfy_io.Fill:
     runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
-                          resident, block_mb, prefetch, streams, trace, pieces=None, request: gr.Request = None,
-                          progress=gr.Progress()):
+                          resident, block_mb, prefetch, streams, trace, pieces=None, loras=None,
+                          request: gr.Request = None, progress=gr.Progress()):
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *swap_values,
-                            pieces=pieces or ())
+                            pieces=pieces or (), loras=loras)
         result = yield from runner.run(req, request, progress)
         yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
                           *swap_values)
 
-    inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces]
-    export_panel.wire(lambda *v: build_request(*v[:-1], pieces=v[-1] or ()), inputs)
+    inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces, stack]
+    export_panel.wire(lambda *v: build_request(*v[:-2], pieces=v[-2] or (), loras=v[-1]), inputs)
     runner.click(run, run_text_to_image, inputs, image, api_name="text_to_image")
     return comfy_io.Fill(("text_to_image",), [
-        (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP),
+        (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP), (stack, entries_of()),
         *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),
                         (steps, "steps"), (guidance, "guidance_scale"), (true_cfg, "true_cfg_scale"), (seed, "seed"))])
