@@ -20,6 +20,7 @@ from comfy_export.importer import MAX_BYTES
 from engine import InputError
 
 KEEP = object()  # a field getter's "leave this widget as it is"
+IMPORT_LIMIT = 2  # workflow imports parsed at once (each is bounded by comfy_export.limits: < 1 s, < 100 MB)
 
 
 @dataclass
@@ -130,4 +131,6 @@ def wire_import(engine, upload: gr.File, status: gr.Markdown, tabs: gr.Tabs, fil
         return [gr.Tabs(selected=tab), None, f"Opened **{Path(path).name}** in {titles[tab]}."] + values
 
     # the box empties after each file, so the next one can be dropped at once
-    upload.upload(on_import, upload, [tabs, upload, status, *components], api_name="comfy_import", concurrency_limit=None)
+    # its own small group: an import is CPU work in the server process, so a burst of them must queue, not pile up
+    upload.upload(on_import, upload, [tabs, upload, status, *components], api_name="comfy_import",
+                  concurrency_limit=IMPORT_LIMIT, concurrency_id="comfy_import")
