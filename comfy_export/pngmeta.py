@@ -31,7 +31,7 @@ def read_png_text(data: bytes) -> dict[str, str]:
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
-        if len(body) < length:
+        if len(data) < pos + 12 + length:
             raise WorkflowError("cannot read the file as an image (the PNG is cut short)")
         pos += 12 + length  # length, type, body, CRC
         if kind == b"IEND":
