@@ -17,6 +17,7 @@ import gradio as gr
 from engine import Cancelled, EngineError, InputError
 
 from . import zerogpu
+from .pending import CANCELLED_BEFORE_START, PENDING
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ class CancelSlots:
         return (request.session_hash if request is not None else None) or "local"
 
     def start(self, request: gr.Request | None) -> threading.Event:
-        event = threading.Event()
+        event = PENDING.claim(self) or threading.Event()  # the one registered when the run was queued
+        if event.is_set():  # cancelled while it left the queue
+            raise Cancelled(CANCELLED_BEFORE_START)
         with self._lock:
             self._events[self.key(request)] = event
         return event
@@ -179,7 +182,11 @@ def cancel_button(slots: CancelSlots, status: gr.Markdown, api_name: str) -> gr.
     def cancel(request: gr.Request):
         if slots.cancel(request):
             return "Cancelling: the run stops after the current step…"
-        return "Nothing to cancel: no run of yours is in progress."
+        if PENDING.cancel(slots, CancelSlots.key(request)):
+            return CANCELLED_BEFORE_START
+        return "Nothing to cancel: no run of yours is in progress or waiting."
+
+    cancel._cancel_slots = slots  # ui.pending finds the tab's runs through this button's status line
 
     button.click(
         cancel, None, status, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",

@@ -9,6 +9,7 @@ import gradio as gr
 
 from . import comfy_io, comfy_panel, vram_panel, zerogpu
 from .components import GPU_POOL, guard_api_inputs
+from .pending import PENDING
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
 TITLE = "Diffusion Studio"
@@ -74,6 +75,7 @@ def build_app(engine) -> gr.Blocks:
     for fn in app.fns.values():
         if runs > 1 and fn.concurrency_id == GPU_POOL:
             fn.concurrency_limit = runs
+    PENDING.install(app, GPU_POOL)  # Cancel reaches a run still waiting in the queue
     return guard_api_inputs(app)  # every event, every tab: a message naming the field for every wrong value
 
 
