@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,8 @@ class ExportPanel:
                 return gr.update(), gr.update(), gr.update(), f"Cannot export yet: {exc}"
             folder = Path(engine.outputs_dir) / "comfy"
             folder.mkdir(parents=True, exist_ok=True)
-            stem = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
+            # a random tail: two sessions exporting in the same millisecond never overwrite each other's files
+            stem = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             api_path, ui_path = folder / f"{stem}-api.json", folder / f"{stem}-workflow.json"
             api_text = json.dumps(api, indent=2)
             api_path.write_text(api_text, encoding="utf-8")
