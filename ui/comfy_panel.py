@@ -145,6 +145,9 @@ def wire(engine, registry: Registry) -> None:
             except InputError as exc:
                 label = registry.config.label if exc.field == "comfy_config" else registry.folder.label
                 raise gr.Error(f"{label}: {exc.message}", title="ComfyUI models folder", print_exception=False) from None
+            except OSError as exc:  # a name too long, a path through a file...
+                raise gr.Error(f"{registry.folder.label}: cannot use this path ({exc.strerror or exc})",
+                               title="ComfyUI models folder", print_exception=False) from None
         engine.comfy.configure(folder, config)
         return refreshed()
 

@@ -398,7 +398,7 @@ def guard_api_inputs(app: gr.Blocks) -> gr.Blocks:
         except gr.Error:
             raise
         except Exception as exc:  # a check above let through what Gradio still refuses: say which field and why
-            raise gr.Error(input_errors.component_error_text(block_fn, exc), title="Check your input",
+            raise gr.Error(input_errors.component_error_text(block_fn, exc, inputs), title="Check your input",
                            print_exception=False) from None
 
     app.preprocess_data = preprocess_data  # the one step every event's values go through

@@ -100,21 +100,42 @@ def cause_text(error: BaseException) -> str:
     return f"cannot use this value ({text})"
 
 
-def component_error_text(block_fn, error: BaseException) -> str:
+def _paths(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k in ("path", "url") and isinstance(v, str)] + \
+            [p for v in value.values() if isinstance(v, (dict, list)) for p in _paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths(v)]
+    return []
+
+
+def _index_of(error: BaseException, values: list) -> int | None:
+    """Which input failed: Gradio's "at index N", else the input whose file path the message quotes (its
+    "not uploaded by a user" refusal names the path only)."""
+    found = re.search(r"at index (\d+)", str(error))
+    if found:
+        return int(found.group(1))
+    text = str(error)
+    return next((i for i, value in enumerate(values) if any(p and p in text for p in _paths(value))), None)
+
+
+def component_error_text(block_fn, error: BaseException, values: list | None = None) -> str:
     """The message for a value Gradio's preprocessing refused: "<label>: <why>"."""
     from gradio.exceptions import ComponentProcessingError
 
     cause = error
     if isinstance(error, ComponentProcessingError):
         cause = error.__cause__ or error.__context__ or error
-    found = re.search(r"at index (\d+)", str(error))
     inputs = list(getattr(block_fn, "inputs", None) or [])
-    if found and int(found.group(1)) < len(inputs):
-        label = label_of(inputs[int(found.group(1))])
+    index = _index_of(error, list(values or []))
+    if index is not None and index < len(inputs):
+        label = label_of(inputs[index])
     elif len(inputs) == 1:
         label = label_of(inputs[0])
     else:
         label = "Input"
+    if "not uploaded by a user" in str(cause):
+        return f"{label}: only a file uploaded to this app can be used (upload it first; a server path is refused)"
     if cause is error and isinstance(error, ComponentProcessingError):
         return f"{label}: cannot use this value"
     return f"{label}: {cause_text(cause)}"
