@@ -67,6 +67,7 @@ def main() -> int:
     p.add_argument("--url", default=None)
     p.add_argument("--pid", type=int, default=None)
     p.add_argument("--port", type=int, default=7899)
+    p.add_argument("--models-dir", default=None, help="reuse a models folder with the demo models built")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="import-attack-"))
     path = work / "chain.json"
@@ -76,7 +77,7 @@ def main() -> int:
     url, pid = args.url, args.pid
     if url is None:
         server = subprocess.Popen([sys.executable, "app.py", "--demo", "--port", str(args.port), "--models-dir",
-                                   str(work / "models"), "--outputs-dir", str(work / "out")], cwd=ROOT,
+                                   args.models_dir or str(work / "models"), "--outputs-dir", str(work / "out")], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in server.stdout:
             if line.startswith("Open "):

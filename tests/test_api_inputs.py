@@ -15,6 +15,7 @@ pytestmark = pytest.mark.timeout(300)
 
 NUMBERS = ("Number", "Slider")
 CHOICES = ("Dropdown", "Radio", "Checkboxgroup")
+FILES = ("Image", "File", "Video", "Gallery")
 
 
 def _call(base: str, api: str, data: list) -> tuple[str, object]:
@@ -73,7 +74,8 @@ def _walk(base: str, shard: int, values_for, expect_refused: bool = True, only=N
     for api, params, props in endpoints[shard::SHARDS]:
         if only is not None and not only(api):
             continue
-        good = [p["parameter_default"] if p.get("parameter_has_default") else p.get("example_input") for p in params]
+        good = [p["parameter_default"] if p.get("parameter_has_default") else
+                None if p["component"] in FILES else p.get("example_input") for p in params]  # no example URL
         for i, param in enumerate(params):
             label = param.get("label") or param["parameter_name"]
             for bad in values_for(param["component"], props[i]):
@@ -132,7 +134,7 @@ UPLOADED_ELSEWHERE = [  # files a caller names instead of uploading: outside Gra
 
 
 def _hostile_files(component: str, props: dict) -> list:
-    return list(UPLOADED_ELSEWHERE) if component in ("Image", "File", "Video", "Gallery") else []
+    return list(UPLOADED_ELSEWHERE) if component in FILES else []
 
 
 HOSTILE_TEXT = ["../../../../etc/passwd", "/etc/shadow", "\x00\x01\x1b[31m\u202e", "x" * 200_000,

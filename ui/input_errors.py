@@ -116,7 +116,13 @@ def _index_of(error: BaseException, values: list) -> int | None:
     if found:
         return int(found.group(1))
     text = str(error)
-    return next((i for i, value in enumerate(values) if any(p and p in text for p in _paths(value))), None)
+
+    def forms(path: str) -> set[str]:
+        return {path, os.path.abspath(path), os.path.realpath(path)} - {""}
+
+    quoted = [i for i, value in enumerate(values) if any(f in text for p in _paths(value) for f in forms(p))]
+    with_files = [i for i, value in enumerate(values) if _paths(value)]
+    return quoted[0] if quoted else (with_files[0] if len(with_files) == 1 else None)
 
 
 def component_error_text(block_fn, error: BaseException, values: list | None = None) -> str:

@@ -26,6 +26,8 @@ class Pending:
     session: str
     slots: Any  # the CancelSlots of the tab that queued it
     event: Any  # gradio.queueing.Event
+    queue: Any  # the gradio Queue it waits in (one per app: tests serve several apps in one process)
+    loop: asyncio.AbstractEventLoop
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -36,8 +38,6 @@ class PendingRuns:
         self._lock = threading.Lock()
         self._runs: dict[str, Pending] = {}
         self._slots_of_fn: dict[int, tuple[Any, Any]] = {}  # id(BlockFunction) -> (it, the CancelSlots of its tab)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: Any = None
 
     # ------------------------------------------------------------ wiring
     def install(self, app, pool: str) -> None:
@@ -73,8 +73,7 @@ class PendingRuns:
             event = queue.event_ids_to_events.get(event_id) if ok and state == "success" else None
             found = self._slots_of_fn.get(id(event.fn)) if event is not None else None
             if found is not None and found[0] is event.fn:
-                self._loop, self._queue = asyncio.get_running_loop(), queue
-                self._add(Pending(event.session_hash, found[1], event))
+                self._add(Pending(event.session_hash, found[1], event, queue, asyncio.get_running_loop()))
             return ok, event_id, state
 
         queue.push = watched_push
@@ -82,7 +81,7 @@ class PendingRuns:
 
     def _add(self, run: Pending) -> None:
         with self._lock:
-            gone = [i for i, r in self._runs.items() if i not in self._queue.event_ids_to_events]
+            gone = [i for i, r in self._runs.items() if i not in r.queue.event_ids_to_events]
             for event_id in gone:  # finished or dropped without reaching a handler (e.g. a refused input)
                 self._runs.pop(event_id, None)
             self._runs[run.event._id] = run
@@ -101,21 +100,20 @@ class PendingRuns:
         """End this session's queued runs of ``slots``' tab: out of the queue, their callers told. True if any."""
         with self._lock:
             runs = [r for r in self._runs.values() if r.slots is slots and r.session == session]
-        if not runs or self._loop is None:
+        if not runs:
             return False
         for run in runs:
             run.cancel.set()  # if it just left the queue, the handler sees this before the first step
-        future = asyncio.run_coroutine_threadsafe(self._drop(runs), self._loop)
-        try:
-            future.result(timeout=10)
-        except (TimeoutError, RuntimeError):
-            pass  # the cancel events are set: the runs end at their first check
+            future = asyncio.run_coroutine_threadsafe(self._drop(run.queue, [run]), run.loop)
+            try:
+                future.result(timeout=10)
+            except (TimeoutError, RuntimeError):
+                pass  # its cancel event is set: the run ends at its first check
         return True
 
-    async def _drop(self, runs: list[Pending]) -> None:
+    async def _drop(self, queue, runs: list[Pending]) -> None:
         from gradio.server_messages import ProcessCompletedMessage
 
-        queue = self._queue
         dropped = []
         async with queue.delete_lock:
             for run in runs:
