@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+DEFAULT_MAX_UPLOAD_MB = 8192  # the largest real inputs: a LoRA of a few GB, a big panorama (ui.input_errors too)
 REAL_TEXT_TO_IMAGE_REPOS = ("black-forest-labs/FLUX.1-dev", "lodestones/Chroma1-HD", "Qwen/Qwen-Image")
 
 
@@ -40,6 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a ComfyUI models folder (or the ComfyUI folder) whose files every tab can use, read-only")
     p.add_argument("--comfy-config", default="", metavar="FILE",
                    help="ComfyUI's extra_model_paths.yaml: its base paths are indexed too")
+    p.add_argument("--folder-settings", choices=("auto", "page", "locked"), default="auto",
+                   help="who sets the ComfyUI models folder, which every visitor shares: 'page' lets the page change "
+                        "it, 'locked' only these flags; 'auto' (default) the page only when no one else can reach it "
+                        "(loopback host, no --share, no --auth)")
+    p.add_argument("--allowed-folders", action="append", default=[], metavar="DIR",
+                   help="a folder the page may point the ComfyUI models folder into, beyond your home, the models "
+                        "folder and the launch folders (repeat for more)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                   help="largest file a visitor may upload (default %(default)g MB: a LoRA of a few GB, a "
+                        "panorama); 0 = no limit")
     p.add_argument("--auth", type=parse_auth, default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--serve-replicas", type=int, default=0, metavar="N",
@@ -48,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_upload_mb < 0:
+        p.error(f"--max-upload-mb must be 0 (no limit) or more, got {args.max_upload_mb:g}")
     if args.serve_replicas < 0:
         p.error(f"--serve-replicas must be 1 or more (0: no Ray), got {args.serve_replicas}")
     return args
@@ -140,14 +153,16 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("ComfyUI index")
     import ui
+    from ui.sessions import policy_for_launch, set_folder_policy
 
     stage("ui import")
+    set_folder_policy(policy_for_launch(args.folder_settings, args.host, args.share, args.auth, args.allowed_folders))
     app = ui.build_app(engine)
     stage("page build")
     app.queue(default_concurrency_limit=1)  # GPU runs one at a time; readouts have their own group
     _, local_url, share_url = app.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
-        prevent_thread_lock=True, quiet=True, **ui.launch_options(engine),
+        prevent_thread_lock=True, quiet=True, **ui.launch_options(engine, max_upload_mb=args.max_upload_mb),
     )
     stage("server start")
     print("startup: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items()), flush=True)

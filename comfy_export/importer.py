@@ -8,21 +8,22 @@ setting edited in ComfyUI comes from the graph."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from . import import_report, names, validate
+from . import import_report, limits, names, validate
 from .errors import WorkflowError
 from .export import EXTRA_KEY, to_api
 from .import_kinds import check_understood, detect
 from .import_video import EXTRACT
-from .pngmeta import read_png_text
+from .pngmeta import PNG_MAGIC, read_png_text
 from .read_graph import ReadGraph
 from .ui_to_api import ui_to_api
 
 MAX_BYTES = 32 * 2**20  # a workflow is kilobytes; a PNG carrying one rarely passes a few MB
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+log = logging.getLogger(__name__)
 IMAGE_KINDS = ("text_to_image", "lora_stack")  # the same graph shape; an embedded request says which tab
 NESTED_MERGE = ("turbo", "swap")  # partial objects from the graph update the request's
 FILE_ERRORS = ("not found", "no such file", "no image given", "no LoRA file", "cannot read", "give the Nunchaku",
@@ -49,10 +50,13 @@ def load_workflow(data: Any) -> dict[str, Any]:
     if isinstance(data, str):
         if len(data) > MAX_BYTES:
             raise WorkflowError(_too_big(len(data)))
+        limits.check_text(data)  # size and nesting before the parser sees it
         try:
             data = json.loads(data)
         except json.JSONDecodeError as exc:
             raise WorkflowError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # e.g. an integer of 5 000 digits
+            raise WorkflowError(f"not valid JSON ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(data, dict):
         raise WorkflowError("a workflow is a JSON object (ComfyUI's API or UI format)")
     return data
@@ -71,7 +75,11 @@ def _from_png(data: bytes) -> dict[str, Any]:
             except WorkflowError as exc:
                 raise WorkflowError(f"the PNG's {key} chunk: {exc}") from None
     if "request" in text:  # this app's own PNG from before ComfyUI metadata
-        return {"extra": {EXTRA_KEY: {"request": json.loads(text["request"])}}, "_request_only": True}
+        try:
+            request = load_workflow(text["request"])
+        except WorkflowError as exc:
+            raise WorkflowError(f"the PNG's request chunk: {exc}") from None
+        return {"extra": {EXTRA_KEY: {"request": request}}, "_request_only": True}
     raise WorkflowError("this PNG carries no ComfyUI workflow (no 'prompt' or 'workflow' text chunk); "
                         "ComfyUI's SaveImage writes them, an image editor usually strips them")
 
@@ -135,15 +143,31 @@ def _resolve(key: str, value: Any, search: dict[str, list[str]]) -> Any:
 
 
 def from_workflow(data: Any, search_dirs: dict[str, list[str]] | None = None, with_warnings: bool = False):
-    """The request a workflow describes (raises ``WorkflowError`` with a message naming node and input).
+    """The request a workflow describes (raises ``WorkflowError`` with a message naming node and input, and
+    nothing else: a hostile file whose shape no reader expected is a ``WorkflowError`` too).
     ``search_dirs``: folders per ComfyUI category (``input``, ``loras``, ``diffusion_models``) where file names of
     the graph are looked up. ``with_warnings``: ``(request, warnings)``, the warnings naming every node on the path
     to an output that the request cannot express and every file not found (``import_report``)."""
+    try:
+        return _from_workflow(data, search_dirs, with_warnings)
+    except WorkflowError:
+        raise
+    except RecursionError:
+        raise WorkflowError("the workflow's links or values nest too deep to read") from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        log.warning("workflow import: %s: %s", type(exc).__name__, exc)
+        summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        raise WorkflowError(f"the workflow is malformed where a reader did not expect it ({summary})") from None
+
+
+def _from_workflow(data: Any, search_dirs: dict[str, list[str]] | None, with_warnings: bool = False):
     from engine.errors import InputError
     from engine.requests import REQUEST_TYPES, request_from_dict
 
     workflow = load_workflow(data)
     api, embedded = as_api(workflow)
+    if isinstance(api, dict):
+        limits.check_api_size(api)
     if workflow.get("_request_only"):
         try:
             request = request_from_dict(embedded)

@@ -106,13 +106,15 @@ class ReadGraph:
 
         defs = node_defs.all_defs()
         outputs = [n for n, v in self.api.items() if v["class_type"] in defs and defs[v["class_type"]].output_node]
-        seen: list[str] = []
+        seen: set[str] = set()  # a set: the walk stays linear on a graph of thousands of nodes
+        order: list[str] = []
         stack = list(outputs)
         while stack:
             nid = stack.pop()
             if nid in seen:
                 continue
-            seen.append(nid)
+            seen.add(nid)
+            order.append(nid)
             for name in self.api[nid].get("inputs", {}):
                 found = self.source(nid, name)
                 if found:
@@ -122,7 +124,7 @@ class ReadGraph:
                 raw = self.raw(nid, name)
                 if is_link(raw) and raw[0] in self.api and self.type(raw[0]) == SWITCH:
                     stack.append(raw[0])  # the switch itself, for its own inputs (the chosen side only)
-        return seen
+        return order
 
     def of_type(self, *types: str) -> list[str]:
         return [n for n in self.reachable if self.type(n) in types]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import node_defs
+from . import limits, node_defs
 from .errors import WorkflowError
 
 SUBGRAPH_IN, SUBGRAPH_OUT = -10, -20
 MAX_DEPTH = 8
+MAX_HOPS = 1000
+_REAL = object()  # _step's "this socket is a real node's output"
 BYPASS, MUTED = 4, 2
 
 
@@ -33,7 +35,9 @@ class _Flat:
         self.nodes: dict[str, dict] = {}
         self.kind: dict[str, str] = {}  # id -> "real" | "virtual" | "instance" | "in" | "out"
         self.feeds: dict[tuple[str, str], tuple[str, int]] = {}  # (target id, input name) -> (source id, slot)
+        self.first_feed: dict[str, tuple[str, int]] = {}  # target id -> its first feed (a reroute's one input)
         self.instance_of: dict[str, dict] = {}
+        self.link_count = 0
         self._level(workflow, "", 0)
 
     def _level(self, graph: dict, prefix: str, depth: int) -> None:
@@ -43,6 +47,13 @@ class _Flat:
         if not isinstance(nodes, list):
             raise WorkflowError("a UI workflow needs a 'nodes' list")
         level: dict[str, dict] = {}
+        instances: list[str] = []
+        if len(self.nodes) + len(nodes) > limits.MAX_NODES:  # subgraph instances multiply: count as we flatten
+            raise WorkflowError(limits.too_many_nodes(len(self.nodes) + len(nodes)))
+        links = graph.get("links") or []
+        self.link_count += len(links) if isinstance(links, list) else 0
+        if self.link_count > limits.MAX_LINKS:
+            raise WorkflowError(limits.too_many_links(self.link_count))
         for node in nodes:
             if not isinstance(node, dict) or "id" not in node or not isinstance(node.get("type"), str):
                 raise WorkflowError(f"a node entry is malformed: {str(node)[:80]}")
@@ -54,6 +65,7 @@ class _Flat:
             if node["type"] in self.subgraphs:
                 self.kind[nid] = "instance"
                 self.instance_of[nid] = self.subgraphs[node["type"]]
+                instances.append(nid)
             elif node["type"] in node_defs.virtual_types():
                 self.kind[nid] = "virtual"
             else:
@@ -81,32 +93,40 @@ class _Flat:
                 raise WorkflowError(f"a link ends at input {target_slot} of node {target} ({node['type']}), "
                                     "which has no such input")
             self.feeds[(prefix + str(target), inputs[target_slot].get("name"))] = (src, int(origin_slot))
-        for nid in [n for n in list(self.kind) if n.startswith(prefix) and self.kind[n] == "instance"
-                    and n.count(":") == prefix.count(":")]:
+            self.first_feed.setdefault(prefix + str(target), (src, int(origin_slot)))
+        for nid in instances:
             self._level(self.instance_of[nid], nid + ":", depth + 1)
 
-    def source(self, nid: str, slot: int, hops: int = 0) -> tuple[str, int] | None:
-        """The real node output behind a socket, through reroutes, bypassed nodes and subgraph borders."""
-        if hops > 1000:
-            raise WorkflowError("the links loop through reroutes or subgraph borders (a cycle)")
+    def source(self, nid: str, slot: int) -> tuple[str, int] | None:
+        """The real node output behind a socket, through reroutes, bypassed nodes and subgraph borders (a loop,
+        not recursion: a long chain of reroutes must neither overflow the stack nor slow the import)."""
+        for _ in range(MAX_HOPS):
+            feed = self._step(nid, slot)
+            if feed is None or feed[0] is None:
+                return None
+            if feed[0] is _REAL:
+                return nid, slot
+            nid, slot = feed
+        raise WorkflowError(f"the links pass through more than {MAX_HOPS} reroutes, bypassed nodes or subgraph "
+                            "borders (a cycle?)")
+
+    def _step(self, nid: str, slot: int) -> tuple[Any, int] | None:
+        """One hop back: the socket feeding (nid, slot), ``(_REAL, slot)`` when nid is a real node, None if none."""
         kind = self.kind.get(nid)
         if kind == "in":  # a subgraph input: what feeds the instance's input of that name
             instance = nid[: -len(":in")]
             names = [i.get("name") for i in self.instance_of[instance].get("inputs") or []]
             if not 0 <= slot < len(names):
                 return None
-            feed = self.feeds.get((instance, names[slot]))
-            return self.source(*feed, hops + 1) if feed else None
+            return self.feeds.get((instance, names[slot]))
         if kind == "instance":
-            feed = self.feeds.get((nid + ":out", str(slot)))
-            return self.source(*feed, hops + 1) if feed else None
+            return self.feeds.get((nid + ":out", str(slot)))
         node = self.nodes.get(nid)
         if node is None:
             return None
         if kind == "virtual":
             if node["type"] == "Reroute":
-                feed = next((f for (t, _), f in self.feeds.items() if t == nid), None)
-                return self.source(*feed, hops + 1) if feed else None
+                return self.first_feed.get(nid)
             return None  # notes; legacy PrimitiveNode values already sit in their targets' widgets
         mode = node.get("mode", 0)
         if mode == MUTED:
@@ -119,9 +139,9 @@ class _Flat:
             for _, inp in candidates:
                 feed = self.feeds.get((nid, inp.get("name")))
                 if feed:
-                    return self.source(*feed, hops + 1)
+                    return feed
             return None
-        return nid, slot
+        return _REAL, slot
 
 
 def widget_inputs(definition: node_defs.NodeDef, values: Any, nid: str, newer: bool = False) -> dict[str, Any]:

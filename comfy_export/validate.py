@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import node_defs
+from . import limits, node_defs
 from .errors import WorkflowError
 
 
@@ -19,6 +19,8 @@ def is_link(value: Any) -> bool:
 def _shape(api: Any) -> list[str]:
     if not isinstance(api, dict) or not api:
         return ["an API workflow is a non-empty object of node id -> node"]
+    if len(api) > limits.MAX_NODES:
+        return [limits.too_many_nodes(len(api))]
     problems = []
     for nid, node in api.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
@@ -29,44 +31,49 @@ def _shape(api: Any) -> list[str]:
 
 
 def feeding_outputs(api: dict) -> list[str]:
-    """Ids of the output nodes and of every node they depend on."""
-    outputs = [nid for nid, n in api.items() if node_defs.all_defs().get(n["class_type"]) is not None
-               and node_defs.all_defs()[n["class_type"]].output_node]
-    seen: list[str] = []
+    """Ids of the output nodes and of every node they depend on (an iterative walk with a set: linear in the
+    graph, whatever its depth)."""
+    defs = node_defs.all_defs()
+    outputs = [nid for nid, n in api.items() if defs.get(n["class_type"]) is not None
+               and defs[n["class_type"]].output_node]
+    seen: set[str] = set()
+    order: list[str] = []
     stack = list(outputs)
     while stack:
         nid = stack.pop()
         if nid in seen or nid not in api:
             continue
-        seen.append(nid)
+        seen.add(nid)
+        order.append(nid)
         stack.extend(v[0] for v in api[nid].get("inputs", {}).values() if is_link(v))
-    return seen
+    return order
 
 
 def _cycle(api: dict, ids: list[str]) -> list[str] | None:
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(nid: str) -> list[str] | None:
-        state[nid] = 1
-        path.append(nid)
-        for value in api[nid].get("inputs", {}).values():
-            if is_link(value) and value[0] in api:
-                if state.get(value[0]) == 1:
-                    return path[path.index(value[0]):] + [value[0]]
-                if value[0] not in state:
-                    found = visit(value[0])
-                    if found:
-                        return found
-        path.pop()
-        state[nid] = 2
-        return None
-
-    for nid in ids:
-        if nid not in state:
-            found = visit(nid)
-            if found:
-                return found
+    """A cycle among the links of ``ids`` (the node path, first node repeated at the end), or None. Depth-first
+    with an explicit stack, so a chain of any length neither recurses nor slows down."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in ids:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        on_path: dict[str, int] = {root: 0}
+        state[root] = 1
+        pending = [iter(api[root].get("inputs", {}).values())]
+        while pending:
+            child = next((v[0] for v in pending[-1] if is_link(v) and v[0] in api and state.get(v[0]) != 2), None)
+            if child is None:
+                done = path.pop()
+                on_path.pop(done)
+                state[done] = 2
+                pending.pop()
+                continue
+            if state.get(child) == 1:
+                return path[on_path[child]:] + [child]
+            state[child] = 1
+            on_path[child] = len(path)
+            path.append(child)
+            pending.append(iter(api[child].get("inputs", {}).values()))
     return None
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import gradio as gr
 
-from .errors import as_gr_error, one_line
+from . import input_errors
+from .errors import as_gr_error
 
 
 def _shown(value: Any) -> str:
@@ -106,7 +107,7 @@ def _check_inputs(block_fn, inputs: list, state) -> None:
             continue
         if state is not None and block._id in state:  # a widget this session updated (choices, range)
             block = state[block._id]
-        problem = input_problem(block, value)
+        problem = input_problem(block, value) or input_errors.value_problem(block, value)
         if problem:
             raise gr.Error(f"{_label(block)}: {problem}", title="Check your input", print_exception=False)
 
@@ -165,8 +166,9 @@ def guard_api_inputs(app: gr.Blocks) -> gr.Blocks:
             return await original(block_fn, inputs, state, explicit_call)
         except gr.Error:
             raise
-        except Exception as exc:  # a check above let through what Gradio still refuses: say so, in words
-            raise gr.Error(f"Bad input: {one_line(exc)}", title="Check your input", print_exception=False) from None
+        except Exception as exc:  # a check above let through what Gradio still refuses: say which field and why
+            raise gr.Error(input_errors.component_error_text(block_fn, exc, inputs), title="Check your input",
+                           print_exception=False) from None
 
     app.preprocess_data = preprocess_data  # the one step every event's values go through
     for block_fn in app.fns.values():

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from engine import Cancelled
+
+from .pending import CANCELLED_BEFORE_START, PENDING
+
 
 class CancelSlots:
     """One ``threading.Event`` per browser session's current run.
@@ -26,7 +30,9 @@ class CancelSlots:
         return (request.session_hash if request is not None else None) or "local"
 
     def start(self, request: gr.Request | None) -> threading.Event:
-        event = threading.Event()
+        event = PENDING.claim(self) or threading.Event()  # the one registered when the run was queued
+        if event.is_set():  # cancelled while it left the queue
+            raise Cancelled(CANCELLED_BEFORE_START)
         with self._lock:
             self._events[self.key(request)] = event
         return event

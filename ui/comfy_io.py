@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from comfy_export.importer import MAX_BYTES
 from engine import InputError
 
 KEEP = object()  # a field getter's "leave this widget as it is"
+IMPORT_LIMIT = 2  # workflow imports parsed at once (each is bounded by comfy_export.limits: < 1 s, < 100 MB)
 
 
 @dataclass
@@ -69,7 +71,8 @@ class ExportPanel:
                 return gr.update(), gr.update(), gr.update(), f"Cannot export yet: {exc}"
             folder = Path(engine.outputs_dir) / "comfy"
             folder.mkdir(parents=True, exist_ok=True)
-            stem = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
+            # a random tail: two sessions exporting in the same millisecond never overwrite each other's files
+            stem = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             api_path, ui_path = folder / f"{stem}-api.json", folder / f"{stem}-workflow.json"
             api_text = json.dumps(api, indent=2)
             api_path.write_text(api_text, encoding="utf-8")
@@ -133,4 +136,6 @@ def wire_import(engine, upload: gr.File, status: gr.Markdown, tabs: gr.Tabs, fil
         return [gr.Tabs(selected=tab), None, f"Opened **{Path(path).name}** in {titles[tab]}.{note}"] + values
 
     # the box empties after each file, so the next one can be dropped at once
-    upload.upload(on_import, upload, [tabs, upload, status, *components], api_name="comfy_import", concurrency_limit=None)
+    # its own small group: an import is CPU work in the server process, so a burst of them must queue, not pile up
+    upload.upload(on_import, upload, [tabs, upload, status, *components], api_name="comfy_import",
+                  concurrency_limit=IMPORT_LIMIT, concurrency_id="comfy_import")

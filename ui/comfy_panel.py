@@ -15,6 +15,8 @@ import gradio as gr
 from engine import InputError, ModelRef
 from engine.comfy_models import ref_from_choice
 
+from . import sessions
+
 TABLE_HEADERS = ["file (ComfyUI name)", "size", "architecture", "dtype", "note"]
 _REGISTRY: contextvars.ContextVar[Registry | None] = contextvars.ContextVar("comfy_registry", default=None)
 
@@ -30,6 +32,8 @@ class Registry:
     use: gr.Button | None = None
     rescan: gr.Button | None = None
     status: gr.Markdown | None = None
+    policy: sessions.FolderPolicy = field(default_factory=sessions.FolderPolicy)
+    roots: list = field(default_factory=list)  # where a folder set from the page may be
 
 
 def model_ref(value, pieces=(), field: str = "model") -> ModelRef:
@@ -99,18 +103,30 @@ def tab_picker(engine, tab: str, prefix: str, pieces: bool = True, files: dict[s
 
 def settings(engine) -> Registry:
     """The settings field above the tabs; call ``wire(registry)`` after the tabs are built."""
-    registry = Registry()
+    policy = sessions.folder_policy()  # every session shares this folder: an administrator's setting
+    registry = Registry(policy=policy, roots=sessions.allowed_roots(engine, policy, (engine.comfy.models_dir,
+                                                                                     engine.comfy.config)))
     _REGISTRY.set(registry)
     with gr.Accordion("ComfyUI models folder", open=False, elem_id="comfy-settings"):
         with gr.Row():
             registry.folder = gr.Textbox(engine.comfy.models_dir, label="ComfyUI models folder", scale=3,
-                                         placeholder="/path/to/ComfyUI/models", elem_id="comfy-folder")
+                                         placeholder="/path/to/ComfyUI/models", elem_id="comfy-folder",
+                                         interactive=policy.editable)
             registry.config = gr.Textbox(engine.comfy.config, label="extra_model_paths.yaml (optional)", scale=3,
-                                         placeholder="/path/to/ComfyUI/extra_model_paths.yaml", elem_id="comfy-yaml")
-            registry.use = gr.Button("Use folder", scale=1, elem_id="comfy-use")
+                                         placeholder="/path/to/ComfyUI/extra_model_paths.yaml", elem_id="comfy-yaml",
+                                         interactive=policy.editable)
+            registry.use = gr.Button("Use folder", scale=1, elem_id="comfy-use", visible=policy.editable)
             registry.rescan = gr.Button("Rescan", scale=1, elem_id="comfy-rescan")
+        if not policy.editable:
+            gr.Markdown(f"Set at launch (`--comfy-models`, `--comfy-config`): {locked_text(policy)}",
+                        elem_id="comfy-locked")
         registry.status = gr.Markdown(status_text(engine), elem_id="comfy-status")
     return registry
+
+
+def locked_text(policy: sessions.FolderPolicy) -> str:
+    return (f"the page cannot change the ComfyUI models folder, which every visitor shares, because "
+            f"{policy.why_locked}; start the app with --comfy-models (or --folder-settings page) to change it")
 
 
 def wire(engine, registry: Registry) -> None:
@@ -127,14 +143,22 @@ def wire(engine, registry: Registry) -> None:
         return updates
 
     def use(folder: str, config: str) -> list:
+        if not registry.policy.editable:
+            raise gr.Error(f"ComfyUI models folder: {locked_text(registry.policy)}.", title="ComfyUI models folder",
+                           print_exception=False)
         folder, config = (folder or "").strip(), (config or "").strip()
         if folder or config:
             from engine.comfy_models.folders import check_given
 
             try:
                 check_given(folder, config)
+                sessions.check_folder_setting(folder, config, registry.roots)
             except InputError as exc:
-                raise gr.Error(exc.message, title="ComfyUI models folder") from None
+                label = registry.config.label if exc.field == "comfy_config" else registry.folder.label
+                raise gr.Error(f"{label}: {exc.message}", title="ComfyUI models folder", print_exception=False) from None
+            except OSError as exc:  # a name too long, a path through a file...
+                raise gr.Error(f"{registry.folder.label}: cannot use this path ({exc.strerror or exc})",
+                               title="ComfyUI models folder", print_exception=False) from None
         engine.comfy.configure(folder, config)
         return refreshed()
 

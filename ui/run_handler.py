@@ -38,6 +38,7 @@ from .comfy_io import ExportPanel
 from .components import CONTROLS, GPU_POOL, status_line
 from .errors import run_with_feedback
 from .memory_mode import MemoryModeWidget, after_run, memory_mode_widget, plan_text, wire_plan
+from .pending import CANCELLED_BEFORE_START, PENDING
 
 
 def threadsafe(fn: Callable) -> Callable:
@@ -70,7 +71,11 @@ def cancel_button(slots: CancelSlots, status: gr.Markdown, api_name: str) -> gr.
     def cancel(request: gr.Request):
         if slots.cancel(request):
             return "Cancelling: the run stops after the current step…"
-        return "Nothing to cancel: no run of yours is in progress."
+        if PENDING.cancel(slots, CancelSlots.key(request)):
+            return CANCELLED_BEFORE_START
+        return "Nothing to cancel: no run of yours is in progress or waiting."
+
+    cancel._cancel_slots = slots  # ui.pending finds the tab's runs through this button's status line
 
     button.click(
         cancel, None, status, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",

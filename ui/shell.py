@@ -12,6 +12,8 @@ import comfy_export
 from . import comfy_io, comfy_panel, vram_panel, zerogpu
 from .api_inputs import guard_api_inputs
 from .components import GPU_POOL
+from .input_errors import DEFAULT_MAX_UPLOAD_MB
+from .pending import PENDING
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
 
 TITLE = "Diffusion Studio"
@@ -79,12 +81,15 @@ def build_app(engine) -> gr.Blocks:
     for fn in app.fns.values():
         if runs > 1 and fn.concurrency_id == GPU_POOL:
             fn.concurrency_limit = runs
+    PENDING.install(app, GPU_POOL)  # Cancel reaches a run still waiting in the queue
     return guard_api_inputs(app)  # every event, every tab: a message naming the field for every wrong value
 
 
-def launch_options(engine) -> dict:
-    """``launch()`` arguments the page needs wherever it is served (the app, tests): look and file access."""
+def launch_options(engine, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> dict:
+    """``launch()`` arguments the page needs wherever it is served (the app, tests): look, file access, and the
+    largest upload (``max_upload_mb``; 0 = no limit)."""
     return {
+        "max_file_size": int(max_upload_mb * 2**20) if max_upload_mb else None,
         "css": CSS,
         "theme": gr.themes.Soft(primary_hue="orange"),
         "allowed_paths": [str(Path(engine.outputs_dir).resolve())],

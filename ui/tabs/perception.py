@@ -14,6 +14,7 @@ from .. import comfy_io
 from ..components import as_int, seed_input, steps_slider
 from ..memory_mode import swap_field, swap_settings
 from ..run_handler import TabRun
+from ..sessions import session_folder
 
 TASK_LABELS = {"depth": "Depth (distance)", "normal": "Normal", "albedo": "Albedo",
                "pbr": "PBR (roughness, metallic)", "semantic": "Semantic"}
@@ -116,11 +117,11 @@ def build(engine) -> comfy_io.Fill:
     panorama.change(check, panorama, [note, fix_row], queue=False, api_visibility="private")
 
     def fix(how):
-        def handler(path):
+        def handler(path, request: gr.Request = None):
             if not path:
                 raise gr.Error("Upload a panorama first.")
-            try:
-                out = pano.fix_aspect(path, how, fixed_dir)
+            try:  # a folder per session: two visitors' "pano.png" never replace each other
+                out = pano.fix_aspect(path, how, session_folder(fixed_dir, request))
             except Exception as exc:
                 raise gr.Error(str(getattr(exc, "message", exc)), print_exception=False) from None
             return str(out)
