@@ -271,7 +271,7 @@ def test_every_tab_builds_its_loras_from_the_one_shared_editor(models_dir, start
     assert req.loras == (LoraSpec(path=a["path"], weight=0.7),)
     h = {"path": str(demo_root(models_dir) / WAN_LORA_FILES["lightx2v_high"]), "weight": 1.0}
     args = ["Wan-AI/Wan2.2-I2V-A14B-Diffusers", start_image, "waves", "", "custom", "16:9", 32, 32, "crop", 5, 4, 1.0,
-            1.0, 0.875, 16, 0, "mp4", 8, True, "none", 0.05, 0, False, True, "", "", 200.0, False]
+            1.0, 0.875, 16, 0, "mp4", 8, True, "none", 0.05, 0, False, True, "", "", 200.0, False, "sla", 0.1]
     both = i2v_tab.build_request(*args, loras=[h], loras_2=[], both=True)
     assert both.loras == both.loras_2 == (LoraSpec(path=h["path"]),)
     assert i2v_tab.build_request(*args, loras=[h], loras_2=[], both=False).loras_2 == ()
