@@ -291,4 +291,5 @@ def request_from_dict(data: dict[str, Any]) -> Request:
     kind = data.get("kind")
     if kind not in REQUEST_TYPES:
         raise InputError("kind", f"unknown request kind {kind!r}; known: {', '.join(sorted(REQUEST_TYPES))}")
-    return REQUEST_TYPES[kind].from_dict(data)
+    # "needs": the input files a saved run lists beside its request (engine.outputs.request_json)
+    return REQUEST_TYPES[kind].from_dict({k: v for k, v in data.items() if k != "needs"})
