@@ -24,6 +24,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -91,12 +92,32 @@ def _temp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def sweep_temps(folder: str | os.PathLike) -> int:
+    """Remove the temp files that processes which died mid-write left in ``folder``; returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMP.match(name)
+        if match and not _alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, what: str = "outputs folder", flag: str = "--outputs-dir") -> Iterator:
     """``with atomic_write(p) as f: f.write(...)``: binary file object; ``p`` appears complete on success and is
     untouched on any failure. A full disk raises ``DiskFull(what, flag)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temps(path.parent)
     tmp = _temp_for(path)
     try:
         with open(tmp, "wb") as f:
@@ -255,7 +276,7 @@ def _drop_empty(folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid():  # this process: a temp of another thread here may be in use
         return True
     try:
         os.kill(pid, 0)
@@ -270,7 +291,7 @@ def recover(folder: str | os.PathLike) -> dict[str, int]:
     """Finish what a crash interrupted in ``folder``: sets with a journal move out, the rest is removed. Staging
     folders of live processes (another engine writing now) are left alone. Returns counts (for logs and tests)."""
     root = Path(folder) / STAGING
-    done = {"rolled_forward": 0, "removed": 0}
+    done = {"rolled_forward": 0, "removed": sweep_temps(folder)}
     if not root.is_dir():
         return done
     for stage in root.iterdir():

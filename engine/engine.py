@@ -44,6 +44,9 @@ class Engine:
         self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
         self.outputs_dir = Path(outputs_dir or DEFAULT_OUTPUTS_DIR)
         self.demo = demo
+        from engine.atomic_files import recover  # what a crash mid-save left: finished, or removed
+
+        recover(self.outputs_dir)
         self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
         self.store = ModelStore(self.memory, self.models_dir, demo=demo)
         from engine.comfy_models import ComfyModels  # a ComfyUI models folder, once configured (--comfy-models)
