@@ -45,7 +45,8 @@ class DiskFull(EngineError):
     def __init__(self, folder: str | os.PathLike, what: str = "outputs folder", flag: str = "--outputs-dir"):
         self.folder = Path(folder)
         self.free_bytes = free_bytes(folder)
-        super().__init__(f"the {what} is full ({self.free_bytes / 2**20:.0f} MB free); free space or choose another "
+        mb = self.free_bytes / 2**20
+        super().__init__(f"the {what} is full ({mb:.1f} MB free); free space or choose another "
                          f"with {flag} ({self.folder})")
 
 
