@@ -141,10 +141,12 @@ class Engine:
             try:
                 result = runner.run(self, request, progress, cancel)
             except torch.OutOfMemoryError as exc:
-                raise EngineError(
-                    "out of GPU memory: pick a swap mode (model offload, block swap, layer streaming), a smaller "
-                    f"size, or a quantized model ({str(exc).splitlines()[0]})"
-                ) from exc
+                from engine.jobs.oom import free_after_failure, out_of_memory
+
+                free_after_failure(self, exc)  # the next run starts as on a fresh engine
+                error = out_of_memory(self, request, exc)
+                del exc
+                raise error from None
             if result.images:
                 result.files.extend(save_images(result.images, self.outputs_dir, request, demo=self.demo))
             result.timings["total"] = time.perf_counter() - t0
