@@ -157,3 +157,34 @@ def test_output_names_must_be_plain(tmp_path):
             with pytest.raises(ValueError, match="not a plain output name"):
                 run.path(bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_i2v_request_json_keeps_its_start_image_and_replays_after_the_upload_is_gone(models_dir, tmp_path):
+    """Gradio cleans its upload cache: the run copies the start image into the outputs (content-named), the JSON
+    names the copy and lists the files it needs, and the saved request replays to the same frames."""
+    from engine import Engine, I2VRequest, SwapSettings, request_from_dict
+
+    upload = tmp_path / "gradio-cache" / "start.png"
+    upload.parent.mkdir()
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (32, 32, 3), np.uint8)).save(upload)
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "outputs")
+    req = I2VRequest(image=str(upload), prompt="waves", resolution="custom", width=32, height=32, num_frames=5,
+                     steps=2, seed=5, swap=SwapSettings(), preview_every=0)
+    result = engine.run(req)
+    saved = json.loads(Path(next(f for f in result.files if f.endswith(".json"))).read_text())
+    kept = Path(saved["image"])
+    assert kept.parent == (tmp_path / "outputs" / "start-images").resolve()
+    assert kept.read_bytes() == upload.read_bytes()
+    needs = {n["field"]: n for n in saved["needs"]}
+    assert needs["image"]["path"] == str(kept) and needs["image"]["bytes"] == kept.stat().st_size
+    import hashlib
+
+    assert needs["image"]["sha256"] == hashlib.sha256(kept.read_bytes()).hexdigest()
+    first = next(f for f in result.files if f.endswith("-last-frame.png"))
+    upload.unlink()  # the upload cache was cleaned
+    replay = engine.run(request_from_dict(saved))
+    again = next(f for f in replay.files if f.endswith("-last-frame.png"))
+    with Image.open(first) as a, Image.open(again) as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the same image again is not copied twice
+    assert len(list((tmp_path / "outputs" / "start-images").iterdir())) == 1
