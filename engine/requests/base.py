@@ -94,6 +94,8 @@ class _Serialisable:
             raise InputError(_prefix or "request", f"expected an object, got {type(data).__name__}")
         data = dict(data)
         data.pop("kind", None)
+        if not _prefix:  # a saved request JSON also lists the input files it needs (engine.outputs.request_json)
+            data.pop("needs", None)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
@@ -291,5 +293,4 @@ def request_from_dict(data: dict[str, Any]) -> Request:
     kind = data.get("kind")
     if kind not in REQUEST_TYPES:
         raise InputError("kind", f"unknown request kind {kind!r}; known: {', '.join(sorted(REQUEST_TYPES))}")
-    # "needs": the input files a saved run lists beside its request (engine.outputs.request_json)
-    return REQUEST_TYPES[kind].from_dict({k: v for k, v in data.items() if k != "needs"})
+    return REQUEST_TYPES[kind].from_dict(data)
