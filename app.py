@@ -73,13 +73,15 @@ def has_real_weights(models_dir: Path) -> bool:
 def serve_engine(args: argparse.Namespace, demo: bool):
     """The Ray Serve front end's engine; None (with the install line) when Ray is missing: the app then runs on
     the local engine; False when Ray is there but cannot start."""
+    import comfy_export
     from engine import EngineError
     from engine.serve.launch import ServeUnavailable, start_serve
 
     outputs = args.outputs_dir or Path("outputs")
     try:
         return start_serve(args.serve_replicas, models_dir=args.models_dir, outputs_dir=outputs, demo=demo,
-                           address=args.ray_address, log=lambda line: print(line, flush=True))
+                           address=args.ray_address, log=lambda line: print(line, flush=True),
+                           output_text=comfy_export.png_text)
     except ServeUnavailable as exc:
         print(f"{exc}. Starting with the local engine instead.", flush=True)
         return None
@@ -100,8 +102,16 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    stages: dict[str, float] = {}  # seconds per startup stage, printed once the server is up (bench/cold_start.py)
+    last = [t0]
+
+    def stage(name: str) -> None:
+        now = time.perf_counter()
+        stages[name], last[0] = now - last[0], now
+
     from engine import Engine
 
+    stage("engine import")
     if demo:
         from engine.demo import build_demo_models, is_built
 
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot use device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
 
+    stage("engine")
     comfy_models, comfy_config = args.comfy_models, args.comfy_config
     if demo and not comfy_models and not comfy_config:  # the demo's own fake ComfyUI install, so the pickers show
         from engine.demo.comfy import build_demo_comfy, yaml_path
@@ -127,14 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     if comfy_models or comfy_config:
         print(f"ComfyUI models: {engine.comfy.configure(comfy_models, comfy_config)}", flush=True)
 
+    stage("ComfyUI index")
     import ui
 
+    stage("ui import")
     app = ui.build_app(engine)
+    stage("page build")
     app.queue(default_concurrency_limit=1)  # GPU runs one at a time; readouts have their own group
     _, local_url, share_url = app.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
         prevent_thread_lock=True, quiet=True, **ui.launch_options(engine),
     )
+    stage("server start")
+    print("startup: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items()), flush=True)
     mode = "demo mode" if demo else "real weights"
     print(f"Diffusion Studio ({mode}, device {engine.device}) ready in {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"Open {local_url}", flush=True)

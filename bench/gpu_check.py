@@ -1,38 +1,138 @@
-"""One script for a CUDA machine (never run by CI or the tests): every memory mode on full-size random-weight
-models, through the engine's own strategies.
+"""One script for a CUDA machine (never run by CI; its --tiny form is a test): every memory mode on full-size
+random-weight models, through the engine's own strategies, with the plan's prediction beside what was measured.
 
-- FLUX.1-dev transformer (12B, bf16) at 1024x1024: transfer-bound over PCIe. Goal: a streamed step within 1.1x
-  of max(all-resident compute time, streamed bytes / measured host-to-device bandwidth).
-- The IP-Adapter's full-size pieces (SigLIP so400m, projector, 57 IP layers): ledger bytes, what offloading the
-  encoder and projector frees, encode vs cached tokens, and the IP attention's cost per step (bench/ipadapter.py).
-- Panorama perception (OmniX) at 720 x 1440: FLUX.1-dev with rank-64 adapter pairs; seam error with and without
-  blending, each task alone vs all five in one run (bench/perception_full.py).
-- The Wan 2.2 I2V expert pair (2 x 14B): model_offload, block_swap, adaptive, none, the switch included.
-- One Wan 2.2 A14B expert (14B, bf16) at 480p x 81 frames (or fewer with --frames): compute-bound. Goal:
-  block_swap with <= 25% of its blocks resident at <= 1.05x the all-resident step time, >= 90% of copy time
-  hidden behind compute (from the per-block trace: CUDA events on both streams).
+Sections, in order (each one's results are written to --out as soon as it ends, so a crash or a kill keeps them):
 
-Writes JSON (--out) and prints one table. Budget: under 8 minutes on one large GPU (--quick halves it).
+- ``flux``: FLUX.1-dev transformer (12B, bf16) at 1024x1024: transfer-bound over PCIe. Goal: a streamed step
+  within 1.1x of max(all-resident compute time, streamed bytes / measured host-to-device bandwidth).
+- ``wan``: one Wan 2.2 A14B expert (14B, bf16) at 480p x 81 frames (33 with --quick): compute-bound. Goal:
+  block_swap with <= 25% of its blocks resident at <= 1.05x the all-resident step, >= 90% of copy time hidden.
+- ``wan_pair``: the I2V expert pair (2 x 14B), the expert switch included; the ``wan`` section's model is expert 1,
+  so only one more is built (two fresh experts beside a cached one would not fit a 128 GiB host).
+- ``ipadapter``, ``perception``, ``context_parallel``: bench/ipadapter.py, bench/perception_full.py and
+  bench/gpu_multi.py (perception and context parallelism are skipped with --quick).
 
-    python bench/gpu_check.py --out gpu_check.json [--frames 81] [--steps 2] [--quick]
-    python bench/gpu_check.py --tiny      # the same code path on small shapes (CPU or GPU), to check the script
+Per mode: ``predicted_peak_bytes`` (the plan's device figure: ``plan_swap``, the arithmetic ``Engine.plan`` runs,
+on the sizes measured from the model, plus its activation estimate), ``reserved_peak_bytes``
+(``torch.cuda.max_memory_reserved``: what the process really held), ``allocated_peak_bytes``,
+``mem_get_info_low_bytes`` (free device memory's low-water mark, sampled), ``host_rss_bytes``, ``pinned_bytes``,
+``s_per_step``, ``bound_s`` = max(all-resident step, streamed bytes / bandwidth) and ``hidden_fraction`` (copy
+time hidden behind compute, from the per-block trace). Without CUDA (--tiny on the CPU) the device figures are
+the ledger's (weights on the compute device) and the low-water mark is available RAM; ``measured_by`` says which.
+
+Between sections the models are freed, the allocator's cache emptied and PyTorch's pinned host cache released.
+
+    python bench/gpu_check.py --quick --out gpu_check.json      # one H200, 128 GiB host: under 8 minutes
+    python bench/gpu_check.py --out gpu_check.json [--frames 81] [--steps 2]
+    python bench/gpu_check.py --tiny --out tiny.json             # the same sections on small shapes (CPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+import traceback
+from pathlib import Path
 
 import torch
-from swap_harness import FLUX_FULL, WAN_FULL, build, gib, h2d_bandwidth, inputs, run_mode, run_pair, scaled
+from swap_harness import (
+    FLUX_FULL,
+    WAN_FULL,
+    build,
+    gib,
+    h2d_bandwidth,
+    inputs,
+    release_host_caches,
+    run_mode,
+    run_pair,
+    scaled,
+)
 
+from engine.memory.planner import ComponentSize, GiB, plan_swap
+from engine.plan import activation_estimate
 from engine.requests import SwapSettings
 
+ENTRY_KEYS = ("section", "model", "mode", "predicted_peak_bytes", "reserved_peak_bytes", "allocated_peak_bytes",
+              "mem_get_info_low_bytes", "host_rss_bytes", "pinned_bytes", "s_per_step", "bound_s",
+              "hidden_fraction")
 
-def modes_for(n_blocks: int, total_bytes: int, budget_gb: float) -> list[SwapSettings]:
+
+def write_report(path: str, report: dict) -> None:
+    """Atomic: a temporary file beside ``path``, flushed, then renamed over it (a kill mid-write leaves the last
+    complete report)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def measured_size(name: str, model: torch.nn.Module) -> ComponentSize:
+    """The transformer's bytes per block in execution order, its rest and largest layer, read from its tensors."""
+    try:
+        from engine.memory.block_stream import find_blocks
+    except ImportError:  # the memory layer moved it: every ModuleList of blocks, in order
+        def find_blocks(m):
+            return [(f"{n}.{i}", b) for n, sub in m.named_children() if isinstance(sub, torch.nn.ModuleList)
+                    for i, b in enumerate(sub)]
+    seen: set[int] = set()
+
+    def nbytes(module) -> int:
+        total = 0
+        for t in list(module.parameters()) + list(module.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return total
+
+    blocks = tuple(nbytes(b) for _, b in find_blocks(model))
+    rest = nbytes(model)
+    leaf = max((sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in model.modules()),
+               default=0)
+    return ComponentSize(name, "transformer", rest + sum(blocks), blocks, leaf)
+
+
+def predicted(sizes: list[ComponentSize], settings: SwapSettings, device: str, config: dict, dims: dict,
+              elem: int):
+    """The plan for this mode: the same ``plan_swap`` as ``Engine.plan``, its activation estimate for the
+    transformer alone (no VAE in this harness), the budget as the plan takes it."""
+    from engine.memory.devices import planning_budget
+
+    act = activation_estimate(config, {"block_out_channels": [0]}, dims["width"], dims["height"],
+                              dims.get("frames", 1), elem)
+    if settings.max_vram_gb:
+        budget = int(settings.max_vram_gb * GiB)
+    else:
+        found = planning_budget(device)
+        budget = found[0] if found else None
+    return plan_swap(sizes, settings, device, budget, act, "cpu")
+
+
+def entry(section: str, model: str, settings: SwapSettings, plan, r, cuda: bool, base: float | None,
+          bandwidth: float | None) -> dict:
+    bound = max(base, r.moved_per_step / bandwidth) if base and bandwidth else None
+    return {
+        "section": section, "model": model, "mode": settings.mode, "layout": r.layout, "prefetch": settings.prefetch,
+        "predicted_peak_bytes": plan.predicted_peak, "predicted_weights_bytes": plan.weights_peak,
+        "predicted_host_bytes": plan.host_bytes, "predicted_pinned_bytes": plan.pinned_bytes,
+        "reserved_peak_bytes": r.peak_reserved if cuda else r.peak_ledger,
+        "allocated_peak_bytes": r.peak_allocated if cuda else r.peak_ledger,
+        "ledger_peak_bytes": r.peak_ledger,
+        "mem_get_info_low_bytes": r.low_free, "host_rss_bytes": r.peak_rss, "pinned_bytes": r.pinned,
+        "measured_by": "cuda allocator" if cuda else "ledger (no CUDA: weights on the compute device)",
+        "s_per_step": r.median, "steps_s": r.step_s, "vs_resident": (r.median / base) if base else None,
+        "moved_per_step_bytes": r.moved_per_step, "bound_s": bound,
+        "vs_bound": (r.median / bound) if bound else None,
+        "hidden_fraction": r.trace.get("hidden_fraction"), "plan": plan.explanation, "notes": r.notes,
+    }
+
+
+def modes_for(n_blocks: int, budget_gb: float, quick: bool) -> list[SwapSettings]:
     quarter = max(1, n_blocks // 4)
-    return [
+    modes = [
         SwapSettings(mode="none"),
         SwapSettings(mode="block_swap", blocks_resident=quarter, prefetch=1, trace=True),
         SwapSettings(mode="block_swap", blocks_resident=quarter, prefetch=2, trace=True),
@@ -40,78 +140,178 @@ def modes_for(n_blocks: int, total_bytes: int, budget_gb: float) -> list[SwapSet
         SwapSettings(mode="chunkwise", blocks_resident=0, block_size_mb=1024, prefetch=1, trace=True),
         SwapSettings(mode="layerwise"),
     ]
+    return [m for m in modes if not quick or (m.mode != "layerwise" and m.prefetch != 2)]
 
 
-def check(kind: str, config: dict, dims: dict, steps: int, device: str, budget_gb: float, skip_layerwise: bool,
-          bandwidth: float | None) -> list[dict]:
-    t0 = time.perf_counter()
-    model = build(kind, config, torch.bfloat16)
-    n_blocks = config["num_layers"] + config.get("num_single_layers", 0)
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(f"[{kind}] built {gib(total)} GiB of random weights, {n_blocks} blocks, in {time.perf_counter() - t0:.0f} s",
-          flush=True)
-    feed = inputs(kind, config, device, torch.bfloat16, **dims)
-    rows, base = [], None
-    for settings in modes_for(n_blocks, total, budget_gb):
-        if settings.mode == "layerwise" and skip_layerwise:
-            continue
-        t1 = time.perf_counter()
+def print_entry(e: dict) -> None:
+    if "error" in e:
+        print(f"[{e['section']}] {e['mode']:11} {e['error']}", flush=True)
+        return
+    print(f"[{e['section']}] {e['mode']:11} {e['layout'] or '-':24} {e['s_per_step']:7.2f} s/step "
+          f"plan {gib(e['predicted_peak_bytes']):>6} GiB reserved {gib(e['reserved_peak_bytes']):>6} GiB "
+          f"hidden {e['hidden_fraction'] or 0:.0%}", flush=True)
+
+
+class Check:
+    """The sections and the report they fill; ``save()`` after each one."""
+
+    def __init__(self, args):
+        self.args = args
+        self.cuda = torch.cuda.is_available()
+        self.device = "cuda" if self.cuda else "cpu"
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.elem = torch.empty(0, dtype=self.dtype).element_size()
+        self.report = {"device": torch.cuda.get_device_name(0) if self.cuda else "cpu", "torch": torch.__version__,
+                       "args": vars(args), "sections": {}, "entries": []}
+        self.bandwidth = None
+        self.wan = None  # kept from the wan section: expert 1 of the pair
+        if args.tiny:
+            self.flux = scaled(FLUX_FULL, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                               num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                               axes_dims_rope=(4, 4, 8))
+            self.wan_cfg = scaled(WAN_FULL, num_layers=2, num_attention_heads=2, attention_head_dim=16, text_dim=32,
+                                  ffn_dim=32)
+            self.flux_dims = {"width": 64, "height": 64, "text_tokens": 8}
+            self.wan_dims = {"width": 64, "height": 64, "frames": 5, "text_tokens": 8}
+            self.budget_gb = 0.001
+        else:
+            self.flux, self.wan_cfg = FLUX_FULL, WAN_FULL
+            self.flux_dims = {"width": 1024, "height": 1024, "text_tokens": 512}
+            self.wan_dims = {"width": 832, "height": 480, "frames": 33 if args.quick else args.frames,
+                             "text_tokens": 512}
+            self.budget_gb = 12.0
+
+    def save(self) -> None:
+        write_report(self.args.out, self.report)
+
+    def section(self, name: str, run) -> None:
+        t0 = time.perf_counter()
+        status = {"status": "running"}
+        self.report["sections"][name] = status
+        self.save()
         try:
-            r = run_mode(model, feed, settings, device, "cpu", steps)
-        except torch.OutOfMemoryError as exc:
-            rows.append({"model": kind, "mode": settings.mode, "error": f"OOM: {str(exc).splitlines()[0]}"})
-            torch.cuda.empty_cache()
-            continue
-        base = base or r.median
-        streamed = r.moved_per_step
-        bound = max(base, streamed / bandwidth) if bandwidth else None
-        row = {
-            "model": kind, "mode": settings.mode, "layout": r.layout, "prefetch": settings.prefetch,
-            "step_s": r.median, "vs_resident": r.median / base, "peak_allocated_gib": r.peak_allocated / 2**30,
-            "peak_weights_gib": r.peak_ledger / 2**30, "moved_per_step_gib": streamed / 2**30,
-            "transfer_bound_s": bound, "vs_bound": (r.median / bound) if bound else None,
-            "hidden_fraction": r.trace.get("hidden_fraction"), "trace": r.trace, "notes": r.notes,
-            "wall_s": time.perf_counter() - t1,
-        }
-        rows.append(row)
-        print(f"[{kind}] {settings.mode:11} {r.layout:24} {r.median:7.2f} s/step {row['vs_resident']:5.2f}x "
-              f"peak {row['peak_allocated_gib']:6.1f} GiB hidden {row['hidden_fraction'] or 0:.0%}", flush=True)
-    del model, feed
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return rows
+            result = run()
+            status.update(status="done", result=result)
+        except Exception as exc:  # one section's failure must not lose the others
+            traceback.print_exc()
+            status.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        finally:
+            status["wall_s"] = time.perf_counter() - t0
+            release_host_caches()
+            status["after"] = self.memory_now()
+            self.save()
+        print(f"[{name}] {status['status']} in {status['wall_s']:.0f} s", flush=True)
 
+    def memory_now(self) -> dict:
+        import psutil
 
-def check_wan_pair(config: dict, dims: dict, steps: int, device: str, budget_gb: float) -> list[dict]:
-    """Wan 2.2 I2V's two full-size experts per mode: the high-noise one for the first steps, then the low-noise
-    one (boundary 0.9 of the schedule: the first ~1/3 of 40 steps; here the first half of ``steps``), CFG on.
-    Peak allocator bytes and seconds per step, the expert switch included."""
-    t0 = time.perf_counter()
-    experts = [build("wan", config, torch.bfloat16), build("wan", config, torch.bfloat16)]
-    print(f"[wan pair] built 2 experts in {time.perf_counter() - t0:.0f} s", flush=True)
-    feed = inputs("wan", config, device, torch.bfloat16, **dims)
-    quarter = max(1, config["num_layers"] // 4)
-    rows = []
-    for settings in (SwapSettings(mode="model_offload"),
-                     SwapSettings(mode="block_swap", blocks_resident=quarter, prefetch=1),
-                     SwapSettings(mode="adaptive", max_vram_gb=budget_gb, prefetch=1),
-                     SwapSettings(mode="none")):
+        out = {"host_rss_bytes": psutil.Process().memory_info().rss}
+        if self.cuda:
+            out.update(reserved_bytes=torch.cuda.memory_reserved(), free_bytes=torch.cuda.mem_get_info()[0])
+        return out
+
+    def build(self, kind: str, config: dict, seed: int = 0) -> torch.nn.Module:
+        t0 = time.perf_counter()
+        model = build(kind, config, self.dtype, generate_on=self.device, seed=seed)
+        total = sum(p.numel() * p.element_size() for p in model.parameters())
+        print(f"[{kind}] {gib(total)} GiB of random weights drawn on {self.device} in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        return model
+
+    def modes(self, section: str, kind: str, model, config: dict, dims: dict) -> dict:
+        feed = inputs(kind, config, self.device, self.dtype, **dims)
+        size = measured_size("transformer", model)
+        base = None
+        for settings in modes_for(len(size.blocks), self.budget_gb, self.args.quick):
+            plan = predicted([size], settings, self.device, config, dims, self.elem)
+            try:
+                r = run_mode(model, feed, settings, self.device, "cpu", self.args.steps)
+            except torch.OutOfMemoryError as exc:
+                e = {"section": section, "model": kind, "mode": settings.mode, "error": f"OOM: {str(exc).splitlines()[0]}",
+                     "predicted_peak_bytes": plan.predicted_peak}
+                release_host_caches()
+            else:
+                base = base or r.median
+                e = entry(section, kind, settings, plan, r, self.cuda, base, self.bandwidth)
+            self.report["entries"].append(e)
+            print_entry(e)
+            self.save()
+        del feed
+        return {"blocks": len(size.blocks), "weights_bytes": size.total}
+
+    def run_flux(self) -> dict:
+        model = self.build("flux", self.flux)
         try:
-            r = run_pair(experts, feed, settings, device, "cpu", steps, switch_at=max(1, steps // 2))
-        except torch.OutOfMemoryError as exc:
-            rows.append({"model": "wan-pair", "mode": settings.mode, "error": f"OOM: {str(exc).splitlines()[0]}"})
-            torch.cuda.empty_cache()
-            continue
-        rows.append({"model": "wan-pair", "mode": settings.mode, "layout": r.layout, "step_s": r.median,
-                     "steps_s": r.step_s, "peak_allocated_gib": r.peak_allocated / 2**30,
-                     "peak_weights_gib": r.peak_ledger / 2**30, "moved_per_step_gib": r.moved_per_step / 2**30,
-                     "notes": r.notes})
-        print(f"[wan pair] {settings.mode:13} {r.layout:24} {r.median:7.2f} s/step (switch included: "
-              f"{max(r.step_s):.2f} s) peak {r.peak_allocated / 2**30:6.1f} GiB", flush=True)
-    del experts, feed
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return rows
+            return self.modes("flux", "flux", model, self.flux, self.flux_dims)
+        finally:
+            del model
+
+    def run_wan(self) -> dict:
+        self.wan = self.build("wan", self.wan_cfg)
+        return self.modes("wan", "wan", self.wan, self.wan_cfg, self.wan_dims)
+
+    def run_pair(self) -> dict:
+        experts = [self.wan if self.wan is not None else self.build("wan", self.wan_cfg),
+                   self.build("wan", self.wan_cfg, seed=1)]
+        self.wan = None
+        feed = inputs("wan", self.wan_cfg, self.device, self.dtype, **self.wan_dims)
+        sizes = [measured_size("transformer", experts[0]), measured_size("transformer_2", experts[1])]
+        steps = max(2, self.args.steps)
+        quarter = max(1, self.wan_cfg["num_layers"] // 4)
+        base = None
+        try:
+            for settings in (SwapSettings(mode="none"), SwapSettings(mode="model_offload"),
+                             SwapSettings(mode="block_swap", blocks_resident=quarter, prefetch=1),
+                             SwapSettings(mode="adaptive", max_vram_gb=self.budget_gb, prefetch=1)):
+                plan = predicted(sizes, settings, self.device, self.wan_cfg, self.wan_dims, self.elem)
+                try:
+                    r = run_pair(experts, feed, settings, self.device, "cpu", steps, switch_at=max(1, steps // 2))
+                except torch.OutOfMemoryError as exc:
+                    e = {"section": "wan_pair", "model": "wan-pair", "mode": settings.mode,
+                         "error": f"OOM: {str(exc).splitlines()[0]}", "predicted_peak_bytes": plan.predicted_peak}
+                    release_host_caches()
+                else:
+                    base = base or r.median
+                    e = entry("wan_pair", "wan-pair", settings, plan, r, self.cuda, base, self.bandwidth)
+                self.report["entries"].append(e)
+                print_entry(e)
+                self.save()
+        finally:
+            del experts, feed
+        return {"experts": 2, "steps": steps}
+
+    def run_ipadapter(self) -> dict:
+        from ipadapter import full_size_check  # bench/ipadapter.py
+
+        return full_size_check(self.device, tiny=self.args.tiny)
+
+    def run_perception(self) -> dict:
+        from perception_full import full_size_check  # bench/perception_full.py
+
+        return full_size_check(self.device, tiny=self.args.tiny, steps=self.args.steps)
+
+    def run_context_parallel(self) -> dict:
+        import gpu_multi  # bench/gpu_multi.py: one Wan job over 2+ GPUs, skipped on one
+
+        return gpu_multi.check(tiny=self.args.tiny, steps=self.args.steps, frames=self.wan_dims["frames"])
+
+    def goals(self) -> dict:
+        entries = [e for e in self.report["entries"] if "error" not in e]
+        goals = {}
+        wan_bs = [e for e in entries if e["section"] == "wan" and e["mode"] == "block_swap"]
+        if wan_bs:
+            best = min(wan_bs, key=lambda e: e["vs_resident"] or 99)
+            goals["wan_block_swap_vs_resident<=1.05"] = (best["vs_resident"] or 99) <= 1.05
+            goals["wan_block_swap_hidden>=0.90"] = (best["hidden_fraction"] or 0) >= 0.90
+        flux = [e for e in entries if e["section"] == "flux" and e["mode"] in ("block_swap", "chunkwise")
+                and e.get("vs_bound")]
+        if flux:
+            goals["flux_streamed_vs_bound<=1.1"] = min(e["vs_bound"] for e in flux) <= 1.1
+        if self.cuda:  # the plan against the allocator, per mode (goal: within 10%)
+            close = [abs(e["reserved_peak_bytes"] - e["predicted_peak_bytes"]) <= 0.1 * e["predicted_peak_bytes"]
+                     for e in entries if e["predicted_peak_bytes"]]
+            goals["reserved_within_10pct_of_plan"] = f"{sum(close)} of {len(close)}"
+        return goals
 
 
 def main() -> None:
@@ -119,84 +319,40 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--quick", action="store_true", help="fewer frames, no layerwise (about half the time)")
+    ap.add_argument("--quick", action="store_true", help="33 frames, no layerwise / prefetch 2, no perception")
     ap.add_argument("--tiny", action="store_true", help="small shapes: checks the script, not the GPU")
     ap.add_argument("--no-pair", action="store_true", help="skip the Wan 2.2 two-expert run")
     ap.add_argument("--no-perception", action="store_true", help="skip the OmniX perception check")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = ap.parse_args()
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    if not cuda and not args.tiny:
+    if not torch.cuda.is_available() and not args.tiny:
         raise SystemExit("gpu_check needs a CUDA GPU (use --tiny to check the script on the CPU)")
-    report = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__}
-    bandwidth = h2d_bandwidth(device) if cuda else None
-    report["h2d_gib_per_s"] = bandwidth / 2**30 if bandwidth else None
-    if bandwidth:
-        print(f"host-to-device (pinned): {bandwidth / 2**30:.1f} GiB/s", flush=True)
-    if args.tiny:
-        flux = scaled(FLUX_FULL, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
-                      joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8))
-        wan = scaled(WAN_FULL, num_layers=2, num_attention_heads=2, attention_head_dim=16, text_dim=32, ffn_dim=32)
-        flux_dims = {"width": 64, "height": 64, "text_tokens": 8}
-        wan_dims = {"width": 64, "height": 64, "frames": 5, "text_tokens": 8}
-    else:
-        flux, wan = FLUX_FULL, WAN_FULL
-        flux_dims = {"width": 1024, "height": 1024, "text_tokens": 512}
-        frames = 33 if args.quick else args.frames
-        wan_dims = {"width": 832, "height": 480, "frames": frames, "text_tokens": 512}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    check = Check(args)
     t0 = time.perf_counter()
-    rows = check("flux", flux, flux_dims, args.steps, device, 12.0, args.quick, bandwidth)
-    rows += check("wan", wan, wan_dims, args.steps, device, 12.0, args.quick, bandwidth)
-    pair = [] if args.no_pair else check_wan_pair(wan, wan_dims, max(2, args.steps), device, 12.0)
-    report["rows"] = rows
-    report["wan_pair"] = pair
-    from ipadapter import full_size_check, print_full_size  # bench/ipadapter.py: the IP-Adapter's full-size pieces
-
-    report["ipadapter"] = full_size_check(device, tiny=args.tiny)
-    if not args.no_perception:
-        from perception_full import full_size_check as perception_check  # bench/perception_full.py
-
-        report["perception"] = perception_check(device, tiny=args.tiny, steps=args.steps)
-    import gpu_multi  # bench/gpu_multi.py: one Wan job over 2+ GPUs (context parallelism), skipped on one
-
-    report["context_parallel"] = gpu_multi.check(tiny=args.tiny, steps=args.steps, frames=wan_dims["frames"])
-    report["wall_s"] = time.perf_counter() - t0
-    goals = {}
-    wan_bs = [r for r in rows if r["model"] == "wan" and r["mode"] == "block_swap" and "error" not in r]
-    if wan_bs:
-        best = min(wan_bs, key=lambda r: r["vs_resident"])
-        goals["wan_block_swap_vs_resident<=1.05"] = best["vs_resident"] <= 1.05
-        goals["wan_block_swap_hidden>=0.90"] = (best["hidden_fraction"] or 0) >= 0.90
-    flux_stream = [r for r in rows if r["model"] == "flux" and r["mode"] in ("block_swap", "chunkwise")
-                   and r.get("vs_bound")]
-    if flux_stream:
-        goals["flux_streamed_vs_bound<=1.1"] = min(r["vs_bound"] for r in flux_stream) <= 1.1
-    report["goals"] = goals
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"\n{'model':5} {'mode':11} {'layout':24} {'s/step':>7} {'vs res':>6} {'vs bound':>8} {'peak GiB':>8} "
-          f"{'moved GiB':>9} {'hidden':>6}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['model']:5} {r['mode']:11} {r['error']}")
+    check.bandwidth = h2d_bandwidth(check.device, 2**30 if check.cuda else 2**24)
+    check.report["h2d_bytes_per_s"] = check.bandwidth
+    print(f"host-to-device: {check.bandwidth / 2**30:.1f} GiB/s", flush=True)
+    sections = [("flux", check.run_flux), ("wan", check.run_wan)]
+    if not args.no_pair:
+        sections.append(("wan_pair", check.run_pair))
+    sections.append(("ipadapter", check.run_ipadapter))
+    if not args.no_perception and not args.quick:
+        sections.append(("perception", check.run_perception))
+    if not args.quick:
+        sections.append(("context_parallel", check.run_context_parallel))
+    only = {s for s in args.only.split(",") if s}
+    for name, run in sections:
+        if only and name not in only:
             continue
-        bound = f"{r['vs_bound']:.2f}x" if r.get("vs_bound") else "-"
-        print(f"{r['model']:5} {r['mode']:11} {r['layout'] or '-':24} {r['step_s']:7.2f} {r['vs_resident']:5.2f}x "
-              f"{bound:>8} {r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f} "
-              f"{(r['hidden_fraction'] or 0):6.0%}")
-    print_full_size(report["ipadapter"])
-    if "perception" in report:
-        from perception_full import print_full_size as print_perception
-
-        print_perception(report["perception"])
-    for r in pair:
-        if "error" in r:
-            print(f"wan2  {r['mode']:11} {r['error']}")
-            continue
-        print(f"wan2  {r['mode']:11} {r['layout'] or '-':24} {r['step_s']:7.2f}      -        - "
-              f"{r['peak_allocated_gib']:8.1f} {r['moved_per_step_gib']:9.2f}      -")
-    gpu_multi.print_report(report["context_parallel"])
-    print("goals:", json.dumps(goals), f"· total {report['wall_s']:.0f} s · written to {args.out}")
+        check.section(name, run)
+        if name == "wan" and ("wan_pair" not in dict(sections) or (only and "wan_pair" not in only)):
+            check.wan = None  # no pair to reuse it for
+    check.report["wall_s"] = time.perf_counter() - t0
+    check.report["goals"] = check.goals()
+    check.save()
+    print("goals:", json.dumps(check.report["goals"]), f"· total {check.report['wall_s']:.0f} s · written to "
+          f"{args.out}")
 
 
 if __name__ == "__main__":

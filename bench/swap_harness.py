@@ -4,13 +4,17 @@ strategies (the same code path the app runs)."""
 
 from __future__ import annotations
 
+import gc
+import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 from accelerate import init_empty_weights  # noqa: E402
 
@@ -33,25 +37,87 @@ def scaled(config: dict, **changes) -> dict:
     return {**config, **changes}
 
 
-def materialise(model: torch.nn.Module, device: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    """Random weights for a model built with ``init_empty_weights`` (buffers such as RoPE tables stay real)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+def materialise(model: torch.nn.Module, device: str, dtype: torch.dtype, seed: int = 0,
+                generate_on: str | None = None) -> torch.nn.Module:
+    """Random weights for a model built with ``init_empty_weights`` (buffers such as RoPE tables stay real).
+    ``generate_on``: where the random numbers are drawn (the GPU draws 14B weights in seconds, the CPU in
+    minutes); each tensor is then moved to ``device``."""
+    where = generate_on or "cpu"
+    gen = torch.Generator(device=where).manual_seed(seed)
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
                 continue
-            t = torch.empty(p.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=gen).to(dtype)
+            t = torch.empty(p.shape, dtype=dtype, device=where).normal_(0.0, 0.02, generator=gen)
             module._parameters[name] = torch.nn.Parameter(t.to(device), requires_grad=False)
+            del t
     return model.to(device)
 
 
-def build(kind: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
+def build(kind: str, config: dict, dtype: torch.dtype, generate_on: str | None = None,
+          seed: int = 0) -> torch.nn.Module:
+    """The model in host RAM, its random weights drawn on ``generate_on`` (the GPU in gpu_check)."""
     from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
     cls = FluxTransformer2DModel if kind == "flux" else WanTransformer3DModel
     with init_empty_weights(include_buffers=False):
         model = cls(**config)
-    return materialise(model, "cpu", dtype).eval()
+    return materialise(model, "cpu", dtype, seed=seed, generate_on=generate_on).eval()
+
+
+def host_pinned_bytes() -> int:
+    """Pinned host bytes the memory layer holds (``engine.memory.host_pinned_bytes``, added with the packed
+    pinned slabs; 0 before it exists)."""
+    try:
+        from engine.memory import host_pinned_bytes as pinned
+    except ImportError:
+        return 0
+    return int(pinned())
+
+
+def release_host_caches() -> None:
+    """Between sections: collect what the last one dropped, give the CUDA allocator's cached blocks back, and
+    empty PyTorch's pinned host cache (it keeps freed pinned blocks, rounded up to powers of two, until asked)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        empty_host = getattr(torch._C, "_host_emptyCache", None)
+        if empty_host is not None:
+            empty_host()
+
+
+class Sampler:
+    """Low-water mark of free device memory (``mem_get_info``; available RAM without CUDA) and the peak host RSS
+    while a mode runs, sampled from a thread every ``every`` seconds: the allocator's own peaks miss memory that
+    other streams still hold and what the driver takes outside the allocator."""
+
+    def __init__(self, cuda: bool, every: float = 0.002):
+        self.cuda, self.every = cuda, every
+        self.low_free = None
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        free = torch.cuda.mem_get_info()[0] if self.cuda else psutil.virtual_memory().available
+        self.low_free = free if self.low_free is None else min(self.low_free, free)
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
 def inputs(kind: str, config: dict, device: str, dtype: torch.dtype, *, width: int, height: int,
@@ -93,16 +159,21 @@ class ModeResult:
     trace: dict = field(default_factory=dict)
     layout: str = ""
     notes: list[str] = field(default_factory=list)
+    peak_reserved: int = 0
+    low_free: int = 0
+    peak_rss: int = 0
+    pinned: int = 0
+    sizes: list = field(default_factory=list)  # ComponentSize of each transformer, measured (for the plan)
 
     @property
     def median(self) -> float:
-        s = sorted(self.step_s)
-        return s[len(s) // 2] if s else float("nan")
+        return statistics.median(self.step_s) if self.step_s else float("nan")
 
 
 def _summarise(result: ModeResult, ledger: MemoryManager, info) -> None:
     result.peak_ledger = ledger.peak_compute
     result.notes = info.notes
+    result.pinned = max(result.pinned, host_pinned_bytes())
     layout = info.layouts.get("transformer")
     if layout is not None:
         result.layout = f"{layout.resident} resident, {len(layout.groups)} groups"
@@ -125,13 +196,17 @@ def run_mode(model: torch.nn.Module, kind_inputs: dict, settings: SwapSettings, 
     comp = [Component("transformer", "transformer", model, "transformer")]
     result = ModeResult(settings.mode)
     trace = SwapTrace(compute) if settings.trace else None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    sampler = Sampler(cuda)
     try:
-        with torch.inference_mode(), ledger.swap.session(comp, settings, SwapContext(activations, trace)) as info:
+        with sampler, torch.inference_mode(), \
+                ledger.swap.session(comp, settings, SwapContext(activations, trace)) as info:
             for i in range(warmup + steps):  # one session for all steps, as in a run of the app
                 timed = i >= warmup
                 if cuda:
                     torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
                 moved0 = ledger.bytes_moved
                 t0 = time.perf_counter()
                 model(**kind_inputs)
@@ -147,18 +222,37 @@ def run_mode(model: torch.nn.Module, kind_inputs: dict, settings: SwapSettings, 
                 if timed:
                     result.step_s.append(elapsed)
                     result.moved_per_step = ledger.bytes_moved - moved0
-                    if cuda:
-                        result.peak_allocated = max(result.peak_allocated, torch.cuda.max_memory_allocated())
+                result.pinned = max(result.pinned, host_pinned_bytes())
             _summarise(result, ledger, info)
     finally:
+        _measured(result, cuda, sampler)
         _release(ledger, ["transformer"])
     if trace is not None:
         result.trace = trace.summary()
     return result
 
 
+def _measured(result: ModeResult, cuda: bool, sampler: Sampler) -> None:
+    """Peaks for the whole mode (warmup included: the slabs and the first call's copies are part of the run)."""
+    if cuda:
+        torch.cuda.synchronize()
+        result.peak_reserved = int(torch.cuda.max_memory_reserved())
+        result.peak_allocated = int(torch.cuda.max_memory_allocated())
+    sampler.sample()
+    result.low_free = int(sampler.low_free or 0)
+    result.peak_rss = int(sampler.peak_rss)
+
+
 def h2d_bandwidth(device: str, nbytes: int = 2**30) -> float:
-    """Host-to-device copy speed from pinned memory, bytes per second (CUDA only)."""
+    """Host-to-device copy speed from pinned memory, bytes per second; without CUDA, a RAM-to-RAM copy (what a
+    CPU run's "transfer" is)."""
+    if not device.startswith("cuda"):
+        src, dst = torch.empty(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
+        dst.copy_(src)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            dst.copy_(src)
+        return 3 * nbytes / (time.perf_counter() - t0)
     src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst.copy_(src, non_blocking=True)
@@ -167,7 +261,10 @@ def h2d_bandwidth(device: str, nbytes: int = 2**30) -> float:
     for _ in range(3):
         dst.copy_(src, non_blocking=True)
     torch.cuda.synchronize()
-    return 3 * nbytes / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    del src, dst
+    release_host_caches()  # the 1 GiB pinned probe goes back (the host cache would keep it)
+    return 3 * nbytes / seconds
 
 
 def gib(n: float) -> str:
@@ -186,11 +283,12 @@ def run_pair(experts: list[torch.nn.Module], kind_inputs: dict, settings: SwapSe
         ledger.register(name, model, "transformer")
     comps = [Component(n, n, m, "transformer") for n, m in zip(names, experts)]
     result = ModeResult(settings.mode)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    sampler = Sampler(cuda)
     try:
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode(), ledger.swap.session(comps, settings, SwapContext()) as info:
+        with sampler, torch.inference_mode(), ledger.swap.session(comps, settings, SwapContext()) as info:
             for step in range(steps):
                 model = experts[0] if step < switch_at else experts[1]
                 moved0 = ledger.bytes_moved
@@ -201,9 +299,9 @@ def run_pair(experts: list[torch.nn.Module], kind_inputs: dict, settings: SwapSe
                     torch.cuda.synchronize()
                 result.step_s.append(time.perf_counter() - t0)
                 result.moved_per_step = max(result.moved_per_step, ledger.bytes_moved - moved0)
-            if cuda:
-                result.peak_allocated = torch.cuda.max_memory_allocated()
+                result.pinned = max(result.pinned, host_pinned_bytes())
             _summarise(result, ledger, info)
     finally:
+        _measured(result, cuda, sampler)
         _release(ledger, names)
     return result

@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         parallel = _context_parallel(args, request)
         out = args.out if parallel is None or parallel.is_main else _rank_scratch(parallel)  # rank 0 writes
         device = parallel.device if parallel is not None else args.device
-        engine = Engine(device=device, models_dir=args.models_dir, demo=args.demo, outputs_dir=out)
+        import comfy_export  # the CLI composes engine + exporter, as the app does: outputs open in ComfyUI
+
+        engine = Engine(device=device, models_dir=args.models_dir, demo=args.demo, outputs_dir=out,
+                        output_text=comfy_export.png_text)
         engine.context_parallel = parallel
 
         def progress(fraction: float, message: str) -> None:

@@ -6,6 +6,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,7 +40,11 @@ class Engine:
         outputs_dir: str | Path | None = None,
         budget_bytes: int | None = None,
         offload_device: str = "cpu",
+        output_text: Callable[[Request, bool], dict[str, str]] | None = None,
     ):
+        """``output_text(request, demo)`` gives the text chunks every saved PNG (and mp4/webm tag set) carries besides
+        the request: the app passes ``comfy_export.png_text`` so outputs open in ComfyUI. The engine itself never
+        imports the exporter (it sits above the engine)."""
         self.device = device or default_compute_device()
         self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
         self.outputs_dir = Path(outputs_dir or DEFAULT_OUTPUTS_DIR)
@@ -47,6 +52,7 @@ class Engine:
         from engine.atomic_files import recover  # what a crash mid-save left: finished, or removed
 
         recover(self.outputs_dir)
+        self.output_text = output_text
         self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
         self.store = ModelStore(self.memory, self.models_dir, demo=demo)
         from engine.comfy_models import ComfyModels  # a ComfyUI models folder, once configured (--comfy-models)
@@ -54,6 +60,24 @@ class Engine:
         self.comfy = ComfyModels(cache_file=self.models_dir / ".cache" / "comfy-index.json")
         self._device_lock = threading.Lock()
         self._memory_notes: list[dict] = []  # what each memory session of the current run reported
+
+    def output_text_for(self, request: Request) -> dict[str, str]:
+        """The extra text chunks for ``request``'s files; none if the host's writer fails, which must never cost the
+        run its output."""
+        if self.output_text is None:
+            return {}
+        try:
+            return self.output_text(request, self.demo)
+        except Exception as exc:  # an exporter bug or an inexpressible request: the output still gets saved
+            log.warning("no workflow metadata for this output: %s", exc)
+            return {}
+
+    def inspect_lora(self, model, spec) -> dict:
+        """Rank, targets, size and layer hits of one LoRA file for ``model``, from headers only (never a download):
+        what the LoRA editor shows beside each row."""
+        from engine.jobs.lora_stack import inspect
+
+        return inspect(self, model, spec)
 
     @property
     def busy(self) -> bool:
@@ -148,7 +172,8 @@ class Engine:
                 del exc
                 raise error from None
             if result.images:
-                result.files.extend(save_images(result.images, self.outputs_dir, request, demo=self.demo))
+                text = self.output_text_for(request)
+                result.files.extend(save_images(result.images, self.outputs_dir, request, text=text))
             result.timings["total"] = time.perf_counter() - t0
             result.memory = self.memory.snapshot()
             self._attach_memory_notes(result, plan)
@@ -166,7 +191,10 @@ class Engine:
             "sessions": notes,
         }
         if torch.cuda.is_available() and self.device.startswith("cuda"):
-            summary["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+            index = torch.device(self.device)
+            summary["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(index))
+            # what the card really had to give: allocated hides blocks freed before pending stream work completes
+            summary["cuda_peak_reserved"] = int(torch.cuda.max_memory_reserved(index))
         if plan is not None:
             summary["plan"] = plan.as_dict()
         result.metadata["memory"] = summary

@@ -1,5 +1,6 @@
-"""Writing results to disk: PNGs that carry their request and ComfyUI's ``prompt``/``workflow`` chunks (dropped on
-ComfyUI's canvas they open the graph), and the request JSON beside them."""
+"""Writing results to disk: PNGs that carry their request and the text chunks the engine's host asked for (the app
+passes ComfyUI's ``prompt``/``workflow``: dropped on ComfyUI's canvas they open the graph), and the request JSON
+beside them. The engine never imports the exporter: ``Engine(output_text=...)`` hands the chunks in."""
 
 from __future__ import annotations
 
@@ -17,22 +18,11 @@ NEEDS_KEY = "needs"  # in a request JSON: the input files a replay reads (reques
 MAX_HASHED_INPUT = 256 * 2**20  # inputs up to this size carry their sha256 (a model file is only sized)
 
 
-def comfy_text(request, demo: bool = False) -> dict[str, str]:
-    """ComfyUI's PNG text chunks for a request (``prompt``: API JSON, ``workflow``: UI JSON); none if the export
-    fails, which must never cost the run its output."""
-    import comfy_export
-
-    try:
-        return comfy_export.png_text(request, demo)
-    except comfy_export.WorkflowError as exc:
-        log.warning("no ComfyUI metadata for this output: %s", exc)
-        return {}
-
-
-def png_info(request, demo: bool = False, extra_text: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
+def png_info(request, text: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
+    """The request as JSON plus ``text`` (e.g. ComfyUI's chunks) as PNG text chunks."""
     info = PngImagePlugin.PngInfo()
     info.add_text("request", json.dumps(request.to_dict()))
-    for k, v in {**comfy_text(request, demo), **(extra_text or {})}.items():
+    for k, v in (text or {}).items():
         info.add_text(k, v)
     return info
 
@@ -91,13 +81,12 @@ def keep_input(outputs_dir: Path, path: str, folder: str) -> str:
     return str(keep_copy(path, Path(outputs_dir) / folder).resolve())
 
 
-def save_images(images, out_dir: Path, request, extra_text: dict[str, str] | None = None,
-                demo: bool = False) -> list[str]:
-    """Save each image as PNG with the request and ComfyUI's chunks (and any extra chunks) as text chunks, and
+def save_images(images, out_dir: Path, request, text: dict[str, str] | None = None) -> list[str]:
+    """Save each image as PNG with the request and ``text`` (ComfyUI's chunks, when the host gives them), and
     the request JSON; the files appear together (``OutputSet``) or not at all."""
     out_dir = Path(out_dir)
     stem = run_stem(request.kind, getattr(request, "seed", None))
-    info = png_info(request, demo, extra_text)
+    info = png_info(request, text)
     with OutputSet(out_dir) as run:
         for i, image in enumerate(images):
             run.save_image(f"{stem}-{i}.png", image, pnginfo=info)

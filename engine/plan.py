@@ -14,13 +14,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import InputError, OutOfBudgetError
-from engine.memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, plan_swap
+from engine.memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, gib, human, plan_swap
 from engine.models import role_of
 
 # bytes per element of the safetensors dtypes
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
 _FLOATS = {"F64", "F32", "F16", "BF16"}
+_FP8 = {"F8_E4M3", "F8_E5M2"}
+# ComfyUI's scaled fp8: per-layer scales that are multiplied into the weights on load, then dropped
+_SCALE_KEYS = ("scaled_fp8",)
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input")  # ComfyUI's old and new spellings
 # Block lists in the order the models run them (a safetensors header is sorted by name, so order is not in it)
 _LIST_ORDER = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
 _BLOCK_KEY = re.compile(r"^([A-Za-z_]\w*)\.(\d+)\.")
@@ -41,13 +45,33 @@ def read_header(path: Path) -> dict[str, dict]:
     return header
 
 
-def _nbytes(info: dict, load_bytes: int) -> int:
+def _nbytes(info: dict, load_bytes: int, fp8_loads_as: int = 0) -> int:
+    """Bytes of one tensor as loaded: floats at the load dtype; fp8 at 1 byte where it stays fp8 (diffusers'
+    layerwise casting), at ``fp8_loads_as`` where the loader turns it into the compute dtype."""
     numel = 1
     for d in info["shape"]:
         numel *= d
     dtype = info["dtype"]
-    per = load_bytes if dtype in _FLOATS and load_bytes else _DTYPE_BYTES.get(dtype, 1)
+    if dtype in _FLOATS and load_bytes:
+        per = load_bytes
+    elif dtype in _FP8 and fp8_loads_as:
+        per = fp8_loads_as
+    else:
+        per = _DTYPE_BYTES.get(dtype, 1)
     return numel * per
+
+
+def is_scaled_fp8(header: dict) -> bool:
+    return any(k in header for k in _SCALE_KEYS) or any(k.endswith(_SCALE_SUFFIXES[:2]) for k in header)
+
+
+def fp8_load_bytes(role: str, header: dict, load_bytes: int) -> int:
+    """What a single file's fp8 weights become in memory: ComfyUI's scaled fp8 is multiplied out to the compute
+    dtype (``comfy_models.single_file.dequantize_scaled_fp8``), and transformers' loaders (text and image
+    encoders) cast every weight to it; only plain fp8 in a diffusers model stays 1 byte a weight."""
+    if is_scaled_fp8(header) or role not in ("transformer", "vae"):
+        return load_bytes or 2
+    return 0
 
 
 def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "") -> ComponentSize | None:
@@ -61,12 +85,15 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
     total = 0
     for file in files:
         header = read_header(file)
+        fp8_as = fp8_load_bytes(role_of(name), header, load_bytes) if single_file else 0
+        if is_scaled_fp8(header):  # the scales are consumed by the load: nothing of them stays
+            header = {k: v for k, v in header.items() if k not in _SCALE_KEYS and not k.endswith(_SCALE_SUFFIXES)}
         if single_file and role_of(name) == "transformer":  # a ComfyUI file: its transformer keys, unprefixed
             from engine.comfy_models.detect import strip_transformer_prefix
 
             header = {new: header[old] for new, old in strip_transformer_prefix(header).items()}
         for key, info in header.items():
-            n = _nbytes(info, load_bytes)
+            n = _nbytes(info, load_bytes, fp8_as)
             total += n
             leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
             m = _BLOCK_KEY.match(key)
@@ -176,6 +203,39 @@ def load_elem_bytes(dtype: str, device: str) -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 2)
 
 
+# Modes in the order a leaner one is looked for: fastest first
+LEANER_ORDER = ("none", "adaptive", "block_swap", "chunkwise", "model_offload", "layerwise", "cpu_only")
+
+
+def device_budget(engine, settings) -> tuple[int | None, str]:
+    """The run's device budget and where it comes from: ``max_vram_gb``, the engine's own budget, or on CUDA the
+    free memory now (plus what the app holds) minus a stated reserve (``devices.planning_budget``)."""
+    from engine.memory import devices
+
+    if settings.max_vram_gb:
+        return int(settings.max_vram_gb * GiB), f"budget {settings.max_vram_gb:g} GB (max_vram_gb)"
+    memory = engine.memory
+    own = memory.session_budget if memory.session_budget is not None else memory.budget_bytes
+    if own is not None:
+        return own, f"budget {own / GiB:.1f} GiB (the engine's)"
+    found = devices.planning_budget(memory.compute_device)
+    return found if found is not None else (None, "")
+
+
+def host_ram_for_run(engine) -> int:
+    """RAM a run may use: what the system has available now plus what the app's ledger already holds in RAM
+    (loaded models the run reuses or the store can drop)."""
+    from engine.memory import devices
+
+    memory = engine.memory
+    held = 0
+    for name in memory.names():
+        entry = memory.entry(name)
+        if entry.device == "cpu" and not entry.part_of:
+            held += entry.bytes
+    return devices.host_available() + held
+
+
 def plan_request(engine, request) -> Plan:
     """The plan for ``request`` on ``engine`` (requests without a memory mode plan as ``none``)."""
     from engine import jobs
@@ -185,7 +245,7 @@ def plan_request(engine, request) -> Plan:
     runner = jobs.runner_for(request)
     ref = runner.plan_ref(engine, request) if hasattr(runner, "plan_ref") else request.model
     device = engine.memory.compute_device
-    budget = int(settings.max_vram_gb * GiB) if settings.max_vram_gb else engine.memory.effective_budget()
+    budget, budget_note = device_budget(engine, settings)
     folder = engine.store.resolve_local(ref)
     if folder is None or not (folder / "model_index.json").is_file():
         return Plan(mode=settings.mode, device=device, budget=budget, weights_peak=0, activations=0, fits=True,
@@ -197,20 +257,59 @@ def plan_request(engine, request) -> Plan:
     act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
                               int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
                               int(getattr(request, "num_frames", 1)), elem, batch=extra.batch)
-    plan = plan_swap(sizes, settings, device, budget, act)
+    offload = engine.memory.offload_device
+    plan = plan_swap(sizes, settings, device, budget, act, offload)
+    plan.budget_note = budget_note
+    plan.host_available = host_ram_for_run(engine)
+    for mode in LEANER_ORDER:  # what the other modes would need: the refusal names the leaner one that fits
+        for place in dict.fromkeys((offload, "disk")):
+            other = plan if (mode, place) == (settings.mode, offload) else plan_swap(
+                sizes, replace(settings, mode=mode), device, budget, act, place)
+            plan.alternatives[mode if place == offload else f"{mode}+disk"] = {
+                "host_bytes": other.host_bytes, "pinned_bytes": other.pinned_bytes,
+                "device_bytes": other.predicted_peak, "fits": other.fits and other.host_bytes <= plan.host_available}
     plan.notes.extend(extra.notes)
+    if budget_note:
+        plan.notes.append(budget_note)
     return plan
 
 
+def leaner_mode(plan: Plan) -> str:
+    """The fastest other mode that fits both the device and the host RAM, said with its figures."""
+    for key, alt in plan.alternatives.items():
+        if key == plan.mode or not alt["fits"] or alt["host_bytes"] >= plan.host_bytes:
+            continue
+        mode, _, disk = key.partition("+")
+        where = " with disk offload (offload_device=\"disk\")" if disk else ""
+        return (f"{mode}{where} fits: {gib(alt['host_bytes'])} GiB of host RAM ({gib(alt['pinned_bytes'])} "
+                f"pinned), {gib(alt['device_bytes'])} GiB on the device")
+    return "no mode fits this machine's RAM: pick a quantized catalog entry, a smaller size, or free some RAM"
+
+
 def check_budget(request, plan: Plan) -> None:
-    """Refuse, before anything loads, a run the plan says cannot work: a ``max_vram_gb`` below what even the
-    leanest mode needs (the message names the minimum), or a streaming mode with no layout that fits."""
+    """Refuse, before anything loads, a run the plan says cannot work: more host RAM than the machine has for it
+    (the message names the figure and the leaner mode that fits), a ``max_vram_gb`` below what even the leanest
+    mode needs (the message names the minimum) or below a streaming layout's resident blocks plus slabs, or a
+    streaming mode with no layout that fits."""
     settings = getattr(request, "swap", None)
-    if settings is None or settings.mode == "cpu_only" or plan.fits or not plan.weights_peak:
+    if settings is None or not plan.weights_peak and not plan.host_bytes:
+        return
+    if not plan.host_fits:
+        raise InputError("swap.mode", f"{plan.host_line}: more than the {gib(plan.host_available)} GiB of RAM this "
+                                      f"machine has for it (available now plus what the app holds); "
+                                      f"{leaner_mode(plan)}")
+    if settings.mode == "cpu_only" or plan.fits:
         return
     if settings.max_vram_gb and plan.suggestion.startswith("nothing fits"):
         raise InputError("swap.max_vram_gb", f"{settings.max_vram_gb:g} GB is below what this run needs in any "
                                              f"mode: {plan.suggestion}")
+    if settings.max_vram_gb and settings.mode in ("block_swap", "chunkwise") and plan.layouts:
+        need = plan.predicted_peak
+        raise InputError("swap.max_vram_gb", f"{settings.max_vram_gb:g} GB is below what {settings.mode} needs with "
+                                             f"{settings.blocks_resident} resident blocks and prefetch "
+                                             f"{settings.prefetch}: {human(plan.resident_weights)} resident + "
+                                             f"{human(plan.slab_bytes)} slabs + {human(plan.activations)} "
+                                             f"activations, minimum {need / GiB:.3f} GB; raise it, keep fewer "
+                                             "blocks resident, lower the prefetch, or pick adaptive")
     if settings.mode in STREAMING_MODES and not plan.layouts:
         raise OutOfBudgetError(f"{plan.explanation}; {plan.suggestion}")
-

@@ -71,7 +71,11 @@ def page(app_url):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
+            # expect() polls until its condition holds; its 5 s default ceiling is too short for a busy machine,
+            # where the page can still say "Loading..." after 5 s (seen at load 5 on 2 cores)
+            sync_api.expect.set_options(timeout=TIMEOUT_MS)
             page.goto(app_url)
+            page.locator("#app-header").wait_for(state="visible")  # the app is mounted: the event, not a sleep
             yield page
         finally:
             browser.close()
@@ -140,20 +144,20 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
     expect(page.locator("#t2i-save-json")).to_be_visible()
 
     # after the run the ledger lists the model's modules
-    expect(page.locator("#vram-summary")).to_contain_text("module(s) registered", timeout=10_000)
+    expect(page.locator("#vram-summary")).to_contain_text("module(s) registered", timeout=TIMEOUT_MS)
     page.get_by_text("Loaded modules").click()
-    expect(page.locator("#vram-modules")).to_contain_text("transformer", timeout=10_000)
+    expect(page.locator("#vram-modules")).to_contain_text("transformer", timeout=TIMEOUT_MS)
     expect(page.locator("#vram-modules")).to_contain_text("FLUX.1-dev/transformer")
     page.screenshot(path=str(tmp_path / "after-run.png"), full_page=True)
 
     # the memory mode: the plan line follows the selector, and a block-swap run reports what it measured
     expect(page.locator("#t2i-plan")).to_contain_text("none: every component resident")
     pick_block_swap(page, "t2i")
-    expect(page.locator("#t2i-plan")).to_contain_text("block_swap: 0 of 4 blocks resident", timeout=10_000)
+    expect(page.locator("#t2i-plan")).to_contain_text("block_swap: 0 of 4 blocks resident", timeout=TIMEOUT_MS)
     page.locator("#t2i-run").click()
     expect(page.locator("#t2i-plan")).to_contain_text("Measured", timeout=120_000)
     expect(page.locator("#t2i-status")).to_contain_text("Done")
-    expect(page.locator("#vram-modules")).to_contain_text("of 4 blocks", timeout=10_000)
+    expect(page.locator("#vram-modules")).to_contain_text("of 4 blocks", timeout=TIMEOUT_MS)
     page.screenshot(path=str(tmp_path / "block-swap.png"), full_page=True)
 
 def test_ipadapter_tab_runs_with_an_uploaded_reference(page, tmp_path):
@@ -174,7 +178,7 @@ def test_ipadapter_tab_runs_with_an_uploaded_reference(page, tmp_path):
     expect(page.locator("#ip-info")).to_contain_text("IP-Adapter (flux) acted on")
     expect(page.locator("#ip-plan")).to_contain_text("Measured")  # the shared memory-mode widget reports the run
     page.get_by_text("Loaded modules").click()
-    expect(page.locator("#vram-modules")).to_contain_text("InstantX/FLUX.1-dev-IP-Adapter/ip_layers", timeout=10_000)
+    expect(page.locator("#vram-modules")).to_contain_text("InstantX/FLUX.1-dev-IP-Adapter/ip_layers", timeout=TIMEOUT_MS)
     expect(page.locator("#vram-modules")).to_contain_text("image_encoder")
     page.screenshot(path=str(tmp_path / "ipadapter-after-run.png"), full_page=True)
 
@@ -209,7 +213,7 @@ def test_lora_stack_build_reorder_disable_and_run(page):
     expect(page.locator("#lora-status")).to_contain_text("2 load(s), 1 set_adapters")
     # same stack again, now in block swap: no LoRA work at all, and the LoRAs stream with their blocks
     pick_block_swap(page, "lora")
-    expect(page.locator("#lora-plan")).to_contain_text("block_swap", timeout=10_000)
+    expect(page.locator("#lora-plan")).to_contain_text("block_swap", timeout=TIMEOUT_MS)
     page.locator("#lora-run").click()
     expect(page.locator("#lora-status")).to_contain_text("none (stack unchanged)", timeout=120_000)
     expect(page.locator("#lora-plan")).to_contain_text("Measured")
@@ -226,14 +230,14 @@ def test_image_to_video_tab_runs_and_shows_a_video(page, tmp_path):
     expect(page.locator("#i2v-status")).to_contain_text("Start image", timeout=TIMEOUT_MS)
     page.locator("#i2v-image input[type=file]").set_input_files(str(start))
     page.locator("#i2v-prompt textarea").fill("the sea, slow pan")
-    expect(page.locator("#i2v-plan")).to_contain_text("Plan", timeout=10_000)
+    expect(page.locator("#i2v-plan")).to_contain_text("Plan", timeout=TIMEOUT_MS)
     page.locator("#i2v-run").click()
     expect(page.locator("#i2v-video video")).to_be_visible(timeout=120_000)
     expect(page.locator("#i2v-status")).to_contain_text("Done")
     expect(page.locator("#i2v-info")).to_contain_text(".mp4")
     expect(page.locator("#i2v-last-frame")).to_be_visible()
     page.get_by_text("Loaded modules").click()
-    expect(page.locator("#vram-modules")).to_contain_text("transformer_2", timeout=10_000)  # both experts listed
+    expect(page.locator("#vram-modules")).to_contain_text("transformer_2", timeout=TIMEOUT_MS)  # both experts listed
     page.screenshot(path=str(tmp_path / "i2v.png"), full_page=True)
 
 
@@ -296,7 +300,7 @@ def test_comfy_folder_settings_and_a_run_from_a_picked_file(page):
     page.locator("#t2i-run").click()
     expect(page.locator("#t2i-status")).to_contain_text("Done", timeout=120_000)
     page.get_by_text("Loaded modules").click()
-    expect(page.locator("#vram-modules")).to_contain_text("flux1-dev-tiny.safetensors/transformer", timeout=10_000)
+    expect(page.locator("#vram-modules")).to_contain_text("flux1-dev-tiny.safetensors/transformer", timeout=TIMEOUT_MS)
 
 
 def test_comfy_export_from_a_tab_and_import_back(page, tmp_path):

@@ -376,7 +376,7 @@ def test_png_metadata_round_trips_through_pillow(tmp_path, files):
     from engine.outputs import save_images
 
     req = IPAdapterRequest(prompt="x", references=(ReferenceImage(files["image"], 0.7),))
-    saved = save_images([Image.new("RGB", (16, 16))], tmp_path, req, demo=True)
+    saved = save_images([Image.new("RGB", (16, 16))], tmp_path, req, text=comfy_export.png_text(req, True))
     with Image.open(saved[0]) as im:
         text = dict(im.text)
     assert json.loads(text["prompt"]) == comfy_export.to_api(req, demo=True)
@@ -391,7 +391,7 @@ def test_video_container_carries_the_workflow(tmp_path, files):
     from engine.video.encode import save_video_result
 
     req = I2VRequest(image=files["image"], prompt="go", width=64, height=64, resolution="custom", num_frames=5)
-    out = save_video_result(np.zeros((5, 64, 64, 3), dtype=np.uint8), tmp_path, req)
+    out = save_video_result(np.zeros((5, 64, 64, 3), dtype=np.uint8), tmp_path, req, text=comfy_export.png_text(req))
     meta = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", out[0], "-f", "ffmetadata", "-"],
                           capture_output=True, text=True, timeout=60).stdout
     assert "workflow=" in meta and "prompt=" in meta

@@ -35,6 +35,19 @@ EXPECTED = {  # ComfyUI name -> (category, architecture, dtype)
     "ip-adapter-tiny.bin": ("ipadapter-flux", "ipadapter-flux", "fp32"),
     "qwen-comfy-style.safetensors": ("loras", "lora", "fp32"),
     "qwen-kohya-style.safetensors": ("loras", "lora", "fp32"),  # from the yaml's second base path
+    # issue 29: the formats of engine/demo/formats.py
+    "flux1-dev-diffusers-tiny.safetensors": ("diffusion_models", "flux-diffusers", "fp32"),
+    "qwen_image_edit_2509-tiny.safetensors": ("diffusion_models", "qwen-image", "fp32"),
+    "wan_2.1_vae-tiny.safetensors": ("vae", "vae-wan", "fp32"),
+    "wan2.2_vae-tiny.safetensors": ("vae", "vae-wan22", "fp32"),
+    "qwen_image_vae-tiny.safetensors": ("vae", "vae-wan", "fp32"),
+    "t5xxl_bf16-tiny.safetensors": ("text_encoders", "t5-xxl", "bf16"),
+    "t5xxl_fp8_e4m3fn-tiny.safetensors": ("text_encoders", "t5-xxl", "fp8 e4m3fn"),
+    "t5xxl_fp8_e4m3fn_scaled-tiny.safetensors": ("text_encoders", "t5-xxl", "scaled fp8 e4m3fn"),
+    "umt5_xxl_fp8_e4m3fn_scaled-tiny.safetensors": ("text_encoders", "umt5-xxl", "scaled fp8 e4m3fn"),
+    "qwen_2.5_vl_7b_fp8_scaled-tiny.safetensors": ("text_encoders", "qwen25-vl", "scaled fp8 e4m3fn"),
+    "seed004-qwen-tiny.safetensors": ("loras", "lora", "fp32"),
+    "diffusers-qwen-tiny.safetensors": ("loras", "lora", "fp32"),
 }
 
 
@@ -280,8 +293,8 @@ def test_service_lists_per_tab_and_pairs_experts(comfy, tmp_path):
     assert names("text_to_image") >= {"flux1-dev-tiny.safetensors", "chroma-tiny.safetensors",
                                       "qwen_image_tiny_fp32.safetensors"}
     assert names("ipadapter") == {"flux1-dev-tiny.safetensors", "flux1-dev-tiny-fp8_e4m3fn.safetensors",
-                                  "chroma-tiny.safetensors"}
-    assert names("lora_stack") == {"qwen_image_tiny_fp32.safetensors"}
+                                  "flux1-dev-diffusers-tiny.safetensors", "chroma-tiny.safetensors"}
+    assert names("lora_stack") == {"qwen_image_tiny_fp32.safetensors", "qwen_image_edit_2509-tiny.safetensors"}
     assert "wan2.2_ti2v_5B_tiny.safetensors" in names("i2v")
     (pair,) = service.wan_pairs()
     assert (pair.high.details["noise"], pair.low.details["noise"], pair.how) == ("high", "low", "by name")

@@ -25,7 +25,8 @@ WAN_FILES = {"transformer": "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_t
 @pytest.fixture(scope="module")
 def engine(models_dir, tmp_path_factory):
     build_demo_comfy(models_dir)
-    engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path_factory.mktemp("rt-out"))
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path_factory.mktemp("rt-out"),
+                    output_text=comfy_export.png_text)
     engine.comfy.configure(str(main_models(models_dir)))
     return engine
 

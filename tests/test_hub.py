@@ -98,7 +98,7 @@ sys.path.insert(0, root)
 pkg = types.ModuleType("engine"); pkg.__path__ = [root + "/engine"]; sys.modules["engine"] = pkg  # skip torch
 import huggingface_hub.constants as c
 c.DOWNLOAD_CHUNK_SIZE = 64 * 1024
-from engine.hub import download
+from engine.hub.download import download
 download(sys.argv[2])
 print("finished")
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -10,13 +11,11 @@ import math
 import random
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
 from engine import Cancelled, EngineError, InputError
-
-from . import zerogpu
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +70,36 @@ def status_line(render: bool = True, elem_id: str | None = None) -> gr.Markdown:
     return gr.Markdown("", elem_classes=["run-status"], elem_id=elem_id, render=render)
 
 
-def run_row(slots: CancelSlots, prefix: str, cancel_api: str) -> tuple[gr.Markdown, gr.Button]:
-    """Run and Cancel side by side with the status line under them (ids ``<prefix>-run``/``-status``)."""
-    status = status_line(render=False, elem_id=f"{prefix}-status")
-    with gr.Row():
-        run = gr.Button("Run", variant="primary", scale=3, elem_id=f"{prefix}-run")
-        cancel_button(slots, status, api_name=cancel_api)
-    status.render()
-    return status, run
+def file_of(result, suffix: str) -> str | None:
+    """The run's first output file ending in ``suffix`` (``".json"``: the saved request), or None."""
+    return next((f for f in result.files if f.endswith(suffix)), None)
 
 
-def image_output(prefix: str) -> tuple[gr.Gallery, gr.Markdown, gr.DownloadButton]:
+def download_update(path: str | None):
+    """A download button showing ``path``, hidden while there is none."""
+    return gr.update(value=path, visible=path is not None)
+
+
+class ImageOutput(NamedTuple):
     """The output column of an image tab: gallery, timings/files line, and the "Save request JSON" button."""
+
+    gallery: gr.Gallery
+    info: gr.Markdown
+    save_json: gr.DownloadButton
+
+    def updates(self, result, info_text: str) -> dict:
+        """The column after a run: the images, the info line, and the saved request to download."""
+        images = [f for f in result.files if f.endswith(".png")]
+        return {self.gallery: images, self.info: info_text, self.save_json: download_update(file_of(result, ".json"))}
+
+
+def image_output(prefix: str) -> ImageOutput:
+    """The output column of an image tab (ids ``<prefix>-output``, ``-info``, ``-save-json``)."""
     gallery = gr.Gallery(label="Output", columns=1, height=512, object_fit="contain", elem_id=f"{prefix}-output",
                          buttons=["download", "fullscreen"])
     info = gr.Markdown("", elem_id=f"{prefix}-info")
     save_json = gr.DownloadButton("Save request JSON", visible=False, size="md", elem_id=f"{prefix}-save-json")
-    return gallery, info, save_json
+    return ImageOutput(gallery, info, save_json)
 
 
 def not_built(text: str) -> gr.Markdown:
@@ -120,23 +132,6 @@ def engine_progress(progress: gr.Progress) -> Callable[[float, str], None]:
     return threadsafe(report)
 
 
-def run_on_engine(engine, on_gpu: Callable, req, progress: gr.Progress, cancel: threading.Event):
-    """Fetch what the run needs first (on ZeroGPU a download must not hold the GPU), then run it through
-    ``on_gpu`` (the engine call, wrapped in ``spaces.GPU`` on Spaces)."""
-    zerogpu.check(req)  # on ZeroGPU a run over the platform's limit is refused before anything downloads
-    report = engine_progress(progress)
-    engine.prepare(req, report, cancel)
-    return on_gpu(req, report, cancel)
-
-
-def image_run_updates(result, info_text: str) -> tuple:
-    """(gallery files, info line, "Save request JSON" button update, status) after an image run."""
-    images = [f for f in result.files if f.endswith(".png")]
-    saved = next((f for f in result.files if f.endswith(".json")), None)
-    return (images, info_text, gr.update(value=saved, visible=saved is not None),
-            f"Done in {result.timings.get('total', 0.0):.1f} s.")
-
-
 class CancelSlots:
     """One ``threading.Event`` per browser session's current run.
 
@@ -163,6 +158,16 @@ class CancelSlots:
         with self._lock:
             if self._events.get(self.key(request)) is event:
                 del self._events[self.key(request)]
+
+    @contextlib.contextmanager
+    def held(self, request: gr.Request | None) -> Iterator[threading.Event]:
+        """``with slots.held(request) as cancel:``: the session's event, registered while the block runs (a
+        generator's block included: closing the generator releases it)."""
+        event = self.start(request)
+        try:
+            yield event
+        finally:
+            self.finish(request, event)
 
     def cancel(self, request: gr.Request | None) -> bool:
         with self._lock:

@@ -57,6 +57,12 @@ def swap_settings(mode, max_vram_gb, blocks_resident, block_size_mb, prefetch, u
                         prefetch=whole(prefetch), use_streams=use_streams, trace=trace)
 
 
+def swap_field(swap_values: tuple) -> dict:
+    """``{"swap": SwapSettings}`` for a request built from the widget's values; ``{}`` without them (the
+    request's default mode)."""
+    return {"swap": swap_settings(*swap_values)} if swap_values else {}
+
+
 def device_line(engine, job: str) -> str:
     default, why = engine.default_swap(job)
     return f"{why} · default **{default.mode}**"
@@ -99,6 +105,7 @@ def plan_text(engine, build: Callable[..., object], *values) -> str:
         log.exception("plan failed")
         return f"Plan unavailable ({type(exc).__name__})"
     text = f"**Plan** · {plan.explanation}"
+    text += f"  \n{host_text(plan)}"
     if not plan.fits and plan.suggestion:
         text += f"  \n⚠️ does not fit: {plan.suggestion}"
     for note in plan.notes:
@@ -106,17 +113,28 @@ def plan_text(engine, build: Callable[..., object], *values) -> str:
     return text
 
 
+def host_text(plan) -> str:
+    """The host RAM line: what the mode needs (pinned part included) against what this machine has for it."""
+    host, pinned = getattr(plan, "host_bytes", 0), getattr(plan, "pinned_bytes", 0)
+    available = getattr(plan, "host_available", None)
+    text = f"**Host RAM** · {plan.mode}: {_gib(host)} GiB ({_gib(pinned)} pinned)"
+    if available is not None:
+        text += f" of {_gib(available)} GiB available"
+        if host > available:
+            text += " ⚠️ does not fit this machine's RAM"
+    return text
+
+
 def wire_plan(engine, widget: MemoryModeWidget, build: Callable[..., object], inputs: list) -> None:
-    """Show the plan as soon as any of ``inputs`` (the tab's request fields, the widget's included) changes, and
-    once when the page loads. ``build(*values)`` returns the tab's request."""
+    """Show the plan when the page loads and as soon as any of ``inputs`` (the tab's request fields, the widget's
+    included) changes. ``build(*values)`` returns the tab's request. Not at build time: a plan imports its job's
+    runner (diffusers, peft), which the server's start must not wait for."""
 
     def update(*values):
         return plan_text(engine, build, *values)
 
-    widget.plan.value = update(*[c.value for c in inputs])  # the plan for the defaults, before any change
-    for component in inputs:
-        component.change(update, inputs, widget.plan, show_progress="hidden", api_visibility="private",
-                         queue=False)
+    gr.on(triggers=None, fn=update, inputs=inputs, outputs=widget.plan, show_progress="hidden",
+          api_visibility="private", queue=False)  # triggers=None: on page load and on every change of the inputs
 
 
 def measured_text(result) -> str:
@@ -124,10 +142,14 @@ def measured_text(result) -> str:
     memory = result.metadata.get("memory") or {}
     if not memory:
         return ""
-    peak = memory.get("cuda_peak_allocated") or memory.get("peak_compute_bytes", 0)
-    source = "allocator peak" if memory.get("cuda_peak_allocated") else "weights peak (ledger)"
+    # the allocator's reserved peak is what the process held (allocated drops at free time, before pending stream
+    # work is done); older results carry the allocated one only
+    cuda_peak = memory.get("cuda_peak_reserved") or memory.get("cuda_peak_allocated")
+    peak = cuda_peak or memory.get("peak_compute_bytes", 0)
+    source = ("reserved peak" if memory.get("cuda_peak_reserved") else "allocator peak") if cuda_peak \
+        else "weights peak (ledger)"
     plan = memory.get("plan") or {}
-    predicted = plan.get("predicted_peak") if memory.get("cuda_peak_allocated") else plan.get("weights_peak")
+    predicted = plan.get("predicted_peak") if cuda_peak else plan.get("weights_peak")
     text = (f"**Measured** · {memory.get('mode')}: {source} {_gib(peak)} GiB"
             + (f" (plan {_gib(predicted)} GiB)" if predicted else "")
             + f", {_gib(memory.get('bytes_moved', 0))} GiB moved")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import gradio as gr
 
+import comfy_export
+
 from . import comfy_io, comfy_panel, vram_panel, zerogpu
 from .components import GPU_POOL, guard_api_inputs
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
@@ -56,6 +58,8 @@ def header_html(engine) -> str:
 def build_app(engine) -> gr.Blocks:
     """The whole page for one engine. GPU events share one concurrency group of size 1 (set per
     event in the tabs); readouts and cancel buttons run in a group without a limit."""
+    if getattr(engine, "output_text", False) is None:  # the app's outputs open in ComfyUI: wire the exporter in here
+        engine.output_text = comfy_export.png_text
     with gr.Blocks(title=TITLE) as app:
         gr.HTML(header_html(engine), elem_id="app-header")
         vram_panel.build(engine)

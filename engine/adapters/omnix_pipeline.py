@@ -89,8 +89,10 @@ class OmniXPerceptionPipeline(FluxPipeline):
         """The clean latent of the input: ``(z - shift) * scale`` of a posterior sample, tiled as upstream
         encodes it (its pipeline has VAE tiling on for panoramas)."""
         vae = self.vae
+        # the execution device, not ``vae.device``: under an offloading mode the VAE waits off the device (on
+        # the meta device with disk offload) until its onload hook runs, and that hook does not move inputs
         with seam.tiling(vae, True):
-            dist = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
+            dist = vae.encode(image.to(device=self._execution_device, dtype=vae.dtype)).latent_dist
         z = dist.sample(generator=generator)
         return (z - vae.config.shift_factor) * vae.config.scaling_factor
 

@@ -9,8 +9,17 @@ import re
 from dataclasses import dataclass, field
 
 from engine.comfy_models.header import TensorTable
+from engine.comfy_models.wan_vae import is_wan22_layout
 
 TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+#: every architecture ``detect`` names: the ones this app loads, and the ones it lists with a reason and refuses
+#: (tests/test_real_formats.py holds a demo file, or a synthetic header, to each)
+LOADED_ARCHS = ("flux-dev", "flux-schnell", "flux-diffusers", "chroma", "qwen-image", "wan22-i2v-a14b", "wan22-ti2v-5b",
+                "vae-flux", "vae-ldm", "vae-wan", "vae-wan22", "clip-l", "t5-xxl", "umt5-xxl", "qwen25-vl", "siglip",
+                "ipadapter-flux", "lora")
+REFUSED_ARCHS = ("flux-other", "wan21-i2v", "wan-t2v", "clip-g", "clip-vision", "ipadapter-sd", "ipadapter-xlabs",
+                 "unknown")
 
 
 @dataclass
@@ -81,10 +90,9 @@ def _transformer(keys: dict[str, str], table: TensorTable, name: str) -> Detecti
 
 def _vae(keys, table: TensorTable) -> Detection | None:
     if "decoder.middle.0.residual.0.gamma" in keys:  # Wan VAE (the Qwen-Image VAE has the same layout)
-        z = (table.shape("conv1.weight") or table.shape("encoder.head.2.weight") or (0,))[0]
-        z = z // 2 if "conv1.weight" in keys else z
-        if z == 48:
-            return Detection("vae-wan22", "Wan 2.2 VAE (48 ch)", "vae", {"latent_channels": 48})
+        z = (table.shape("conv1.weight") or table.shape("encoder.head.2.weight") or (0,))[0] // 2
+        if is_wan22_layout(keys):  # nested residual blocks: Wan 2.2's VAE (48 ch for TI2V 5B)
+            return Detection("vae-wan22", f"Wan 2.2 VAE ({z} ch)", "vae", {"latent_channels": z})
         return Detection("vae-wan", f"Wan 2.1 / Qwen-Image VAE ({z} ch)", "vae", {"latent_channels": z})
     if "encoder.conv_in.weight" in keys and "decoder.conv_out.weight" in keys:
         z = (table.shape("encoder.conv_out.weight") or (0,))[0] // 2

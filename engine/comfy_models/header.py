@@ -152,6 +152,7 @@ def weight_dtype(table: TensorTable) -> str:
     labels = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8 e4m3fn", "F8_E5M2": "fp8 e5m2",
               "I8": "int8", "U8": "uint8"}
     label = labels.get(main, main.lower())
-    if scaled and main.startswith("F8"):
-        label = f"scaled {label}"
+    fp8 = next((d for d, _ in table.tensors.values() if d.startswith("F8")), "")
+    if scaled and fp8:  # the fp8 weights are what makes the file (a tiny one may hold more bytes in its norms)
+        label = f"scaled {labels.get(fp8, fp8.lower())}"
     return label

@@ -8,7 +8,9 @@ file copy-on-write, never writing it): a tensor whose dtype already matches is u
 copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mmap=True)``.
 
 Stored fp8: plain ``float8_e4m3fn`` weights stay fp8 through diffusers' layerwise casting (cast to the compute
-dtype one layer at a time); ComfyUI's *scaled* fp8 (``scale_weight`` per layer) is multiplied out on load."""
+dtype one layer at a time); ComfyUI's *scaled* fp8 (``scale_weight`` per layer, ``scaled_fp8``) is multiplied out on
+load, for transformers and text encoders alike (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are
+converted by ``wan_vae`` and loaded directly: diffusers 0.42.1's single-file path maps only part of them."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from engine.comfy_models import scaled_fp8, wan_vae
 from engine.comfy_models.detect import strip_transformer_prefix
 from engine.comfy_models.header import HeaderError, load_pickle_weights_only
 from engine.errors import ModelLoadError
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_DTYPES = scaled_fp8.FP8_DTYPES
+WAN_VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLQwenImage")  # the original Wan VAE layout, converted here
 FLUX_MLP_RATIO = 4  # FluxSingleTransformerBlock's fixed mlp_ratio (also Chroma's)
 
 
@@ -41,22 +45,6 @@ def read_state(path: str) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"{name}: {exc}") from None
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{name}: cannot read the weights ({str(exc).splitlines()[0]})") from None
-
-
-def dequantize_scaled_fp8(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict, bool]:
-    """ComfyUI's scaled fp8 (``<layer>.weight`` fp8 + ``<layer>.scale_weight``): weight * scale in ``dtype``."""
-    scales = {k[: -len(".scale_weight")]: k for k in state if k.endswith(".scale_weight")}
-    if not scales and "scaled_fp8" not in state:
-        return state, False
-    out = {}
-    for key, value in state.items():
-        if key == "scaled_fp8" or key.endswith((".scale_weight", ".scale_input")):
-            continue
-        layer = key[: -len(".weight")] if key.endswith(".weight") else None
-        if layer in scales:
-            value = value.to(dtype) * state[scales[layer]].to(dtype)
-        out[key] = value
-    return out, True
 
 
 def flux_family_to_diffusers(state: dict, config: dict, convert) -> dict:
@@ -102,9 +90,16 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
     raw = read_state(path)
     stripped = strip_transformer_prefix(raw) if subfolder.startswith("transformer") else {k: k for k in raw}
     state = {new: raw[old] for new, old in stripped.items()}
-    state, scaled = dequantize_scaled_fp8(state, dtype)
+    scaled = scaled_fp8.is_scaled(state)
+    if scaled:
+        state = scaled_fp8.dequantize(state, dtype, name)
     fp8 = not scaled and any(t.dtype in FP8_DTYPES for t in state.values())
     config = cls.load_config(str(config_folder), subfolder=subfolder, local_files_only=True)
+    if class_name in WAN_VAE_CLASSES and "decoder.middle.0.residual.0.gamma" in state:
+        model = _load_wan_vae(cls, state, config, dtype, name, f"{config_folder.name}/{subfolder}")
+        model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else "",
+                                  "converted": "Wan VAE layout"}
+        return model.eval()
     try:
         if class_name == "FluxTransformer2DModel" and "double_blocks.0.img_attn.qkv.weight" in state:
             state = flux_family_to_diffusers(state, config, sfu.convert_flux_transformer_checkpoint_to_diffusers)
@@ -135,6 +130,9 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
         raise ModelLoadError(f"unknown text/image encoder class {class_name}")
     name = os.path.basename(path)
     state = read_state(path)
+    scaled = scaled_fp8.is_scaled(state)
+    if scaled:  # ComfyUI's *_fp8_scaled encoders: weight * scale_weight, or refused naming the key
+        state = scaled_fp8.dequantize(state, dtype, name)
     prefix = {"CLIPTextModel": "text_model.", "SiglipVisionModel": "vision_model."}.get(class_name)
     if prefix and all(k.startswith(prefix) for k in state):  # transformers 4 names (ComfyUI's files); 5 has none
         state = {k[len(prefix):]: v for k, v in state.items()}
@@ -148,7 +146,33 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
     if missing:  # transformers would fill these with random values and only warn
         raise ModelLoadError(f"{name} lacks {len(missing)} of {class_name}'s weights (e.g. {missing[0]}); "
                              "it is not a complete file for this model")
+    model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else ""}
     return model.eval()
+
+
+def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str, where: str) -> torch.nn.Module:
+    """A Wan 2.1 / 2.2 / Qwen-Image VAE from its original key layout (``wan_vae``): built empty, the file's
+    (memory-mapped) tensors assigned in place, every weight required and no extra one allowed."""
+    from accelerate import init_empty_weights
+
+    converted = wan_vae.to_diffusers(state, config)
+    with init_empty_weights():
+        model = cls.from_config(config)
+    try:
+        result = model.load_state_dict(converted, strict=False, assign=True)
+    except RuntimeError as exc:  # a shape mismatch: a VAE of another size than the config's
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise ModelLoadError(f"{name} does not fit {cls.__name__} of {where} ({detail}); pick the VAE made for "
+                             "this model") from None
+    if result.missing_keys or result.unexpected_keys:
+        what = (f"lacks {len(result.missing_keys)} of its weights (e.g. {result.missing_keys[0]})"
+                if result.missing_keys else
+                f"holds {len(result.unexpected_keys)} tensors it has no place for (e.g. {result.unexpected_keys[0]})")
+        raise ModelLoadError(f"{name} {what} as {cls.__name__} of {where}; it is not this model's VAE")
+    _check_loaded(model, name)
+    if any(p.dtype != dtype for p in model.parameters()):  # in place (memory-mapped) when the file's dtype fits
+        model.to(dtype)
+    return model
 
 
 def _check_loaded(model: torch.nn.Module, name: str) -> None:

@@ -4,9 +4,10 @@
   ``ComfyUI/models/``  the main base path, ComfyUI's own folder names:
     ``diffusion_models/`` Flux dev (BFL layout; plus an fp8 e4m3fn copy), Chroma (``model.diffusion_model.*``),
                           Qwen-Image, ``wan2.2/`` the I2V A14B high/low noise pair (Wan layout), TI2V 5B
-    ``vae/``              the Flux VAE (LDM layout, as BFL's ``ae.safetensors``); the Wan VAE converter of diffusers assumes
-                          the real depth (2 res blocks), which the tiny Wan VAEs lack, so Wan/Qwen runs take the repo's VAE
-    ``text_encoders/``    CLIP-L, T5-XXL (Flux), T5 (Chroma), umT5 (Wan), Qwen2.5-VL (transformers 4 names, as Comfy-Org)
+    ``vae/``              the Flux VAE (LDM layout, as BFL's ``ae.safetensors``); the Wan 2.1, Wan 2.2 and Qwen-Image VAEs
+                          in the original Wan layout (``engine.demo.formats``, converted on load by ``wan_vae``)
+    ``text_encoders/``    CLIP-L, T5-XXL (Flux), T5 (Chroma), umT5 (Wan), Qwen2.5-VL (transformers 4 names, as Comfy-Org);
+                          T5-XXL, umT5 and Qwen2.5-VL also in bf16, fp8 e4m3fn and ComfyUI's scaled fp8 (``formats``)
     ``clip_vision/``      SigLIP;  ``ipadapter-flux/`` the InstantX ``ip-adapter.bin`` (a pickle);  ``loras/``
   ``extra/``           a second base path (``extra_model_paths.yaml``): more LoRAs
   ``extra_model_paths.yaml``
@@ -17,7 +18,6 @@ temporary folder renamed into place; the marker ``.built`` holds ``COMFY_DEMO_VE
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,8 +26,9 @@ from pathlib import Path
 from engine import demo
 from engine.demo.build import file_lock
 from engine.demo.common import quiet
+from engine.demo.single_files import original_state
 
-COMFY_DEMO_VERSION = "2"  # 2: the Flux VAE as ae-tiny.safetensors
+COMFY_DEMO_VERSION = "3"  # 2: the Flux VAE as ae-tiny.safetensors; 3: engine.demo.formats (issue 29)
 DIRNAME = "demo-comfyui"
 
 #: file -> (demo model, diffusers component) it was written from; names follow the real ComfyUI files'
@@ -92,35 +93,6 @@ def build_demo_comfy(models_dir: str | os.PathLike) -> Path:
     return root / MAIN
 
 
-def original_state(demo_dir: Path, model: str, component: str) -> dict:
-    """The state dict of one demo component in the key layout its real single file has."""
-    from safetensors.torch import load_file
-
-    from engine.comfy_models import layouts
-
-    folder = demo_dir / model / component if component else demo_dir / model
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if model in (demo.FLUX_DEV, demo.CHROMA) and component == "transformer":
-        if model == demo.CHROMA:
-            return {f"model.diffusion_model.{k}": v for k, v in layouts.chroma_to_original(
-                state, config["num_layers"], config["num_single_layers"], config["approximator_layers"]).items()}
-        return layouts.flux_to_original(state, config["num_layers"], config["num_single_layers"])
-    if component == "vae" and model == demo.FLUX_DEV:
-        return layouts.ldm_vae_to_original(state, len(config["down_block_types"]))
-    if model in (demo.WAN22_I2V, demo.WAN22_TI2V) and component.startswith("transformer"):
-        return layouts.wan_to_original(state)
-    if model == demo.QWEN_IMAGE and component == "text_encoder":
-        return layouts.qwen25vl_to_comfy(state)
-    if model == demo.SIGLIP or (model == demo.FLUX_DEV and component == "text_encoder"):
-        # the transformers 4 names real clip_l / siglip files carry (transformers 5 saves without the prefix)
-        prefix = "vision_model." if model == demo.SIGLIP else "text_model."
-        return {prefix + k: v for k, v in state.items()}
-    return state
-
-
 def _write(root: Path, demo_dir: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -140,6 +112,9 @@ def _write(root: Path, demo_dir: Path) -> None:
         for rel, source in files.items():
             (base / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(demo_dir / source, base / rel)
+    from engine.demo.formats import write_formats
+
+    write_formats(main, demo_dir)  # encoders in bf16 / fp8 / scaled fp8, Wan-layout VAEs, more LoRA schemes, GGUF
     for folder in ("checkpoints", "vae", "unet", "clip", "ipadapter"):  # empty, as in a fresh ComfyUI install
         (main / folder).mkdir(parents=True, exist_ok=True)
     (root / "extra_model_paths.yaml").write_text(

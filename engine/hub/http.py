@@ -208,25 +208,31 @@ def retry_wait(response: Any, retry: int, lim: Limits) -> float:
     return min(lim.retry_wait * 2 ** (retry - 1), lim.max_wait)
 
 
-def request(fn: Callable[[], _T], progress: Progress, what: str, lim: Limits, deadline: float | None = None) -> _T:
-    """``call(fn)`` with 429/5xx retried: bounded backoff honouring ``Retry-After``, "retrying (2/5)" on the
-    progress line. A read timeout is not retried: the hub stopped answering (:class:`Stalled`)."""
-    for attempt in range(1, lim.tries + 1):
+def retrying(attempt: Callable[[], _T], progress: Progress, what: str, lim: Limits) -> _T:
+    """``attempt()`` until it returns, the one retry loop of every hub request: 429/5xx are retried with bounded
+    backoff honouring ``Retry-After`` and "retrying (2/5)" on the progress line, then :class:`RetriesExhausted`;
+    other HTTP errors pass through. A read timeout is not retried: the hub stopped answering (:class:`Stalled`)."""
+    for answer in range(1, lim.tries + 1):
         try:
-            return call(fn, progress, what, deadline)
+            return attempt()
         except HfHubHTTPError as exc:
             status = status_of(exc)
             if status not in RETRY_STATUSES:
                 raise
-            if attempt == lim.tries:
+            if answer == lim.tries:
                 raise RetriesExhausted(what, status, lim.tries, exc) from exc
-            wait = retry_wait(exc.response, attempt, lim)
-            progress.report(f"{what}: the hub answered HTTP {status}, retrying ({attempt + 1}/{lim.tries}) in "
+            wait = retry_wait(exc.response, answer, lim)
+            progress.report(f"{what}: the hub answered HTTP {status}, retrying ({answer + 1}/{lim.tries}) in "
                             f"{wait:.0f} s")
             sleep(wait, progress)
         except TIMEOUTS as exc:
             raise Stalled(what, lim.read) from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def request(fn: Callable[[], _T], progress: Progress, what: str, lim: Limits, deadline: float | None = None) -> _T:
+    """``call(fn)`` (a blocking library request, in a helper thread) with the hub's retries (:func:`retrying`)."""
+    return retrying(lambda: call(fn, progress, what, deadline), progress, what, lim)
 
 
 # ------------------------------------------------------------------------------------------ the body GET
@@ -240,67 +246,73 @@ def get_body(url: str, headers: dict, f: BinaryIO, start: int, size: int | None,
     silence for ``lim.read`` seconds raises :class:`Stalled`; 416 raises :class:`RangeNotSatisfiable`; other
     HTTP errors raise the client's own ``HfHubHTTPError`` subclasses.
     """
-    session = get_session()
-    have = start
-    failures = 0  # breaks in a row without a new byte
-    retries = 0  # 429/5xx answers so far
-    step = max(64 * 1024, min(constants.DOWNLOAD_CHUNK_SIZE, 1024 * 1024))  # progress granularity
-    message = f"Downloading {label}"
-    while True:
-        progress.check()
-        hdrs = {**headers, "Accept-Encoding": "identity"}  # the real byte count; no gzip under a Range
-        if have:
-            hdrs["Range"] = f"bytes={have}-"
-        got = 0
-        try:
-            with session.stream("GET", url, headers=hdrs, timeout=lim.timeout, follow_redirects=True) as r:
-                if r.status_code == 416:
-                    raise RangeNotSatisfiable()
-                if r.status_code >= 400:
-                    r.read()
-                    hf_raise_for_status(r)
-                if have and r.status_code != 206:  # the server ignored the Range: start the file again
-                    f.seek(0)
-                    f.truncate()
-                    progress.advance(-have, f"{label}: the server does not resume, downloading it again from the start")
-                    have = 0
-                pending = 0
-                for chunk in r.iter_bytes():
-                    if not chunk:
-                        continue
-                    f.write(chunk)  # first: what arrived is on disk before any cancel is raised
-                    f.flush()  # in the file, not Python's buffer: a killed process keeps it too
-                    have += len(chunk)
-                    got += len(chunk)
-                    pending += len(chunk)
-                    if pending >= step:
-                        progress.advance(pending, message)
-                        pending = 0
-                    if size is None or have < size:  # a file complete on disk is kept whole: verified and named
-                        progress.check()
-                if pending:
-                    progress.advance(pending, message)
-            if size is not None and have < size:  # a body that ended early without an error from the client
-                raise httpx2.RemoteProtocolError(f"the body ended at {have} of {size} bytes")
-            return have
-        except HfHubHTTPError as exc:
-            status = status_of(exc)
-            if status not in RETRY_STATUSES:
+    body = _Body(url, headers, f, start, size, progress, lim, label)
+    return retrying(body.resume, progress, label, lim)
+
+
+class _Body:
+    """One file's body GET, across the breaks and retries of one :func:`get_body` call."""
+
+    def __init__(self, url: str, headers: dict, f: BinaryIO, start: int, size: int | None, progress: Progress,
+                 lim: Limits, label: str):
+        self.url, self.headers, self.f, self.start, self.size = url, headers, f, start, size
+        self.progress, self.lim, self.label = progress, lim, label
+        self.have = start
+        self.failures = 0  # breaks in a row without a new byte
+        self.step = max(64 * 1024, min(constants.DOWNLOAD_CHUNK_SIZE, 1024 * 1024))  # progress granularity
+
+    def resume(self) -> int:
+        """GET from what is on disk until the body is complete, resuming after each break of the stream. HTTP
+        errors and timeouts go to the caller's retry loop."""
+        while True:
+            self.progress.check()
+            self.got = 0
+            try:
+                return self._get()
+            except TIMEOUTS:
                 raise
-            retries += 1
-            if retries >= lim.tries:
-                raise RetriesExhausted(label, status, lim.tries, exc) from exc
-            wait = retry_wait(exc.response, retries, lim)
-            progress.report(f"{label}: the hub answered HTTP {status}, retrying ({retries + 1}/{lim.tries}) in "
-                            f"{wait:.0f} s")
-            sleep(wait, progress)
-        except TIMEOUTS as exc:
-            raise Stalled(label, lim.read) from exc
-        except STREAM_ERRORS as exc:
-            if isinstance(exc, httpx2.ConnectError) and have == start and not got:
-                raise  # never reached the server: nothing to resume, the caller says "cannot reach"
-            failures = 0 if got else failures + 1
-            if failures >= lim.tries:
-                raise BrokeOff(failures, exc) from exc
-            logger.info("%s broke off at %d bytes (%s); resuming", label, have, exc)
-            sleep(min(lim.retry_wait, lim.max_wait), progress)
+            except STREAM_ERRORS as exc:
+                if isinstance(exc, httpx2.ConnectError) and self.have == self.start and not self.got:
+                    raise  # never reached the server: nothing to resume, the caller says "cannot reach"
+                self.failures = 0 if self.got else self.failures + 1
+                if self.failures >= self.lim.tries:
+                    raise BrokeOff(self.failures, exc) from exc
+                logger.info("%s broke off at %d bytes (%s); resuming", self.label, self.have, exc)
+                sleep(min(self.lim.retry_wait, self.lim.max_wait), self.progress)
+
+    def _get(self) -> int:
+        f, progress, label = self.f, self.progress, self.label
+        hdrs = {**self.headers, "Accept-Encoding": "identity"}  # the real byte count; no gzip under a Range
+        if self.have:
+            hdrs["Range"] = f"bytes={self.have}-"
+        with get_session().stream("GET", self.url, headers=hdrs, timeout=self.lim.timeout,
+                                  follow_redirects=True) as r:
+            if r.status_code == 416:
+                raise RangeNotSatisfiable()
+            if r.status_code >= 400:
+                r.read()
+                hf_raise_for_status(r)
+            if self.have and r.status_code != 206:  # the server ignored the Range: start the file again
+                f.seek(0)
+                f.truncate()
+                progress.advance(-self.have, f"{label}: the server does not resume, downloading it again from the start")
+                self.have = 0
+            pending = 0
+            for chunk in r.iter_bytes():
+                if not chunk:
+                    continue
+                f.write(chunk)  # first: what arrived is on disk before any cancel is raised
+                f.flush()  # in the file, not Python's buffer: a killed process keeps it too
+                self.have += len(chunk)
+                self.got += len(chunk)
+                pending += len(chunk)
+                if pending >= self.step:
+                    progress.advance(pending, f"Downloading {label}")
+                    pending = 0
+                if self.size is None or self.have < self.size:  # a file complete on disk is kept whole: verified, named
+                    progress.check()
+            if pending:
+                progress.advance(pending, f"Downloading {label}")
+        if self.size is not None and self.have < self.size:  # a body that ended early without a client error
+            raise httpx2.RemoteProtocolError(f"the body ended at {self.have} of {self.size} bytes")
+        return self.have

@@ -137,7 +137,7 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
                      "with these steps skips steps")
     frames = out.frames[0]
     t1 = time.perf_counter()
-    files = save_video_result(frames, engine.outputs_dir, req, demo=engine.demo)
+    files = save_video_result(frames, engine.outputs_dir, req, text=engine.output_text_for(req))
     timings["encode_video"] = time.perf_counter() - t1
     metadata = {"pipeline": type(pipe).__name__, "experts": experts_note(pipe, req), "frames": int(len(frames)),
                 "size": [int(frames.shape[2]), int(frames.shape[1])], "step_cache": cached}

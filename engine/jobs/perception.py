@@ -79,7 +79,7 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
         out = run_denoise(engine, pipe, kwargs, len(req.tasks) * req.steps, req.swap, progress, cancel, timings)
 
     t1 = time.perf_counter()
-    result = write_outputs(engine.outputs_dir, req, out.maps, panorama, demo=engine.demo)
+    result = write_outputs(engine.outputs_dir, req, out.maps, panorama, text=engine.output_text_for(req))
     timings["write"] = time.perf_counter() - t1
     result.timings = timings
     result.metadata.update(info, pipeline=type(pipe).__name__, peak_ledger_bytes=session.peak_ledger_bytes,
@@ -87,7 +87,8 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
     return result
 
 
-def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama, demo: bool = False) -> Result:
+def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama,
+                  text: dict[str, str] | None = None) -> Result:
     """Every map's files, the resized input, the sphere ``.glb`` (with depth) and the request JSON, appearing
     together (``OutputSet``): a crash or a full disk leaves the whole set or nothing."""
     out_dir = Path(out_dir)
@@ -95,7 +96,7 @@ def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama, d
     result = Result(request=req)
     width, height = panorama.size
     check_free(out_dir, perception_maps.expected_bytes(maps, width, height) + 3 * width * height)
-    info = png_info(req, demo)  # every PNG of the run opens its ComfyUI graph
+    info = png_info(req, text)  # every PNG of the run opens its ComfyUI graph (the app's text chunks)
     with OutputSet(out_dir) as run:
         result.files.append(str(run.save_image(f"{stem}-input.png", panorama, pnginfo=info)))
         depth = None

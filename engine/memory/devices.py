@@ -59,6 +59,40 @@ def reset_peak() -> None:
             torch.cuda.reset_peak_memory_stats(i)
 
 
+# What the plan keeps back from the GPU's free memory. The CUDA context is already outside ``mem_get_info``'s free
+# figure once torch has touched the device; the reserve covers what appears after the plan: cuBLAS workspaces
+# (up to 32 MiB per handle and stream, two streams), cuDNN/conv workspaces of the VAE (hundreds of MiB at large
+# sizes), the caching allocator's rounding (2 MiB pages, 20 MiB segments) and fragmentation, which grows with
+# the card (the 2%), and a desktop or another process taking a little more meanwhile.
+RESERVE_FIXED = 512 * 2**20
+RESERVE_FRACTION = 0.02
+
+
+def cuda_reserve(total: int) -> int:
+    return RESERVE_FIXED + int(RESERVE_FRACTION * total)
+
+
+def planning_budget(device: str) -> tuple[int, str] | None:
+    """The bytes a run may plan for on ``device``: free now, plus what this process's allocator already holds
+    (its cached blocks and the app's loaded models, which the run reuses or evicts), minus ``cuda_reserve``; and
+    a line saying so. None without CUDA (a CPU run has no device budget)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index or 0
+    free, total = torch.cuda.mem_get_info(index)
+    held = int(torch.cuda.memory_reserved(index))
+    reserve = cuda_reserve(int(total))
+    budget = max(0, int(free) + held - reserve)
+    note = (f"budget {budget / 2**30:.1f} GiB = {free / 2**30:.1f} GiB free + {held / 2**30:.1f} held by this app "
+            f"- {reserve / 2**30:.1f} reserve (CUDA workspaces, allocator rounding, other processes)")
+    return budget, note
+
+
+def host_available() -> int:
+    """RAM the system can give now without swapping (psutil's ``available``)."""
+    return int(psutil.virtual_memory().available)
+
+
 def default_compute_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,6 +8,7 @@ module it loads, runners call ``ensure_loaded`` before they compute and ``offloa
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import tempfile
 import threading
@@ -17,59 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from engine.errors import OutOfBudgetError
-from engine.memory import devices
-from engine.memory.transfer import collect_slots, held_tensor, set_tensor, stored_key
+from engine.memory import devices, disk
+from engine.memory.backend import backend_for
+from engine.memory.host_pool import host_pinned_bytes
+from engine.memory.placement import _device_name, bytes_by_device, module_bytes, real_device
+
+__all__ = ["DISK", "ROLES", "MemoryManager", "ModuleEntry", "bytes_by_device", "module_bytes", "real_device"]
 
 ROLES = ("transformer", "text_encoder", "image_encoder", "projector", "vae", "adapter", "lora", "other")
 DISK = "disk"
-
-
-def module_bytes(module: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer, shared tensors counted once."""
-    seen, total = set(), 0
-    for t in _tensors(module):
-        key = (t.data_ptr(), t.device) if t.device.type != "meta" else id(t)
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
-
-
-def _tensors(module: torch.nn.Module):
-    yield from module.parameters()
-    yield from module.buffers()
-
-
-def real_device(module: torch.nn.Module) -> str:
-    """Where the module's tensors really are: 'cpu', 'cuda:0', 'meta', 'mixed' or 'none'."""
-    found = {_device_name(t.device) for t in _tensors(module)}
-    if not found:
-        return "none"
-    return found.pop() if len(found) == 1 else "mixed"
-
-
-def bytes_by_device(module: torch.nn.Module) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in _named_tensors(module).values():
-        dev = _device_name(t.device)
-        out[dev] = out.get(dev, 0) + t.numel() * t.element_size()
-    return out
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
-    return dev.type
-
-
-def _named_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    named = dict(module.named_parameters())
-    named.update(module.named_buffers())  # non-persistent buffers too: they vanish on 'meta'
-    return named
 
 
 @dataclass
@@ -107,11 +66,14 @@ class MemoryManager:
         offload_device: str = "cpu",
         budget_bytes: int | None = None,
         disk_dir: str | Path | None = None,
+        backend=None,
     ):
         self.compute_device = _device_name(torch.device(compute_device or devices.default_compute_device()))
         if offload_device not in ("cpu", DISK):
             raise ValueError("offload_device must be 'cpu' or 'disk'")
         self.offload_device = offload_device
+        # what the streaming modes ask of the accelerator (None on the CPU; a SimBackend in the CPU tests)
+        self.backend = backend if backend is not None else backend_for(self.compute_device)
         self.budget_bytes = budget_bytes
         self._disk_dir = Path(disk_dir) if disk_dir else None
         self._entries: dict[str, ModuleEntry] = {}
@@ -120,9 +82,14 @@ class MemoryManager:
         self.session_budget: int | None = None  # a run's max_vram_gb, while it runs
         self.bytes_moved = 0
         self.peak_compute = 0
-        from engine.memory.session import SwapController  # noqa: PLC0415  (session imports the strategies, which import us)
 
-        self.swap = SwapController(self)
+    @functools.cached_property
+    def swap(self):
+        """The memory-mode controller, made on first use: the strategies import diffusers' hooks (and with them
+        diffusers, peft and torch._dynamo: seconds), which the app's start must not wait for."""
+        from engine.memory.session import SwapController  # session imports the strategies, which import us
+
+        return SwapController(self)
 
     # ------------------------------------------------------------ registry
     def register(self, name: str, module: torch.nn.Module, role: str = "other",
@@ -179,10 +146,8 @@ class MemoryManager:
             return self.session_budget
         if self.budget_bytes is not None:
             return self.budget_bytes
-        if self.compute_device.startswith("cuda"):
-            stats = devices.cuda_stats(torch.device(self.compute_device).index or 0)
-            return int(stats["total"] * 0.9)  # headroom for activations and the allocator
-        return None
+        planned = devices.planning_budget(self.compute_device)  # free + held by us - a stated reserve, as planned
+        return planned[0] if planned else None
 
     def compute_bytes(self, e: ModuleEntry) -> int:
         """Bytes of this module on the compute device now (partial for a streamed transformer; 0 for a part,
@@ -209,7 +174,11 @@ class MemoryManager:
         self.peak_compute = max(self.peak_compute, self.resident_bytes())
 
     def run_stats(self) -> dict:
-        return {"bytes_moved": self.bytes_moved, "peak_compute_bytes": self.peak_compute}
+        """The run's figures; ``device_slab_bytes``: what the streamed transformers' slabs take on the device (the
+        largest of them: Wan's experts never hold slabs at once); ``pinned_bytes``: page-locked host memory now."""
+        slabs = [getattr(e.residency, "device_slab_bytes", 0) for e in list(self._entries.values())]
+        return {"bytes_moved": self.bytes_moved, "peak_compute_bytes": self.peak_compute,
+                "device_slab_bytes": max(slabs, default=0), "pinned_bytes": host_pinned_bytes()}
 
     # ------------------------------------------------------------ block-level residency
     def attach_residency(self, name: str, make, in_ram: bool = False) -> Any:
@@ -320,7 +289,15 @@ class MemoryManager:
         with self._lock:
             for name in names:
                 e = self._entries[name]
-                if e.device != self.offload_device and name not in self._in_use and not e.part_of:
+                # a streamed module holds device slabs and pinned memory even where compute and offload are one
+                # device (the CPU tests' simulated GPU): it must let go of them too
+                holds = e.residency is not None and e.residency.on_compute
+                if name in self._in_use or e.part_of:
+                    continue
+                if holds:
+                    e.residency.evict_all()
+                    e.device = self.offload_device
+                elif e.device != self.offload_device:
                     self._move(e, self.offload_device)
             devices.free_cached()
 
@@ -370,27 +347,12 @@ class MemoryManager:
         return self._disk_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".safetensors")
 
     def _save_to_disk(self, e: ModuleEntry) -> None:
-        # tied weights (T5's shared embedding) are one tensor with several owners: saved once, restored tied
-        slots = collect_slots(e.module)
-        tensors = {k: held_tensor(s).detach().to("cpu").contiguous() for k, s in slots.items()}
         e.disk_file = self._disk_path(e.name)
-        save_file(tensors, str(e.disk_file))
-        del tensors
-        for slot in slots.values():
-            set_tensor(slot, torch.empty(slot.shape, dtype=slot.dtype, device="meta"))
+        disk.save_module(e.module, e.disk_file)
 
     def _load_from_disk(self, e: ModuleEntry) -> None:
         assert e.disk_file is not None
-        with safe_open(str(e.disk_file), framework="pt") as f:
-            stored = set(f.keys())
-            for key, slot in collect_slots(e.module).items():
-                name = stored_key(key, stored)
-                if name is None:  # added while the module waited on disk (a LoRA layer): it is in memory
-                    if held_tensor(slot).device.type == "meta":
-                        raise RuntimeError(f"{e.name}: {key} is neither in {e.disk_file.name} nor in memory")
-                    continue
-                set_tensor(slot, f.get_tensor(name))
-        e.disk_file.unlink(missing_ok=True)
+        disk.load_module(e.name, e.module, e.disk_file)
         e.disk_file = None
         e.device = "cpu"
 

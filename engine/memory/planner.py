@@ -10,106 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MiB = 2**20
-GiB = 2**30
-# Copies below a few tens of MB do not reach full PCIe bandwidth (launch and sync overhead per copy):
-# adaptive groups consecutive small blocks until a group moves at least this much.
-EFFICIENT_COPY_BYTES = 32 * MiB
-STREAMING_MODES = ("block_swap", "adaptive", "chunkwise")
-
-
-@dataclass(frozen=True)
-class ComponentSize:
-    """One pipeline component: its bytes, and for a transformer the bytes of each block in execution order."""
-
-    name: str
-    role: str
-    total: int
-    blocks: tuple[int, ...] = ()
-    largest_leaf: int = 0  # biggest single layer: what leaf-level streaming must hold at once
-
-    @property
-    def rest(self) -> int:
-        """Bytes outside the blocks (embedders, norms, output projection): resident whenever it computes."""
-        return self.total - sum(self.blocks)
-
-    @property
-    def streams(self) -> bool:
-        return self.role == "transformer" and len(self.blocks) > 0
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How one transformer streams: the first ``resident`` blocks stay, the rest move in ``groups``."""
-
-    resident: int
-    groups: tuple[tuple[int, ...], ...]
-    prefetch: int
-
-    @property
-    def streamed_blocks(self) -> int:
-        return sum(len(g) for g in self.groups)
-
-    def group_bytes(self, blocks: tuple[int, ...]) -> list[int]:
-        return [sum(blocks[i] for i in g) for g in self.groups]
-
-    def window_bytes(self, blocks: tuple[int, ...]) -> int:
-        """Most streamed bytes on the device at once: the group computing plus ``prefetch`` groups ahead."""
-        sizes = self.group_bytes(blocks)
-        if not sizes:
-            return 0
-        k = min(len(sizes), self.prefetch + 1)
-        # groups wrap around (the next call's first group is prefetched during the last one)
-        ring = sizes + sizes[: k - 1]
-        return max(sum(ring[i:i + k]) for i in range(len(sizes)))
-
-    def need(self, comp: ComponentSize) -> int:
-        """Bytes of this transformer on the device while it computes."""
-        return comp.rest + sum(comp.blocks[: self.resident]) + self.window_bytes(comp.blocks)
-
-    def kept(self, comp: ComponentSize) -> int:
-        """Bytes that stay on the device between its calls (and between runs)."""
-        return comp.rest + sum(comp.blocks[: self.resident])
-
-
-def block_swap_layout(n_blocks: int, resident: int, prefetch: int) -> Layout:
-    resident = max(0, min(resident, n_blocks))
-    return Layout(resident, tuple((i,) for i in range(resident, n_blocks)), prefetch)
-
-
-def chunk_layout(blocks: tuple[int, ...], resident: int, group_bytes: int, prefetch: int) -> Layout:
-    """Consecutive streamed blocks grouped while a group stays within ``group_bytes`` (at least one block each)."""
-    resident = max(0, min(resident, len(blocks)))
-    groups: list[tuple[int, ...]] = []
-    current: list[int] = []
-    size = 0
-    for i in range(resident, len(blocks)):
-        if current and size + blocks[i] > group_bytes:
-            groups.append(tuple(current))
-            current, size = [], 0
-        current.append(i)
-        size += blocks[i]
-    if current:
-        groups.append(tuple(current))
-    return Layout(resident, tuple(groups), prefetch)
-
-
-def adaptive_layout(comp: ComponentSize, budget: int, prefetch: int) -> Layout | None:
-    """The most resident blocks that fit ``budget`` (bytes for this transformer's weights), the rest streaming
-    in groups of consecutive blocks up to ``EFFICIENT_COPY_BYTES`` (small blocks copy badly one by one), or one
-    block per group when that leaves room for more resident blocks. None when not even full streaming fits."""
-    blocks = comp.blocks
-    if not blocks:
-        return None
-    best = None
-    for group_bytes in (EFFICIENT_COPY_BYTES, 0):  # 0: every block its own group
-        for resident in range(len(blocks), -1, -1):
-            layout = chunk_layout(blocks, resident, group_bytes, prefetch)
-            if layout.need(comp) <= budget:
-                if best is None or layout.resident > best.resident:
-                    best = layout
-                break
-    return best
+from engine.memory.host_need import host_need
+from engine.memory.layouts import (  # noqa: F401  (re-exported: the plan's callers import them from here)
+    EFFICIENT_COPY_BYTES,
+    STREAMING_MODES,
+    ComponentSize,
+    GiB,
+    Layout,
+    MiB,
+    adaptive_layout,
+    block_swap_layout,
+    chunk_layout,
+)
 
 
 @dataclass
@@ -126,16 +38,37 @@ class Plan:
     explanation: str = ""
     suggestion: str = ""
     notes: list[str] = field(default_factory=list)
+    offload: str = "cpu"
+    resident_weights: int = 0  # of weights_peak at the denoising peak: what stays (rest + resident blocks)
+    slab_bytes: int = 0  # of weights_peak at the denoising peak: the streaming slabs
+    host_bytes: int = 0  # host RAM the mode needs while it runs (pageable + pinned)
+    pinned_bytes: int = 0
+    host_how: str = ""
+    host_available: int | None = None  # RAM this run may use: available now + what the app already holds
+    budget_note: str = ""  # where the budget comes from
+    alternatives: dict[str, dict] = field(default_factory=dict)  # other modes: host, device and whether they fit
 
     @property
     def predicted_peak(self) -> int:
         return self.weights_peak + self.activations
+
+    @property
+    def host_line(self) -> str:
+        """e.g. "block_swap: 14.2 GiB of host RAM, 9.8 pinned"."""
+        return f"{self.mode}: {gib(self.host_bytes)} GiB of host RAM, {gib(self.pinned_bytes)} pinned"
+
+    @property
+    def host_fits(self) -> bool:
+        return self.host_available is None or self.host_bytes <= self.host_available
 
     def as_dict(self) -> dict:
         return {
             "mode": self.mode, "device": self.device, "budget": self.budget, "weights_peak": self.weights_peak,
             "activations": self.activations, "predicted_peak": self.predicted_peak, "fits": self.fits,
             "explanation": self.explanation, "suggestion": self.suggestion, "notes": list(self.notes),
+            "offload": self.offload, "resident_weights": self.resident_weights, "slab_bytes": self.slab_bytes,
+            "host_bytes": self.host_bytes, "pinned_bytes": self.pinned_bytes, "host_available": self.host_available,
+            "host_line": self.host_line, "budget_note": self.budget_note, "alternatives": dict(self.alternatives),
             "layouts": {k: {"resident": v.resident, "groups": len(v.groups),
                             "group_blocks": max((len(g) for g in v.groups), default=0)}
                         for k, v in self.layouts.items()},
@@ -178,8 +111,20 @@ def minimum_bytes(components: list[ComponentSize], layers_at_once: int = 2) -> i
 
 
 def plan_swap(components: list[ComponentSize], settings, device: str, budget: int | None,
-              activations: int) -> Plan:
-    """Work out the layout and peak of a run in ``settings.mode`` on ``device`` with ``budget`` bytes."""
+              activations: int, offload: str = "cpu") -> Plan:
+    """Work out the layout, device peak and host RAM of a run in ``settings.mode`` on ``device`` with ``budget``
+    bytes, the offloaded weights waiting in ``offload`` ("cpu" or "disk")."""
+    plan = _plan_device(components, settings, device, budget, activations)
+    plan.offload = offload
+    need = host_need(plan.mode, components, plan.layouts, device, offload, plan.weights_peak,
+                     bool(getattr(settings, "use_streams", True)))
+    plan.host_bytes, plan.pinned_bytes, plan.host_how = need.host, need.pinned, need.how
+    plan.explanation += f"; host RAM {gib(need.host)} GiB, {gib(need.pinned)} pinned ({need.how})"
+    return plan
+
+
+def _plan_device(components: list[ComponentSize], settings, device: str, budget: int | None,
+                 activations: int) -> Plan:
     mode = settings.mode
     if mode == "cpu_only":
         return _plan_on_cpu(mode, components, device, activations)
@@ -208,7 +153,10 @@ def plan_swap(components: list[ComponentSize], settings, device: str, budget: in
             plan.layouts[comp.name] = layout
         if plan.layouts:
             kept = max(plan.layouts[c.name].kept(c) for c in transformers)
-            denoise = max(plan.layouts[c.name].need(c) for c in transformers)
+            worst = max(transformers, key=lambda c: plan.layouts[c.name].need(c))
+            denoise = plan.layouts[worst.name].need(worst)
+            plan.resident_weights = plan.layouts[worst.name].kept(worst)
+            plan.slab_bytes = plan.layouts[worst.name].window_bytes(worst.blocks)
             # encoders and the VAE come in one at a time; the last expert's resident blocks stay unless they must go
             other_phase = max((c.total + (kept if budget is None or c.total + kept <= budget else 0)
                                for c in others), default=0)
@@ -253,7 +201,11 @@ def _explain(plan: Plan, components: list[ComponentSize]) -> str:
         group = f", {human(max(sizes))} groups" if sizes else ""
         parts.append(f"{layout.resident} of {len(comp.blocks)} blocks resident{group}")
     unique = list(dict.fromkeys(parts))
-    return f"{plan.mode}: {'; '.join(unique)}; {peak}"
+    weights = (f"weights on the GPU while denoising {human(plan.resident_weights + plan.slab_bytes)} = "
+               f"{human(plan.resident_weights)} resident + {human(plan.slab_bytes)} slabs")
+    if plan.weights_peak > plan.resident_weights + plan.slab_bytes:
+        weights += f", {human(plan.weights_peak)} while an encoder or the VAE computes beside the resident blocks"
+    return f"{plan.mode}: {'; '.join(unique)}; {weights}; {peak}"
 
 
 def _suggest(plan: Plan, components: list[ComponentSize]) -> str:

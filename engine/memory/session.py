@@ -78,5 +78,6 @@ class SwapController:
                 yield info
             finally:
                 strategy.after_run(components, ledger, applied)
+                info.notes.extend(n for n in applied.notes if n not in info.notes)  # e.g. a pin failure mid-run
         finally:
             ledger.session_budget = previous_budget

@@ -1,11 +1,10 @@
 """One module's tensors and the place they wait while off the compute device.
 
-A ``TensorStore`` keeps, for every parameter and buffer of a module, a host copy (pinned when it can be, so
-copies can run asynchronously) or a key into a safetensors file (disk offload). Loading a group of tensors
-copies them to the compute device, on a side CUDA stream when one is given; evicting points them back at
-their host copy (nothing is copied back: weights do not change during inference) or at the meta device
-(disk). When the compute device is the CPU and the host place is the CPU, loading and evicting are no-ops,
-so the same code path runs everywhere.
+A ``TensorStore`` keeps, for every parameter and buffer of a module, a host copy or a key into a safetensors file
+(disk offload). On a GPU (a ``backend`` given) the store only keeps the books and the host side: the device side is
+``slabs.DeviceSlabs`` (fixed slabs reused through events) and the pinned side ``host_pool.HostPool`` (streamed
+tensors only, packed into a few pinned slabs). Without a backend (computing on the CPU) loading and evicting
+move nothing for CPU offload and read the file for disk offload, so the same hooks run everywhere.
 
 Why not diffusers' ``ModuleGroup``: it keeps no ledger of what is where, cannot leave part of a module
 resident while the rest streams, pins silently, and its disk mode leaves uninitialised CPU tensors behind
@@ -14,7 +13,6 @@ instead of freeing them; the ledger and the UI need all four.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,26 +36,6 @@ class Slot:
     requires_grad: bool = False
     host: torch.Tensor | None = None  # None when the host place is a file
     on_compute: bool = False
-
-
-@dataclass
-class PinReport:
-    """How much of the host memory that should be pinned really is. Unpinned copies are synchronous."""
-
-    wanted: int = 0
-    pinned: int = 0
-    error: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return self.pinned >= self.wanted
-
-    def message(self, what: str) -> str:
-        if self.complete or not self.wanted:
-            return ""
-        return (f"{what}: only {self.pinned / 2**30:.1f} of {self.wanted / 2**30:.1f} GiB of host memory could be "
-                f"pinned ({self.error or 'the system refused'}); the rest copies synchronously, so streamed steps "
-                "can take 2-3x longer. Free RAM, lower the resident blocks, or raise the locked-memory limit.")
 
 
 def _current(owner: tuple[torch.nn.Module, str, bool]) -> torch.Tensor:
@@ -87,58 +65,56 @@ def set_tensor(slot: Slot, tensor: torch.Tensor) -> None:
         (module._parameters if is_param else module._buffers)[name] = tensor
 
 
-def pin(tensor: torch.Tensor) -> torch.Tensor:
-    """A pinned copy of a CPU tensor (raises RuntimeError when the system refuses)."""
-    out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    out.copy_(tensor)
-    return out
-
-
 class TensorStore:
     """The tensors of ``module`` between ``compute`` (a device string) and their host place ("cpu" or "disk")."""
 
     def __init__(self, module: torch.nn.Module, compute: str, place: str, disk_file: Path | None = None,
-                 want_pin: bool | None = None, stream: bool = False):
+                 backend=None):
         self.module = module
         self.compute = torch.device(compute)
         self.place = place
         self.disk_file = disk_file
+        self.backend = backend
         self.slots: dict[str, Slot] = collect_slots(module)
-        self.pins = PinReport()
         self.moved_bytes = 0
-        self._noop = self.compute.type == "cpu" and place == "cpu"
-        want_pin = self.wants_pin(self.compute, stream) if want_pin is None else want_pin
-        self.stream = torch.cuda.Stream(self.compute) if stream and self.compute.type == "cuda" else None
-        self._init_host(want_pin)
+        self._noop = backend is None and self.compute.type == "cpu" and place == "cpu"
+        self._file = None
+        self._init_host()
 
     # ------------------------------------------------------------ setup
-    @staticmethod
-    def wants_pin(compute: torch.device, stream: bool) -> bool:
-        """Pinned host memory is what lets a copy run asynchronously; only worth it with a side stream."""
-        return compute.type == "cuda" and stream
-
-    def _init_host(self, want_pin: bool) -> None:
-        """Give every tensor its host copy (or file key) and leave it there, off the compute device."""
+    def _init_host(self) -> None:
+        """Give every tensor its host copy (pageable; pinning is the streamer's, for what streams) or file key,
+        and leave it there, off the compute device."""
         if self.place == "disk":
             self._init_disk()
             return
         for slot in self.slots.values():
             t = _current(slot.owners[0])
-            if t.device.type == "meta":
+            if t.device.type == "meta" and self.backend is None:
                 raise RuntimeError(f"{slot.key} has no data (meta tensor); load the module before streaming it")
-            if self._noop and not want_pin:  # the CPU is both places: share the storage, only keep the books
+            if self._noop:  # the CPU is both places: share the storage, only keep the books
                 slot.host = t
                 continue
-            host = t.detach().to("cpu") if t.device.type != "cpu" else t.detach()
-            if want_pin and not host.is_pinned():
-                self.pins.wanted += slot.nbytes
-                try:
-                    host = pin(host)
-                    self.pins.pinned += slot.nbytes
-                except RuntimeError as exc:  # locked-memory limit, WSL, no driver: say so, never silently
-                    self.pins.error = str(exc).splitlines()[0][:200]
+            host = t.detach().to("cpu") if t.device.type not in ("cpu", "meta") else t.detach()
             slot.host = host
             self._set(slot, host)
+
+    def source(self, slot: Slot) -> torch.Tensor:
+        """The host tensor a copy to the device reads (for disk offload: read from the file now, pageable)."""
+        if self.place != "disk":
+            return slot.host
+        if self._file is None:
+            self._file = safe_open(str(self.disk_file), framework="pt")
+        return self._file.get_tensor(slot.key)
+
+    def home(self, slot: Slot) -> torch.Tensor:
+        """What the module holds for a tensor that is off the device: its host copy, or meta with disk offload."""
+        if self.place == "disk":
+            return torch.empty(slot.shape, dtype=slot.dtype, device="meta")
+        return slot.host
+
+    def close(self) -> None:
+        self._file = None
 
     def _init_disk(self) -> None:
         assert self.disk_file is not None
@@ -179,52 +155,23 @@ class TensorStore:
         return sum(self.slots[k].nbytes for k in keys)
 
     def load(self, keys: list[str]) -> int:
-        """Put these tensors on the compute device; returns their bytes (what is now on it that was not).
-        On a side stream the copies are only queued: wait for ``ready()``'s event before computing."""
+        """Without a backend (the CPU computes): put these tensors on it; returns their bytes."""
         todo = [self.slots[k] for k in keys if not self.slots[k].on_compute]
         if not todo:
             return 0
-        # the stream that will compute with these tensors: read before switching to the side stream
-        compute_stream = torch.cuda.current_stream(self.compute) if self.stream is not None else None
         with torch.inference_mode(False), torch.no_grad():
-            ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-            with ctx:
-                if self.place == "disk":
-                    self._load_from_disk(todo, compute_stream)
-                elif not self._noop:
+            if self.place == "disk":
+                with safe_open(str(self.disk_file), framework="pt") as f:
                     for slot in todo:
-                        dev = slot.host.to(self.compute, non_blocking=self.stream is not None)
-                        self._track(dev, compute_stream)
-                        self._set(slot, dev)
+                        self._set(slot, f.get_tensor(slot.key))
                         self.moved_bytes += slot.nbytes
+            elif not self._noop:
+                for slot in todo:
+                    self._set(slot, slot.host.to(self.compute))
+                    self.moved_bytes += slot.nbytes
         for slot in todo:
             slot.on_compute = True
         return sum(slot.nbytes for slot in todo)
-
-    def _load_from_disk(self, todo: list[Slot], compute_stream) -> None:
-        with safe_open(str(self.disk_file), framework="pt") as f:
-            for slot in todo:
-                t = f.get_tensor(slot.key)
-                if self.compute.type != "cpu":
-                    t = t.to(self.compute, non_blocking=False)  # pageable source: a synchronous copy
-                    self._track(t, compute_stream)
-                self._set(slot, t)
-                self.moved_bytes += slot.nbytes
-
-    @staticmethod
-    def _track(tensor: torch.Tensor, compute_stream) -> None:
-        # Memory allocated on the side stream and used on the compute stream: without record_stream the
-        # allocator could hand it to the next copy while a kernel still reads it.
-        if compute_stream is not None:
-            tensor.record_stream(compute_stream)
-
-    def ready(self):
-        """An event the compute stream must wait for before using what ``load`` queued (None without a stream)."""
-        if self.stream is None:
-            return None
-        event = torch.cuda.Event()
-        event.record(self.stream)
-        return event
 
     def evict(self, keys: list[str]) -> int:
         """Send these tensors back to their host place; returns the bytes that left the compute device."""

@@ -44,7 +44,7 @@ def replica_plan(wanted: int, gpus: float, cpus: float) -> tuple[int, dict, str 
 
 def start_serve(replicas: int, *, models_dir: Path, outputs_dir: Path, demo: bool, address: str | None = None,
                 replica_outputs_dir: Path | None = None, num_cpus: int | None = None, log=print,
-                log_to_driver: bool = True):
+                log_to_driver: bool = True, output_text=None):
     """Deploy ``replicas`` engine replicas and return the ``ServeEngine`` the UI runs on.
 
     ``address``: a running Ray cluster (``ray start --head``; default ``RAY_ADDRESS``), else a local Ray.
@@ -69,7 +69,8 @@ def start_serve(replicas: int, *, models_dir: Path, outputs_dir: Path, demo: boo
         name=BOARD_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime=None).remote()
     serve.start(proxy_location="Disabled")  # the page calls the deployment through its handle, no HTTP proxy
     options = {"models_dir": str(Path(models_dir).resolve()), "demo": demo, "device": device,
-               "outputs_dir": str(Path(replica_outputs_dir or outputs_dir).resolve())}
+               "outputs_dir": str(Path(replica_outputs_dir or outputs_dir).resolve()),
+               "output_text": output_text}  # a function: Ray pickles it by reference, each replica imports it
     deployment = serve.deployment(
         EngineReplica, name="engine", num_replicas=count, ray_actor_options=per_replica,
         max_ongoing_requests=1,  # one job on a replica's device at a time; Serve queues the rest

@@ -13,7 +13,7 @@ from PIL import Image
 
 from engine import outputs
 from engine.atomic_files import MARGIN, OutputSet, check_free, free_bytes, is_disk_full
-from engine.outputs import comfy_text, png_info, run_stem
+from engine.outputs import png_info, run_stem
 
 CODECS = {  # format -> (codec, output pixel format)
     "mp4": ("libx264", "yuv420p"),
@@ -74,9 +74,10 @@ def expected_bytes(arr: np.ndarray, fmt: str) -> int:
     return raw // arr.shape[0] + raw // (2 if fmt == "gif" else 10) + (1 << 16)
 
 
-def save_video_result(frames, out_dir: Path, request, demo: bool = False) -> list[str]:
+def save_video_result(frames, out_dir: Path, request, text: dict[str, str] | None = None) -> list[str]:
     """Video, request JSON and last frame PNG for ``request`` (an ``I2VRequest``); returns the paths. mp4 and webm
-    also carry ComfyUI's ``prompt`` and ``workflow`` tags; a gif has no place for them (the PNG beside it has).
+    also carry ``text`` as tags (the app's: ComfyUI's ``prompt`` and ``workflow``); a gif has no place for them (the
+    PNG beside it has).
     The three appear together (``OutputSet``): a crash or a full disk leaves all of them or none."""
     out_dir = Path(out_dir)
     stem = run_stem(request.kind, request.seed)
@@ -87,14 +88,14 @@ def save_video_result(frames, out_dir: Path, request, demo: bool = False) -> lis
     with OutputSet(out_dir) as run:
         try:
             write_video(arr, run.path(name), request.output_format, request.fps, request.quality, request.loop,
-                        comment=request_json, tags=comfy_text(request, demo))
+                        comment=request_json, tags=text or {})
         except OSError as exc:  # ffmpeg's own write error comes back as a broken pipe with its log
             if not is_disk_full(exc) and ("No space left" in str(exc) or free_bytes(out_dir) < MARGIN):
                 raise OSError(errno.ENOSPC, "No space left on device (ffmpeg)") from exc
             raise
         if free_bytes(out_dir) < MARGIN:  # imageio-ffmpeg ignores ffmpeg's exit code: a cut trailer looks like this
             raise OSError(errno.ENOSPC, "No space left on device (ffmpeg)")
-        run.save_image(f"{stem}-last-frame.png", Image.fromarray(arr[-1]), pnginfo=png_info(request, demo))
+        run.save_image(f"{stem}-last-frame.png", Image.fromarray(arr[-1]), pnginfo=png_info(request, text))
         run.write_json(f"{stem}.json", outputs.request_json(request))
         files = run.commit(last=f"{stem}.json")
     return [files[0], files[2], files[1]]  # video, request JSON, last frame

@@ -29,24 +29,19 @@ from engine.catalog.presets import ALL, CatalogEntry, architectures, load_catalo
 from engine.hub import download as engine_hub
 from engine.requests import SDNQ_DTYPES
 
-from .. import comfy_io, zerogpu
+from .. import comfy_io
 from ..components import (
     CONTROLS,
-    GPU_POOL,
     CancelSlots,
     as_int,
-    cancel_button,
     image_output,
-    image_run_updates,
-    run_on_engine,
-    run_row,
     run_with_feedback,
     seed_input,
-    status_line,
     steps_slider,
     threadsafe,
 )
-from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
+from ..memory_mode import memory_mode_widget, swap_field
+from ..run_handler import TabRun
 
 DOWNLOADS = "downloads"  # concurrency group of the download button: never the GPU pool
 DOWNLOAD_LIMIT = 2  # downloads at once, across all sessions
@@ -243,7 +238,7 @@ def build_generate_request(
         prompt=prompt if prompt is not None else "", negative_prompt=negative_prompt or "", width=as_int(width),
         height=as_int(height), steps=as_int(steps), guidance_scale=guidance_scale, seed=as_int(seed),
         use_quantized_matmul=bool(use_quantized_matmul), use_torch_compile=bool(use_torch_compile),
-        **({"swap": swap_settings(*swap_values)} if swap_values else {}),
+        **swap_field(swap_values),
     )
     if source == SOURCE_ENTRY:
         if not (entry or "").strip():
@@ -327,8 +322,7 @@ def build(engine) -> comfy_io.Fill:
                  catalog[0])
     d = entry_defaults(first, engine.demo)
     limit, limit_source = catalog_service.capacity(engine)
-    run_slots, download_slots, q_slots = CancelSlots(), CancelSlots(), CancelSlots()
-    generate = quantize = zerogpu.engine_call(engine)  # each request asks for its own duration
+    generator, quantizer, download_slots = TabRun(engine, LABELS), TabRun(engine, QUANTIZE_LABELS), CancelSlots()
 
     def cache_of(entry: CatalogEntry) -> engine_hub.CacheState | None:
         try:
@@ -406,17 +400,17 @@ def build(engine) -> comfy_io.Fill:
             with gr.Accordion("Negative prompt", open=False):
                 negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="what to avoid")
             memory = memory_mode_widget(engine, "text_to_image", "catalog")
-            status, run = run_row(run_slots, "catalog", cancel_api="catalog_cancel")
+            run = generator.run_row("catalog", cancel_api="catalog_cancel")
             comfy = comfy_io.ExportPanel(engine, "catalog")
         with gr.Column(scale=6):
-            gallery, info, save_json = image_output("catalog")
+            image = image_output("catalog")
             memory.trace_plot.render()
 
     def plan_request(source_kind, entry_id, path, w, h, n_steps, *swap_values):
         return build_generate_request(source_kind, entry_id, path, "plan", "", w, h, n_steps, 3.5, 0, False, False,
                                       *swap_values)
 
-    wire_plan(engine, memory, plan_request, [source, entry, local_path, width, height, steps, *memory.inputs])
+    generator.plan(memory, plan_request, [source, entry, local_path, width, height, steps, *memory.inputs])
 
     # ------------------------------------------------------------ quantize your own
     sources = quantize_sources(engine)
@@ -443,11 +437,7 @@ def build(engine) -> comfy_io.Fill:
                                             info="which parts to quantize (the model must have them)", scale=3)
             q_keep = gr.Checkbox(label="Keep sensitive layers at 16 bit", value=True, scale=2,
                                  info="embedders, final norm, some modulation layers: better quality, bigger files")
-        q_status = status_line(render=False, elem_id="catalog-q-status")
-        with gr.Row():
-            q_run = gr.Button("Quantize", variant="primary", scale=3, elem_id="catalog-q-run")
-            cancel_button(q_slots, q_status, api_name="catalog_quantize_cancel")
-        q_status.render()
+        q_run = quantizer.run_row("catalog-q", cancel_api="catalog_quantize_cancel", label="Quantize")
         q_result = gr.Markdown("", elem_id="catalog-q-result")
         q_comfy = comfy_io.ExportPanel(engine, "catalog_q", "ComfyUI workflow (quantize)")
 
@@ -492,9 +482,8 @@ def build(engine) -> comfy_io.Fill:
         if not (entry_id or "").strip():
             raise InputError("entry", "pick an entry in the table or the dropdown")
         e = catalog_service.entry(entry_id)
-        cancel = download_slots.start(request)
         t0 = time.perf_counter()
-        try:
+        with download_slots.held(request) as cancel:
             # no status text while it runs: the byte progress bar is drawn over the status line
             progress(0.0, desc=f"Checking {e.repo_id}")
             try:
@@ -510,8 +499,6 @@ def build(engine) -> comfy_io.Fill:
                     details: entry_details(e, cache, engine.demo),
                 }
                 return
-        finally:
-            download_slots.finish(request, cancel)
         cache = cache_of(e)
         size = bytes_text(cache.bytes_on_disk if cache else 0)
         yield {
@@ -525,15 +512,13 @@ def build(engine) -> comfy_io.Fill:
         if not (entry_id or "").strip():
             raise InputError("entry", "pick an entry in the table or the dropdown")
         e = catalog_service.entry(entry_id)
-        cancel = download_slots.start(request)  # "Cancel download" stops a verify too
-        try:
+        with download_slots.held(request) as cancel:  # "Cancel download" stops a verify too
             progress(0.0, desc=f"Verifying {e.repo_id}")
-            report = catalog_service.verify(e.id, bool(repair), byte_progress(progress), cancel)
-        except Cancelled:
-            yield {download_status: f"Verify of {e.id} cancelled."}
-            return
-        finally:
-            download_slots.finish(request, cancel)
+            try:
+                report = catalog_service.verify(e.id, bool(repair), byte_progress(progress), cancel)
+            except Cancelled:
+                yield {download_status: f"Verify of {e.id} cancelled."}
+                return
         mark = "✅" if report.ok else "⚠️"
         yield {
             download_status: f"{mark} " + report.summary().replace("\n", "\n\n"),
@@ -570,27 +555,14 @@ def build(engine) -> comfy_io.Fill:
         swap_values = (mode, max_vram, resident, block_mb, prefetch_, streams, trace)
         req = build_generate_request(source_kind, entry_id, path, prompt_text, negative_text, w, h, n_steps, cfg,
                                      seed_value, qmm, compile_, *swap_values)
-        cancel = run_slots.start(request)
-        try:
-            yield {status: "Running…"}
-            result = run_on_engine(engine, generate, req, progress, cancel)
-        finally:
-            run_slots.finish(request, cancel)
-        for warning in result.metadata.get("warnings") or []:
-            gr.Warning(warning, title="Note")
-        plan_line = plan_text(engine, plan_request, source_kind, entry_id, path, w, h, n_steps, *swap_values)
-        yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
-               **after_run(engine, memory, result, plan_line)}
+        result = yield from generator.run(req, request, progress)
+        yield generator.done(result, image.updates(result, format_result(result)), source_kind, entry_id, path, w,
+                             h, n_steps, *swap_values)
 
     generate_inputs = [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm,
                        use_compile, *memory.inputs]
     comfy.wire(build_generate_request, generate_inputs)
-    run.click(
-        run_with_feedback(run_generate, status, LABELS),
-        generate_inputs,
-        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
-        api_name="catalog_generate", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
-    ).then(  # a run may have downloaded the entry first
+    generator.click(run, run_generate, generate_inputs, image, api_name="catalog_generate").then(  # a run may have downloaded the entry first
         refresh_table, filters, table, concurrency_limit=None, concurrency_id=CONTROLS, show_progress="hidden",
         api_visibility="private",
     )
@@ -598,30 +570,21 @@ def build(engine) -> comfy_io.Fill:
     # ------------------------------------------------------------ handlers: quantize
     def run_quantize(src, name, dtype, group, svd, rank, comps, keep, request: gr.Request, progress=gr.Progress()):
         req = build_quantize_request(src, name, dtype, group, svd, rank, comps, keep)
-        cancel = q_slots.start(request)
-        try:
-            yield {q_status: f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…", q_result: ""}
-            result = run_on_engine(engine, quantize, req, progress, cancel)
-        finally:
-            q_slots.finish(request, cancel)
+        working = f"Quantizing {', '.join(req.components)} to {req.weights_dtype}…"
+        result = yield from quantizer.run(req, request, progress, start={quantizer.status: working, q_result: ""})
         output = result.metadata.get("output") or (result.files[0] if result.files else "")
         gr.Info(f"Saved {Path(output).name}: it is now the local folder under Generate.")
-        yield {
-            q_status: f"Done: `{Path(output).name}` ({bytes_text(result.metadata.get('total_after'))}).",
+        yield quantizer.done(result, {
             q_result: format_quantize_result(result),
             local_path: output,
             source: SOURCE_FOLDER,
             q_name: suggest_output_name(src, dtype, quantized_names(engine)),
-        }
+        }, status=f"Done: `{Path(output).name}` ({bytes_text(result.metadata.get('total_after'))}).")
 
     quantize_inputs = [q_source, q_name, q_dtype, q_group, q_svd, q_rank, q_components, q_keep]
     q_comfy.wire(build_quantize_request, quantize_inputs)
-    q_run.click(
-        run_with_feedback(run_quantize, q_status, QUANTIZE_LABELS),
-        quantize_inputs,
-        [q_status, q_result, local_path, source, q_name],
-        api_name="catalog_quantize", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[q_result],
-    )
+    quantizer.click(q_run, run_quantize, quantize_inputs, [quantizer.status, q_result, local_path, source, q_name],
+                    api_name="catalog_quantize", show_progress_on=[q_result])
 
     def rename(src, dtype):
         return suggest_output_name(src, dtype, quantized_names(engine))

@@ -3,8 +3,6 @@ with the memory-mode widget, a live preview while it denoises, and the video, it
 
 from __future__ import annotations
 
-import queue
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -20,9 +18,10 @@ from engine.requests import (
     TurboWanSettings,
 )
 
-from .. import comfy_io, comfy_panel, zerogpu
-from ..components import GPU_POOL, CancelSlots, as_int, engine_progress, run_row, run_with_feedback, seed_input
-from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
+from .. import comfy_io, comfy_panel
+from ..components import as_int, download_update, file_of, seed_input
+from ..memory_mode import memory_mode_widget, swap_field, swap_settings
+from ..run_handler import TabRun
 
 MODELS = {
     "Wan-AI/Wan2.2-I2V-A14B-Diffusers": "Wan 2.2 I2V A14B (two experts)",
@@ -61,7 +60,7 @@ def build_request(model, image, prompt, negative, resolution, aspect, width, hei
         num_frames=as_int(frames), steps=as_int(steps), guidance_scale=guidance, guidance_scale_2=guidance_2,
         boundary_ratio=boundary, fps=as_int(fps), seed=as_int(seed), output_format=fmt, quality=as_int(quality),
         loop=bool(loop), step_cache=cache, cache_threshold=threshold, preview_every=as_int(preview_every),
-        turbo=turbo, **({"swap": swap_settings(*swap_values)} if swap_values else {}),
+        turbo=turbo, **swap_field(swap_values),
     )
     request.validate()
     return request
@@ -94,25 +93,9 @@ def format_result(result: Result) -> str:
             f"saved {', '.join(f'`{Path(f).name}`' for f in result.files)} in `{folder}`")
 
 
-class Reporter:
-    """The engine's progress callable, plus ``preview(image, step)``: the runner sends live previews there."""
-
-    def __init__(self, progress: gr.Progress):
-        self.report = engine_progress(progress)
-        self.previews: queue.Queue = queue.Queue()
-
-    def __call__(self, fraction: float, message: str) -> None:
-        self.report(fraction, message)
-
-    def preview(self, image, step: int) -> None:
-        self.previews.put(image)
-
-
 def build(engine) -> comfy_io.Fill:
     d = defaults(engine.demo)
-    slots = CancelSlots()
-
-    on_gpu = zerogpu.engine_call(engine)
+    runner = TabRun(engine, LABELS)
     with gr.Row():
         with gr.Column(scale=5):
             suffix = " (tiny demo stand-in)" if engine.demo else ""
@@ -174,7 +157,7 @@ def build(engine) -> comfy_io.Fill:
                     loop = gr.Checkbox(True, label="Loop (gif)")
             pieces = comfy_panel.tab_picker(engine, "i2v", "i2v")["pieces"]
             memory = memory_mode_widget(engine, "i2v", "i2v")
-            status, run = run_row(slots, "i2v", cancel_api="i2v_cancel")
+            run = runner.run_row("i2v", cancel_api="i2v_cancel")
             export_panel = comfy_io.ExportPanel(engine, "i2v")
         with gr.Column(scale=6):
             video = gr.Video(label="Video", elem_id="i2v-video", height=380, autoplay=True, loop=True)
@@ -191,7 +174,7 @@ def build(engine) -> comfy_io.Fill:
                        api_visibility="private")
     turbo_on.change(lambda on, s: 4 if on and s > 4 else s, [turbo_on, steps], steps, queue=False,
                     api_visibility="private")
-    wire_plan(engine, memory, plan_request, [model, width, height, frames, *memory.inputs])
+    runner.plan(memory, plan_request, [model, width, height, frames, *memory.inputs])
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
               turbo_quant, high_path, low_path, sigma_max, ode, *memory.inputs, pieces]
@@ -208,47 +191,13 @@ def build(engine) -> comfy_io.Fill:
                             steps_, guidance_, guidance_2_, boundary_, fps_, seed_, fmt_, quality_, loop_, cache_,
                             threshold_, every_, turbo_on_, turbo_quant_, high_, low_, sigma_max_, ode_, *swap_values,
                             pieces=pieces or ())
-        cancel = slots.start(request)
-        reporter = Reporter(progress)
-        box: dict = {}
-        try:
-            yield {status: "Running…", preview: None}
-            zerogpu.check(req)  # on ZeroGPU: refused before any download when over the limit
-            engine.prepare(req, reporter, cancel)  # downloads never hold the GPU
+        result = yield from runner.run(req, request, progress, start={preview: None}, preview=preview)
+        yield runner.done(result, {
+            video: result.video_path, info: format_result(result),
+            last_frame: download_update(file_of(result, ".png")), save_json: download_update(file_of(result, ".json")),
+        }, model_, width_, height_, frames_, *swap_values)
 
-            def work():
-                try:
-                    box["result"] = on_gpu(req, reporter, cancel)
-                except BaseException as exc:  # re-raised below, in the handler, where the feedback wrapper sees it
-                    box["error"] = exc
-
-            worker = threading.Thread(target=work, name="i2v-run", daemon=True)
-            worker.start()
-            while worker.is_alive() or not reporter.previews.empty():
-                try:
-                    yield {preview: reporter.previews.get(timeout=0.25)}
-                except queue.Empty:
-                    continue
-            worker.join()
-        finally:
-            slots.finish(request, cancel)
-        if "error" in box:
-            raise box["error"]
-        result = box["result"]
-        for warning in result.metadata.get("warnings") or []:
-            gr.Warning(warning, title="Note")
-        png = next((f for f in result.files if f.endswith(".png")), None)
-        saved = next((f for f in result.files if f.endswith(".json")), None)
-        plan_line = plan_text(engine, plan_request, model_, width_, height_, frames_, *swap_values)
-        yield {video: result.video_path, info: format_result(result),
-               last_frame: gr.update(value=png, visible=png is not None),
-               save_json: gr.update(value=saved, visible=saved is not None),
-               status: f"Done in {result.timings.get('total', 0.0):.1f} s.",
-               **after_run(engine, memory, result, plan_line)}
-
-    run.click(run_with_feedback(run_i2v, status, LABELS), inputs,
-              [video, preview, info, last_frame, save_json, status, memory.plan, memory.trace_plot],
-              api_name="i2v", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[video])
+    runner.click(run, run_i2v, inputs, [video, preview, info, last_frame, save_json], api_name="i2v")
 
     def turbo(name):
         return lambda r: getattr(r.turbo, name)

@@ -8,21 +8,10 @@ from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
 from engine.outputs import keep_input
 from engine.requests import SingleFiles
 
-from .. import comfy_io, comfy_panel, zerogpu
-from ..components import (
-    GPU_POOL,
-    CancelSlots,
-    as_int,
-    image_output,
-    image_run_updates,
-    run_on_engine,
-    run_row,
-    run_with_feedback,
-    seed_input,
-    size_sliders,
-    steps_slider,
-)
-from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
+from .. import comfy_io, comfy_panel
+from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
+from ..memory_mode import memory_mode_widget, swap_field
+from ..run_handler import TabRun
 from . import text_to_image as t2i
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
@@ -72,7 +61,7 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
         ramp_steps=as_int(ramp_steps),
         offload_preprocessing=bool(offload_preprocessing),
         ip_norm=ip_norm,
-        **({"swap": swap_settings(*swap_values)} if swap_values else {}),
+        **swap_field(swap_values),
     )
     request.validate()
     return request
@@ -98,9 +87,7 @@ def format_result(result: Result) -> str:
 
 def build(engine) -> comfy_io.Fill:
     d = t2i.defaults(engine.demo)
-    slots = CancelSlots()
-
-    on_gpu = zerogpu.engine_call(engine)
+    runner = TabRun(engine, LABELS)
 
     with gr.Row():
         with gr.Column(scale=5):
@@ -148,15 +135,14 @@ def build(engine) -> comfy_io.Fill:
             comfy = comfy_panel.tab_picker(engine, "ipadapter", "ip", pieces=False, files={
                 "ip_adapter": "IP-Adapter file", "image_encoder": "Image encoder (clip_vision, SigLIP)"})
             memory = memory_mode_widget(engine, "text_to_image", "ip")
-            status, run = run_row(slots, "ip", cancel_api="ipadapter_cancel")
+            run = runner.run_row("ip", cancel_api="ipadapter_cancel")
             export_panel = comfy_io.ExportPanel(engine, "ip")
         with gr.Column(scale=6):
-            gallery, info, save_json = image_output("ip")
+            image = image_output("ip")
             memory.trace_plot.render()
 
     # the plan reads the base model's folder; the adapter's pieces are not in it (they stay resident, one row each)
-    plan_inputs = [model, width, height, steps, *memory.inputs]
-    wire_plan(engine, memory, t2i.plan_request, plan_inputs)
+    runner.plan(memory, t2i.plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
@@ -168,15 +154,9 @@ def build(engine) -> comfy_io.Fill:
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, pairs, weight,
                             start, end, ramp, weight_start, weight_end, ramp_steps, offload, norm, *swap_values,
                             adapter_file=adapter_file or "", encoder_file=encoder_file or "")
-        cancel = slots.start(request)
-        try:
-            yield {status: "Running…"}
-            result = run_on_engine(engine, on_gpu, req, progress, cancel)
-        finally:
-            slots.finish(request, cancel)
-        plan_line = plan_text(engine, t2i.plan_request, model, width, height, steps, *swap_values)
-        yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
-               **after_run(engine, memory, result, plan_line)}
+        result = yield from runner.run(req, request, progress)
+        yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
+                          *swap_values)
 
     inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
               weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs,
@@ -188,12 +168,7 @@ def build(engine) -> comfy_io.Fill:
                              encoder_file=files[1] or "")
 
     export_panel.wire(export_request, inputs)
-    run.click(
-        run_with_feedback(run_ipadapter, status, LABELS),
-        inputs,
-        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
-        api_name="ipadapter", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
-    )
+    runner.click(run, run_ipadapter, inputs, image, api_name="ipadapter")
 
     def ref(i, part):
         return lambda r: (getattr(r.references[i], part) if i < len(r.references) else

@@ -15,21 +15,10 @@ import gradio as gr
 from engine import LoraStackRequest, ModelRef, Result, SwapSettings
 from engine.adapters import nunchaku
 
-from .. import comfy_io, comfy_panel, zerogpu
-from ..components import (
-    GPU_POOL,
-    CancelSlots,
-    as_int,
-    image_output,
-    image_run_updates,
-    run_on_engine,
-    run_row,
-    run_with_feedback,
-    seed_input,
-    size_sliders,
-    steps_slider,
-)
-from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
+from .. import comfy_io, comfy_panel
+from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
+from ..memory_mode import memory_mode_widget, swap_settings
+from ..run_handler import TabRun, done_text
 from .lora_stack_editor import specs, stack_editor
 
 MODELS = {  # real repo ids; demo mode maps Qwen-Image and the two Edit models to tiny stand-ins
@@ -107,12 +96,10 @@ def format_result(result: Result) -> str:
 
 
 def build(engine) -> comfy_io.Fill:
-    slots = CancelSlots()
+    runner = TabRun(engine, LABELS)
     demo = engine.demo
     d = {"size": 64, "max_size": 512, "steps": 2} if demo else {"size": 1328, "max_size": 2048, "steps": 30}
     state = nunchaku.status()
-
-    on_gpu = zerogpu.engine_call(engine)
     with gr.Row():
         with gr.Column(scale=5):
             repos = DEMO_MODELS if demo else tuple(MODELS)
@@ -157,13 +144,13 @@ def build(engine) -> comfy_io.Fill:
                                        elem_id="lora-input-image")
             comfy_panel.tab_picker(engine, "lora_stack", "lora", pieces=False)
             memory = memory_mode_widget(engine, "text_to_image", "lora")
-            status, run = run_row(slots, "lora", cancel_api="lora_stack_cancel")
+            run = runner.run_row("lora", cancel_api="lora_stack_cancel")
             export_panel = comfy_io.ExportPanel(engine, "lora")
         with gr.Column(scale=6):
-            gallery, info, save_json = image_output("lora")
+            image = image_output("lora")
             memory.trace_plot.render()
 
-    wire_plan(engine, memory, plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(memory, plan_request, [model, width, height, steps, *memory.inputs])
     model.change(lambda value: gr.Accordion(open=is_edit_model(value)), model, edit_box, show_progress="hidden")
 
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,
@@ -180,25 +167,12 @@ def build(engine) -> comfy_io.Fill:
         req = build_request(model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed,
                             step_cache, backend, nunchaku_file, input_image, stage2, stage2_stack, stage2_strength,
                             stage2_steps, stage2_upscale, swap_settings(*swap_values))
-        cancel = slots.start(request)
-        try:
-            yield {status: "Running…"}
-            result = run_on_engine(engine, on_gpu, req, progress, cancel)
-        finally:
-            slots.finish(request, cancel)
-        for warning in result.metadata.get("warnings", []):
-            gr.Warning(warning)
-        updates = image_run_updates(result, format_result(result))
-        done = f"{updates[3]} {lora_work_text(result.metadata.get('lora_work', {}))}."
-        plan_line = plan_text(engine, plan_request, model, width, height, steps, *swap_values)
-        yield {**dict(zip((gallery, info, save_json, status), (*updates[:3], done))),
-               **after_run(engine, memory, result, plan_line)}
+        result = yield from runner.run(req, request, progress)
+        done = f"{done_text(result)} {lora_work_text(result.metadata.get('lora_work', {}))}."
+        yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
+                          *swap_values, status=done)
 
-    run.click(
-        run_with_feedback(run_lora_stack, status, LABELS), inputs,
-        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
-        api_name="lora_stack", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
-    )
+    runner.click(run, run_lora_stack, inputs, image, api_name="lora_stack")
 
     def entries(field):
         return lambda r: [lora.to_dict() for lora in getattr(r, field)]

@@ -16,7 +16,6 @@ import gradio as gr
 from engine import EngineError, InputError, LoraSpec
 from engine.adapters.lora_presets import list_presets, load_preset, loras_dir, save_preset, store_upload
 from engine.demo import QWEN_LORA_FILES, QWEN_LORA_LAYOUT_FILES, demo_root
-from engine.jobs.lora_stack import inspect as inspect_lora
 from engine.requests import LORA_FILE_TYPES, LORA_WEIGHT_MAX, LORA_WEIGHT_MIN, MAX_LORAS
 
 from .. import comfy_panel
@@ -100,7 +99,7 @@ def spec_from_source(engine, path: str = "", repo: str = "", upload: str | None 
 def add_source(engine, stack, model_ref, path="", repo="", upload=None) -> list[dict]:
     spec = spec_from_source(engine, path, repo, upload)
     spec.validate("lora")
-    return add(stack, spec, inspect_lora(engine, model_ref, spec))
+    return add(stack, spec, engine.inspect_lora(model_ref, spec))
 
 
 # ---------------------------------------------------------------- widget
@@ -193,7 +192,7 @@ def stack_editor(engine, prefix: str, model_box: gr.components.Component, model_
         ref = model_ref_of(model)
         entries: list[dict] = []
         for spec in load_preset(engine.models_dir, name):
-            entries = add(entries, spec, inspect_lora(engine, ref, spec))
+            entries = add(entries, spec, engine.inspect_lora(ref, spec))
         return entries, f"Loaded `{name}` ({len(entries)} LoRA(s))."
 
     save.click(_errors_to_gradio(save_stack), [stack, preset_name], [note, presets], api_visibility="private")

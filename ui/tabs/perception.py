@@ -10,18 +10,10 @@ from engine import PerceptionRequest, Result
 from engine.panorama import input as pano
 from engine.requests import PERCEPTION_TASKS
 
-from .. import comfy_io, zerogpu
-from ..components import (
-    GPU_POOL,
-    CancelSlots,
-    as_int,
-    run_on_engine,
-    run_row,
-    run_with_feedback,
-    seed_input,
-    steps_slider,
-)
-from ..memory_mode import measured_text, memory_mode_widget, plan_text, swap_settings, trace_plot_update, wire_plan
+from .. import comfy_io
+from ..components import as_int, seed_input, steps_slider
+from ..memory_mode import memory_mode_widget, swap_field, swap_settings
+from ..run_handler import TabRun
 
 TASK_LABELS = {"depth": "Depth (distance)", "normal": "Normal", "albedo": "Albedo",
                "pbr": "PBR (roughness, metallic)", "semantic": "Semantic"}
@@ -43,7 +35,7 @@ def build_request(panorama, tasks, prompt, steps, guidance_scale, seed, seam_ble
     request = PerceptionRequest(
         panorama=panorama or "", tasks=tuple(tasks or ()), prompt=prompt or "", steps=as_int(steps),
         guidance_scale=guidance_scale, seed=as_int(seed), seam_blending=bool(seam_blending),
-        sphere_mesh=bool(sphere_mesh), **({"swap": swap_settings(*swap_values)} if swap_values else {}),
+        sphere_mesh=bool(sphere_mesh), **swap_field(swap_values),
     )
     request.validate()
     return request
@@ -81,10 +73,8 @@ def format_result(result: Result) -> str:
 
 def build(engine) -> comfy_io.Fill:
     d = defaults(engine.demo)
-    slots = CancelSlots()
+    runner = TabRun(engine, LABELS)
     fixed_dir = Path(engine.outputs_dir) / "inputs"
-
-    on_gpu = zerogpu.engine_call(engine)
 
     with gr.Row():
         with gr.Column(scale=5):
@@ -106,7 +96,7 @@ def build(engine) -> comfy_io.Fill:
                 seam_blending = gr.Checkbox(True, label="Seam blending", info="left and right edges of every map agree")
                 sphere = gr.Checkbox(True, label="3D sphere (.glb)", info="with depth")
             memory = memory_mode_widget(engine, "text_to_image", "pano")  # Flux, as on Text to image
-            status, run = run_row(slots, "pano", cancel_api="perception_cancel")
+            run = runner.run_row("pano", cancel_api="perception_cancel")
             comfy = comfy_io.ExportPanel(engine, "pano")
         with gr.Column(scale=6):
             gallery = gr.Gallery(label="Maps", columns=2, height=420, object_fit="contain", elem_id="pano-maps",
@@ -118,7 +108,7 @@ def build(engine) -> comfy_io.Fill:
                             elem_id="pano-files")
             memory.trace_plot.render()
 
-    wire_plan(engine, memory, plan_request, memory.inputs)
+    runner.plan(memory, plan_request, memory.inputs)
 
     def check(path):
         text, fixable = aspect_note(path)
@@ -145,30 +135,17 @@ def build(engine) -> comfy_io.Fill:
                        resident, block_mb, prefetch, streams, trace, request: gr.Request, progress=gr.Progress()):
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, *swap_values)
-        cancel = slots.start(request)
-        try:
-            yield {status: "Running…"}
-            result = run_on_engine(engine, on_gpu, req, progress, cancel)
-        finally:
-            slots.finish(request, cancel)
-        yield {
+        result = yield from runner.run(req, request, progress)
+        yield runner.done(result, {
             gallery: [(path, caption) for caption, path in result.maps.items()],
             viewer: result.metadata.get("mesh"),
             files: list(result.files),
             info: format_result(result),
-            status: f"Done in {result.timings.get('total', 0.0):.1f} s.",
-            memory.plan: f"{plan_text(engine, plan_request, *swap_values)}  \n{measured_text(result)}",
-            memory.trace_plot: trace_plot_update(result),
-        }
+        }, *swap_values)
 
     inputs = [panorama, tasks, prompt, steps, guidance, seed, seam_blending, sphere, *memory.inputs]
     comfy.wire(build_request, inputs)
-    run.click(
-        run_with_feedback(run_perception, status, LABELS),
-        inputs,
-        [gallery, viewer, files, info, status, memory.plan, memory.trace_plot],
-        api_name="perception", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
-    )
+    runner.click(run, run_perception, inputs, [gallery, viewer, files, info], api_name="perception")
     return comfy_io.Fill(("perception",), [
         (tasks, lambda r: list(r.tasks)),
         *comfy_io.attrs((panorama, "panorama"), (prompt, "prompt"), (steps, "steps"), (guidance, "guidance_scale"),

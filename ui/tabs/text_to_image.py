@@ -8,21 +8,10 @@ import gradio as gr
 
 from engine import Result, TextToImageRequest
 
-from .. import comfy_io, comfy_panel, zerogpu
-from ..components import (
-    GPU_POOL,
-    CancelSlots,
-    as_int,
-    image_output,
-    image_run_updates,
-    run_on_engine,
-    run_row,
-    run_with_feedback,
-    seed_input,
-    size_sliders,
-    steps_slider,
-)
-from ..memory_mode import after_run, memory_mode_widget, plan_text, swap_settings, wire_plan
+from .. import comfy_io, comfy_panel
+from ..components import as_int, image_output, seed_input, size_sliders, steps_slider
+from ..memory_mode import memory_mode_widget, swap_field
+from ..run_handler import TabRun
 
 MODELS = {  # real repo ids; demo mode maps each to a tiny random-weight stand-in
     "black-forest-labs/FLUX.1-dev": "FLUX.1-dev",
@@ -58,7 +47,7 @@ def build_request(
         guidance_scale=guidance_scale,
         true_cfg_scale=true_cfg_scale,
         seed=as_int(seed),
-        **({"swap": swap_settings(*swap_values)} if swap_values else {}),
+        **swap_field(swap_values),
     )
     request.validate()
     return request
@@ -81,9 +70,7 @@ def format_result(result: Result) -> str:
 
 def build(engine) -> comfy_io.Fill:
     d = defaults(engine.demo)
-    slots = CancelSlots()
-
-    on_gpu = zerogpu.engine_call(engine)  # on ZeroGPU only this call holds a GPU
+    runner = TabRun(engine, LABELS)
 
     with gr.Row():
         with gr.Column(scale=5):
@@ -105,14 +92,13 @@ def build(engine) -> comfy_io.Fill:
                                      info="real classifier-free guidance with the negative prompt; 1 = off")
             pieces = comfy_panel.tab_picker(engine, "text_to_image", "t2i")["pieces"]
             memory = memory_mode_widget(engine, "text_to_image", "t2i")
-            status, run = run_row(slots, "t2i", cancel_api="text_to_image_cancel")
+            run = runner.run_row("t2i", cancel_api="text_to_image_cancel")
             export_panel = comfy_io.ExportPanel(engine, "t2i")
         with gr.Column(scale=6):
-            gallery, info, save_json = image_output("t2i")
+            image = image_output("t2i")
             memory.trace_plot.render()
 
-    plan_inputs = [model, width, height, steps, *memory.inputs]
-    wire_plan(engine, memory, plan_request, plan_inputs)
+    runner.plan(memory, plan_request, [model, width, height, steps, *memory.inputs])
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
                           resident, block_mb, prefetch, streams, trace, pieces=None, request: gr.Request = None,
@@ -120,26 +106,13 @@ def build(engine) -> comfy_io.Fill:
         swap_values = (mode, max_vram, resident, block_mb, prefetch, streams, trace)
         req = build_request(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *swap_values,
                             pieces=pieces or ())
-        cancel = slots.start(request)
-        try:
-            yield {status: "Running…"}
-            result = run_on_engine(engine, on_gpu, req, progress, cancel)
-        finally:
-            slots.finish(request, cancel)
-        for warning in result.metadata.get("warnings") or []:
-            gr.Warning(warning, title="Note")
-        plan_line = plan_text(engine, plan_request, model, width, height, steps, *swap_values)
-        yield {**dict(zip((gallery, info, save_json, status), image_run_updates(result, format_result(result)))),
-               **after_run(engine, memory, result, plan_line)}
+        result = yield from runner.run(req, request, progress)
+        yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
+                          *swap_values)
 
     inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces]
     export_panel.wire(lambda *v: build_request(*v[:-1], pieces=v[-1] or ()), inputs)
-    run.click(
-        run_with_feedback(run_text_to_image, status, LABELS),
-        inputs,
-        [gallery, info, save_json, status, memory.plan, memory.trace_plot],
-        api_name="text_to_image", concurrency_limit=1, concurrency_id=GPU_POOL, show_progress_on=[gallery],
-    )
+    runner.click(run, run_text_to_image, inputs, image, api_name="text_to_image")
     return comfy_io.Fill(("text_to_image",), [
         (model, lambda r: r.model.repo_id if r.model.repo_id in MODELS else comfy_io.KEEP),
         *comfy_io.attrs((prompt, "prompt"), (negative, "negative_prompt"), (width, "width"), (height, "height"),

@@ -1,5 +1,8 @@
 """layerwise: every layer streams in just before it computes (lowest memory, slowest), through diffusers'
-leaf-level group offloading (side-stream prefetch and ``record_stream`` on CUDA; safetensors files for disk).
+leaf-level group offloading (side-stream prefetch and ``record_stream`` on CUDA; safetensors files for disk),
+with ``low_cpu_mem_usage=True``: diffusers pins each layer's weights only while it copies them (its pinned
+allocator cache is emptied when the mode is removed) instead of locking a pinned copy of every expert and the
+text encoder at apply time.
 
 The VAE is model-offloaded instead: Wan's VAE calls its decoder once per latent frame with a feature cache,
 and streaming it layer by layer would copy the whole decoder again for every frame. With disk offload the
@@ -136,7 +139,7 @@ class Layerwise(Strategy):
                 apply_group_offloading(
                     module, onload_device=torch.device(ledger.compute_device), offload_device=torch.device("cpu"),
                     offload_type="leaf_level", use_stream=use_stream, record_stream=use_stream,
-                    low_cpu_mem_usage=False, offload_to_disk_path=str(disk_dir) if disk_dir else None,
+                    low_cpu_mem_usage=True, offload_to_disk_path=str(disk_dir) if disk_dir else None,
                 )
                 return residency
 
@@ -144,9 +147,8 @@ class Layerwise(Strategy):
             applied.removers.append(lambda name=c.name: ledger.detach_residency(name))
             # what was model-offloaded (encoders, VAE) leaves when a streamed component starts
             applied.removers.append(add_onload_hooks(ledger, c.name, c.module, lambda: [o.name for o in whole]))
-            note = _pin_note(c) if use_stream else ""
-            if note:
-                applied.notes.append(note)
+            if ledger.backend is not None:  # the pinned allocator's cache of diffusers' per-layer pins goes back
+                applied.removers.append(ledger.backend.empty_host_cache)
         return applied
 
     @staticmethod
@@ -157,16 +159,3 @@ class Layerwise(Strategy):
 
     def after_run(self, components, ledger, applied) -> None:
         ledger.offload([c.name for c in components if not self.streams(c, ledger)])
-
-
-def _pin_note(c) -> str:
-    wanted = pinned = 0
-    for _, _, hook in _group_hooks(c.module):
-        for t in hook.group.cpu_param_dict.values():
-            n = t.numel() * t.element_size()
-            wanted += n
-            pinned += n if t.is_pinned() else 0
-    if wanted and pinned < wanted:
-        return (f"{c.name}: only {pinned / 2**30:.1f} of {wanted / 2**30:.1f} GiB could be pinned; layer copies "
-                "of the rest are synchronous and slower")
-    return ""

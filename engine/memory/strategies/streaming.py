@@ -51,18 +51,16 @@ class Streaming(Strategy):
                 applied.remove()
                 raise OutOfBudgetError(f"{c.name} does not fit in the memory budget even with every block "
                                        "streaming; try layerwise, a smaller size or a quantized model")
-            use_stream = bool(settings.use_streams) and ledger.compute_device.startswith("cuda")
+            side = bool(settings.use_streams)  # off: copies on the compute stream, from pageable memory
 
-            def make(module, place, disk_file, c=c, layout=layout, use_stream=use_stream):
-                store = TensorStore(module, ledger.compute_device, place, disk_file, stream=use_stream)
-                return BlockStreamer(c.name, module, store, layout, ledger.residency_changed, ctx.trace)
+            def make(module, place, disk_file, c=c, layout=layout, side=side):
+                store = TensorStore(module, ledger.compute_device, place, disk_file, backend=ledger.backend)
+                return BlockStreamer(c.name, module, store, layout, ledger.residency_changed, ctx.trace,
+                                     pin=side, side_stream=side)
 
             streamer = ledger.attach_residency(c.name, make)
             applied.removers.append(lambda name=c.name: ledger.detach_residency(name))
-            note = streamer.store.pins.message(c.name)
-            if note:  # never a silent fallback: the log, the result and the UI all say it
-                log.warning(note)
-                applied.notes.append(note)
+            _enforce_budget(applied, ledger, c.name, streamer)
             applied.layouts[c.name] = layout
         # registered after the streamers so that they run first: the other expert leaves before this one arrives
         hook_components(applied, ledger, streamed, lambda c: others(components, lambda o: o.name != c.name))
@@ -72,7 +70,31 @@ class Streaming(Strategy):
         for c in components:
             residency = ledger.entry(c.name).residency if c.name in ledger else None
             if residency is not None:
-                residency.evict_streamed()
+                residency.evict_streamed()  # the ring's slabs go; the resident slab stays for the next run
+                note = residency.pins.message(c.name) if hasattr(residency, "pins") else ""
+                if note and note not in applied.notes:  # never a silent fallback: the result says it too
+                    applied.notes.append(note)
             else:
                 ledger.offload([c.name])
+        if ledger.backend is not None:
+            ledger.backend.empty_device_cache()  # what the ring held goes back to the device, not to a cache
         ledger.residency_changed(0)
+
+
+def _enforce_budget(applied: Applied, ledger, name: str, streamer) -> None:
+    """``max_vram_gb`` on the allocator itself: the mode refuses a layout whose slabs exceed it, and the caching
+    allocator is capped at it (it raises instead of growing past the budget), until the mode is removed."""
+    budget = ledger.session_budget
+    backend = ledger.backend
+    if budget is None or backend is None:
+        return
+    need = streamer.resident_need()
+    if need > budget:
+        applied.remove()
+        raise OutOfBudgetError(f"{name}: the resident blocks and streaming slabs need {need / 2**30:.2f} GiB, more "
+                               f"than max_vram_gb ({budget / 2**30:.2f} GiB); keep fewer blocks resident or "
+                               "lower prefetch")
+    total = backend.total_memory()
+    if total:
+        backend.set_memory_fraction(budget / total)
+        applied.removers.append(lambda: backend.set_memory_fraction(1.0))
