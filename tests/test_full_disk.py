@@ -104,8 +104,8 @@ def save_perception(out: Path, pano_path: Path):
 def save_pngs(out: Path, _):
     from engine.outputs import save_images
 
-    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 48, 3), np.uint8)) for i in range(3)]
-    save_images(images, out, TextToImageRequest(prompt="x", width=48, height=48))
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (96, 96, 3), np.uint8)) for i in range(3)]
+    save_images(images, out, TextToImageRequest(prompt="x", width=96, height=96))
 
 
 def save_mp4(out: Path, start: Path):
