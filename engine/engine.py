@@ -49,6 +49,9 @@ class Engine:
         self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
         self.outputs_dir = Path(outputs_dir or DEFAULT_OUTPUTS_DIR)
         self.demo = demo
+        from engine.atomic_files import recover  # what a crash mid-save left: finished, or removed
+
+        recover(self.outputs_dir)
         self.output_text = output_text
         self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
         self.store = ModelStore(self.memory, self.models_dir, demo=demo)
@@ -162,10 +165,12 @@ class Engine:
             try:
                 result = runner.run(self, request, progress, cancel)
             except torch.OutOfMemoryError as exc:
-                raise EngineError(
-                    "out of GPU memory: pick a swap mode (model offload, block swap, layer streaming), a smaller "
-                    f"size, or a quantized model ({str(exc).splitlines()[0]})"
-                ) from exc
+                from engine.jobs.oom import free_after_failure, out_of_memory
+
+                free_after_failure(self, exc)  # the next run starts as on a fresh engine
+                error = out_of_memory(self, request, exc)
+                del exc
+                raise error from None
             if result.images:
                 text = self.output_text_for(request)
                 result.files.extend(save_images(result.images, self.outputs_dir, request, text=text))

@@ -11,7 +11,11 @@ from pathlib import Path
 
 from PIL import PngImagePlugin
 
+from engine.atomic_files import OutputSet, file_digest, keep_copy, write_json
+
 log = logging.getLogger(__name__)
+NEEDS_KEY = "needs"  # in a request JSON: the input files a replay reads (request_from_dict skips it)
+MAX_HASHED_INPUT = 256 * 2**20  # inputs up to this size carry their sha256 (a model file is only sized)
 
 
 def png_info(request, text: dict[str, str] | None = None) -> PngImagePlugin.PngInfo:
@@ -28,20 +32,63 @@ def run_stem(kind: str, seed: int | None) -> str:
     return f"{kind}-{stamp}" + (f"-s{seed}" if seed is not None else "")
 
 
+def input_files(request) -> list[dict]:
+    """The files and folders on this machine that a replay of ``request`` reads (start image, references,
+    panorama, LoRA files, local models), each with its request field; files also with size and sha256, so a
+    replay can tell a changed input from the one this run used."""
+    needs: list[dict] = []
+
+    def walk(value, field: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{field}.{k}" if field else k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{field}[{i}]")
+        elif isinstance(value, str) and value and len(value) < 4096 and "\n" not in value:
+            path = Path(value)
+            try:
+                if path.is_file():
+                    entry = {"field": field, "path": value, "bytes": path.stat().st_size}
+                    if entry["bytes"] <= MAX_HASHED_INPUT:
+                        entry["sha256"] = file_digest(path)
+                    needs.append(entry)
+                elif path.is_dir():
+                    needs.append({"field": field, "path": value, "folder": True})
+            except OSError:  # a name too long or unreadable: not an input file
+                pass
+
+    walk(request.to_dict(), "")
+    return needs
+
+
+def request_json(request) -> dict:
+    """What the request JSON beside a run's outputs holds: the request (``request_from_dict`` reads it back) and
+    ``needs``, the input files it reads."""
+    return {**request.to_dict(), NEEDS_KEY: input_files(request)}
+
+
 def save_request(request, path: Path) -> Path:
-    path.write_text(json.dumps(request.to_dict(), indent=2))
-    return path
+    """The request JSON on its own (atomically); a run's set writes it through ``OutputSet`` instead."""
+    return write_json(path, request_json(request))
+
+
+def keep_input(outputs_dir: Path, path: str, folder: str) -> str:
+    """A verified, content-named copy of an input file under ``<outputs>/<folder>/`` (so a saved request still
+    finds it after Gradio cleans its upload cache); a missing file is left for the request's own check."""
+    if not path or not Path(path).is_file():
+        return path
+    return str(keep_copy(path, Path(outputs_dir) / folder).resolve())
 
 
 def save_images(images, out_dir: Path, request, text: dict[str, str] | None = None) -> list[str]:
-    """Save each image as PNG with the request and ``text`` (ComfyUI's chunks, when the host gives them)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Save each image as PNG with the request and ``text`` (ComfyUI's chunks, when the host gives them), and
+    the request JSON; the files appear together (``OutputSet``) or not at all."""
+    out_dir = Path(out_dir)
     stem = run_stem(request.kind, getattr(request, "seed", None))
     info = png_info(request, text)
-    files = []
-    for i, image in enumerate(images):
-        path = out_dir / f"{stem}-{i}.png"
-        image.save(path, pnginfo=info)
-        files.append(str(path))
-    files.append(str(save_request(request, out_dir / f"{stem}.json")))
-    return files
+    with OutputSet(out_dir) as run:
+        for i, image in enumerate(images):
+            run.save_image(f"{stem}-{i}.png", image, pnginfo=info)
+        run.write_json(f"{stem}.json", request_json(request))
+        return run.commit(last=f"{stem}.json")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
+from engine.atomic_files import copy_file, write_json
 from engine.errors import InputError
 from engine.requests import MAX_LORAS, LoraSpec, check_lora_stack
 
@@ -47,10 +47,9 @@ def save_preset(models_dir, name: str, loras: tuple[LoraSpec, ...]) -> Path:
     folder = presets_dir(models_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"version": 1, "loras": [s.to_dict() for s in loras]}, indent=2), encoding="utf-8")
-    os.replace(tmp, path)  # never a half-written preset
-    return path
+    # never a half-written preset; a full disk says so and names the flag that moves the folder
+    return write_json(path, {"version": 1, "loras": [s.to_dict() for s in loras]}, what="models folder",
+                      flag="--models-dir")
 
 
 def load_preset(models_dir, name: str) -> tuple[LoraSpec, ...]:
@@ -85,8 +84,8 @@ def store_upload(models_dir, upload_path: str) -> str:
     while target.exists() and not _same_file(target, src):
         target = folder / f"{src.stem}-{n}{src.suffix}"
         n += 1
-    if not target.exists():
-        shutil.copyfile(src, target)
+    if not target.exists():  # atomic: a crash or a full disk never leaves a cut LoRA under this name
+        copy_file(src, target, what="models folder", flag="--models-dir")
     return str(target)
 
 

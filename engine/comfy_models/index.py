@@ -161,13 +161,12 @@ class ComfyIndex:
     def _save_cache(self) -> None:
         if self.cache_file is None:
             return
-        try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_name(self.cache_file.name + f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": [asdict(e) for e in self.entries]}),
-                           encoding="utf-8")
-            os.replace(tmp, self.cache_file)
-        except OSError as exc:  # a read-only app folder only costs the cache
+        from engine.atomic_files import DiskFull, write_json
+
+        try:  # atomic, and a failed write leaves no temp file behind
+            write_json(self.cache_file, {"version": CACHE_VERSION, "entries": [asdict(e) for e in self.entries]},
+                       indent=None, what="models folder", flag="--models-dir")
+        except (OSError, DiskFull) as exc:  # a read-only or full app folder only costs the cache
             log.warning("cannot write the ComfyUI index cache %s: %s", self.cache_file, exc)
 
 

@@ -330,8 +330,9 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
     if not _COMMIT.match(revision or ""):  # what the client writes for a branch or tag: refs/<name> -> commit
         ref = storage / "refs" / (revision or constants.DEFAULT_REVISION)
         if not ref.is_file() or ref.read_text().strip() != commit:
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            ref.write_text(commit)
+            from engine.atomic_files import write_text
+
+            write_text(ref, commit, what="model cache", flag="HF_HOME")  # a cut ref would point at no commit
     state = _local_state(env, repo_id, revision, patterns)
     if not state.complete:  # pragma: no cover - defensive: never hand out a half folder
         raise HubError(f"'{repo_id}' is still incomplete after downloading; run the download again.")

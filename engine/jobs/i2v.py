@@ -4,11 +4,13 @@ Every call goes through ``run_denoise``, so the memory mode decides where each e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from engine.errors import InputError
 from engine.jobs import loras
 from engine.jobs.common import generator_for, run_denoise
+from engine.outputs import keep_input
 from engine.requests import I2VRequest
 from engine.result import Result
 from engine.speed.step_cache import apply_step_cache
@@ -112,9 +114,17 @@ def lora_stacks(pipe, req: I2VRequest) -> dict:
     return {"transformer": (req.loras, "loras"), "transformer_2": (req.loras_2, "loras_2")}
 
 
+def keep_start_image(engine, req: I2VRequest) -> I2VRequest:
+    """The request with its start image copied into ``<outputs>/start-images/`` (content-named, verified), so the
+    saved request JSON replays after Gradio has cleaned its upload cache."""
+    kept = keep_input(engine.outputs_dir, req.image, "start-images")
+    return req if kept == req.image else dataclasses.replace(req, image=kept)
+
+
 def run(engine, req: I2VRequest, progress, cancel) -> Result:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    req = keep_start_image(engine, req)
     progress(0.0, f"loading {req.model.label}")
     pipe, notes = load(engine, req, progress, cancel)
     timings["load"] = time.perf_counter() - t0

@@ -10,9 +10,10 @@ import torch
 
 from engine.adapters.omnix import OmniXSession, check_adapter_folder
 from engine.adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
+from engine.atomic_files import OutputSet, check_free
 from engine.errors import EngineError
 from engine.jobs.common import run_denoise
-from engine.outputs import png_info, run_stem, save_request
+from engine.outputs import png_info, request_json, run_stem
 from engine.panorama import input as panorama_input
 from engine.panorama import maps as perception_maps
 from engine.panorama.seam import seam_error
@@ -88,31 +89,32 @@ def run(engine, req: PerceptionRequest, progress, cancel) -> Result:
 
 def write_outputs(out_dir: Path, req: PerceptionRequest, maps: dict, panorama,
                   text: dict[str, str] | None = None) -> Result:
-    """Every map's files, the resized input, the sphere ``.glb`` (with depth) and the request JSON."""
+    """Every map's files, the resized input, the sphere ``.glb`` (with depth) and the request JSON, appearing
+    together (``OutputSet``): a crash or a full disk leaves the whole set or nothing."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = run_stem(req.kind, req.seed)
     result = Result(request=req)
-    input_path = out_dir / f"{stem}-input.png"
+    width, height = panorama.size
+    check_free(out_dir, perception_maps.expected_bytes(maps, width, height) + 3 * width * height)
     info = png_info(req, text)  # every PNG of the run opens its ComfyUI graph (the app's text chunks)
-    panorama.save(input_path, pnginfo=info)
-    result.files.append(str(input_path))
-    depth = None
-    for task, image in maps.items():
-        encoded = perception_maps.encode(task, image, out_dir, stem, pnginfo=info)
-        result.files.extend(str(p) for p in encoded.files)
-        for path, caption in encoded.previews:
-            result.maps[caption] = str(path)
-        depth = encoded.arrays.get("depth", depth)
-    if depth is not None and req.sphere_mesh:
-        from engine.panorama.mesh import write_glb
+    with OutputSet(out_dir) as run:
+        result.files.append(str(run.save_image(f"{stem}-input.png", panorama, pnginfo=info)))
+        depth = None
+        for task, image in maps.items():
+            encoded = perception_maps.encode(task, image, run, stem, pnginfo=info)
+            result.files.extend(str(p) for p in encoded.files)
+            for path, caption in encoded.previews:
+                result.maps[caption] = str(path)
+            depth = encoded.arrays.get("depth", depth)
+        if depth is not None and req.sphere_mesh:
+            from engine.panorama.mesh import glb_bytes
 
-        glb = write_glb(depth, panorama, out_dir / f"{stem}-sphere.glb")
-        result.files.append(str(glb))
-        result.metadata["mesh"] = str(glb)
-    result.files.append(str(save_request(req, out_dir / f"{stem}.json")))
+            glb = run.write_bytes(f"{stem}-sphere.glb", glb_bytes(depth, panorama))
+            result.files.append(str(glb))
+            result.metadata["mesh"] = str(glb)
+        result.files.append(str(run.write_json(f"{stem}.json", request_json(req))))
+        run.commit(last=f"{stem}.json")
     return result
-
 
 
 def plan_extra(engine, req: PerceptionRequest, elem: int):

@@ -14,13 +14,14 @@ Per task, from the decoded target image (``[3, H, W]`` in [0, 1]) as upstream re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from engine.atomic_files import OutputSet
 
 SEMANTIC_CLASSES = 32  # the most distinct colours kept as classes
 
@@ -66,19 +67,18 @@ def semantic_classes(rgb: Image.Image, classes: int = SEMANTIC_CLASSES) -> tuple
     return ids, palette, indexed
 
 
-def encode(task: str, image: torch.Tensor, out_dir: Path, stem: str, pnginfo=None) -> TaskMaps:
-    """Write one task's files into ``out_dir`` (names ``<stem>-<map>.<ext>``); returns previews and files."""
+def encode(task: str, image: torch.Tensor, run: OutputSet, stem: str, pnginfo=None) -> TaskMaps:
+    """Write one task's files into the run's set (names ``<stem>-<map>.<ext>``); returns previews and the paths
+    the files will have once the set is committed."""
     rgb = image.permute(1, 2, 0).numpy().astype(np.float32)  # [H, W, 3] in [0, 1]
     out = TaskMaps()
 
     def save(image_or_array, name: str) -> Path:
-        path = out_dir / f"{stem}-{name}"
+        name = f"{stem}-{name}"
         if isinstance(image_or_array, np.ndarray):
-            np.save(path, image_or_array)
-        elif path.suffix == ".png":
-            image_or_array.save(path, pnginfo=pnginfo)
+            path = run.save_npy(name, image_or_array)
         else:
-            image_or_array.save(path)
+            path = run.save_image(name, image_or_array, **({"pnginfo": pnginfo} if name.endswith(".png") else {}))
         out.files.append(path)
         return path
 
@@ -118,10 +118,19 @@ def encode(task: str, image: torch.Tensor, out_dir: Path, stem: str, pnginfo=Non
         shown = save(preview, "semantic.png")
         save(indexed, "semantic-classes.png")
         save(ids, "semantic-ids.npy")
-        path = out_dir / f"{stem}-semantic-palette.json"
-        path.write_text(json.dumps({"classes": [{"id": i, "rgb": c.tolist()} for i, c in enumerate(palette)]}))
-        out.files.append(path)
+        out.files.append(run.write_json(f"{stem}-semantic-palette.json",
+                                        {"classes": [{"id": i, "rgb": c.tolist()} for i, c in enumerate(palette)]},
+                                        indent=None))
         out.previews.append((shown, f"semantic ({len(palette)} classes)"))
     else:  # pragma: no cover - requests validate their tasks
         raise ValueError(f"unknown perception task {task!r}")
     return out
+
+
+def expected_bytes(tasks, width: int, height: int) -> int:
+    """An upper bound of what ``encode`` writes for ``tasks`` at this size (raw pixels for each PNG, exact for
+    each ``.npy``), for a free-space check before the first file."""
+    px = width * height
+    per_task = {"depth": 3 * px + 2 * px + 4 * px, "normal": 3 * px + 12 * px, "albedo": 3 * px,
+                "pbr": 2 * (px + 4 * px), "semantic": 3 * px + px + px + (1 << 12)}
+    return sum(per_task.get(t, 16 * px) + (1 << 12) for t in tasks)

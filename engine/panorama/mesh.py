@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.atomic_files import write_bytes
+
 MAX_ROWS = 128  # grid resolution of the mesh (the texture keeps the full panorama)
 MIN_RADIUS = 0.05  # so that a zero distance does not collapse the sphere into its centre
 
@@ -43,7 +45,7 @@ def sphere_grid(depth: np.ndarray, rows: int = MAX_ROWS) -> tuple[np.ndarray, np
     return vertices.astype(np.float32), faces.astype(np.int64), uv.astype(np.float32)
 
 
-def write_glb(depth: np.ndarray, panorama: Image.Image, path: str | Path, rows: int = MAX_ROWS) -> Path:
+def glb_bytes(depth: np.ndarray, panorama: Image.Image, rows: int = MAX_ROWS) -> bytes:
     import trimesh
 
     vertices, faces, uv = sphere_grid(depth, rows)
@@ -51,6 +53,8 @@ def write_glb(depth: np.ndarray, panorama: Image.Image, path: str | Path, rows: 
                                                    metallicFactor=0.0, roughnessFactor=1.0)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False,
                            visual=trimesh.visual.TextureVisuals(uv=uv, material=material))
-    path = Path(path)
-    path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh)))
-    return path
+    return trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh))
+
+
+def write_glb(depth: np.ndarray, panorama: Image.Image, path: str | Path, rows: int = MAX_ROWS) -> Path:
+    return write_bytes(path, glb_bytes(depth, panorama, rows))  # atomic: a viewer never opens half a mesh

@@ -94,6 +94,8 @@ class _Serialisable:
             raise InputError(_prefix or "request", f"expected an object, got {type(data).__name__}")
         data = dict(data)
         data.pop("kind", None)
+        if not _prefix:  # a saved request JSON also lists the input files it needs (engine.outputs.request_json)
+            data.pop("needs", None)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)

@@ -19,11 +19,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from engine.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 DIRNAME = "mag-cache"
 _HEAD, _TAIL = "studio_mag_ratio_head", "studio_mag_ratio_tail"
@@ -156,11 +159,14 @@ class Calibration:
             if not curves:
                 return False
             ratios[name] = [sum(values) / len(values) for values in zip(*curves)]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": model_key, "steps": self.counts, "ratios": ratios}, indent=1),
-                       encoding="utf-8")
-        tmp.replace(self.path)
+        from engine.atomic_files import DiskFull, write_json
+
+        try:
+            write_json(self.path, {"model": model_key, "steps": self.counts, "ratios": ratios}, indent=1,
+                       what="models folder", flag="--models-dir")
+        except (DiskFull, OSError) as exc:  # the run's video is fine; only the next run calibrates again
+            log.warning("MagCache calibration not saved: %s", exc)
+            return False
         return True
 
 

@@ -4,13 +4,16 @@ the ``comment`` tag; ffmpeg's gif muxer writes no comments), plus the last frame
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from engine.outputs import png_info, run_stem, save_request
+from engine import outputs
+from engine.atomic_files import MARGIN, OutputSet, check_free, free_bytes, is_disk_full
+from engine.outputs import png_info, run_stem
 
 CODECS = {  # format -> (codec, output pixel format)
     "mp4": ("libx264", "yuv420p"),
@@ -64,20 +67,38 @@ def write_video(frames, path: Path, fmt: str, fps: int, quality: int = 8, loop: 
     return path
 
 
+def expected_bytes(arr: np.ndarray, fmt: str) -> int:
+    """A generous size for the files of one video (a pre-check of free space, before ffmpeg starts): the last
+    frame as raw pixels, and the video at a tenth of its raw frames (a gif at half; palette frames compress less)."""
+    raw = int(arr.nbytes)
+    return raw // arr.shape[0] + raw // (2 if fmt == "gif" else 10) + (1 << 16)
+
+
 def save_video_result(frames, out_dir: Path, request, text: dict[str, str] | None = None) -> list[str]:
     """Video, request JSON and last frame PNG for ``request`` (an ``I2VRequest``); returns the paths. mp4 and webm
     also carry ``text`` as tags (the app's: ComfyUI's ``prompt`` and ``workflow``); a gif has no place for them (the
-    PNG beside it has)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    PNG beside it has).
+    The three appear together (``OutputSet``): a crash or a full disk leaves all of them or none."""
+    out_dir = Path(out_dir)
     stem = run_stem(request.kind, request.seed)
     request_json = json.dumps(request.to_dict())
     arr = to_uint8(frames)
-    video = write_video(arr, out_dir / f"{stem}.{request.output_format}", request.output_format, request.fps,
-                        request.quality, request.loop, comment=request_json, tags=text or {})
-    last = out_dir / f"{stem}-last-frame.png"
-    Image.fromarray(arr[-1]).save(last, pnginfo=png_info(request, text))
-    saved = save_request(request, out_dir / f"{stem}.json")
-    return [str(video), str(saved), str(last)]
+    check_free(out_dir, expected_bytes(arr, request.output_format))
+    name = f"{stem}.{request.output_format}"
+    with OutputSet(out_dir) as run:
+        try:
+            write_video(arr, run.path(name), request.output_format, request.fps, request.quality, request.loop,
+                        comment=request_json, tags=text or {})
+        except OSError as exc:  # ffmpeg's own write error comes back as a broken pipe with its log
+            if not is_disk_full(exc) and ("No space left" in str(exc) or free_bytes(out_dir) < MARGIN):
+                raise OSError(errno.ENOSPC, "No space left on device (ffmpeg)") from exc
+            raise
+        if free_bytes(out_dir) < MARGIN:  # imageio-ffmpeg ignores ffmpeg's exit code: a cut trailer looks like this
+            raise OSError(errno.ENOSPC, "No space left on device (ffmpeg)")
+        run.save_image(f"{stem}-last-frame.png", Image.fromarray(arr[-1]), pnginfo=png_info(request, text))
+        run.write_json(f"{stem}.json", outputs.request_json(request))
+        files = run.commit(last=f"{stem}.json")
+    return [files[0], files[2], files[1]]  # video, request JSON, last frame
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, dict]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-from pathlib import Path
-
 import gradio as gr
 
 from engine import IPAdapterRequest, ModelRef, ReferenceImage, Result
+from engine.outputs import keep_input
 from engine.requests import SingleFiles
 
 from .. import comfy_io, comfy_panel
@@ -68,14 +65,8 @@ def build_request(model, prompt, negative_prompt, width, height, steps, guidance
 def keep_reference(outputs_dir, path: str | None) -> str | None:
     """A copy of an uploaded reference under ``<outputs>/references/`` (named by its content), so that a saved
     request still finds its images after Gradio has cleaned its upload cache."""
-    if not path or not Path(path).is_file():
-        return path  # missing files are left for the request's own check to report
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
-    target = Path(outputs_dir) / "references" / f"{digest}{Path(path).suffix.lower()}"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    return str(target.resolve())
+    # verified before reuse (size and hash): a copy a full disk cut short is written again, never trusted
+    return keep_input(outputs_dir, path, "references")
 
 
 def format_result(result: Result) -> str:
