@@ -30,6 +30,7 @@ Between sections the models are freed, the allocator's cache emptied and PyTorch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -71,28 +72,14 @@ def write_report(path: str, report: dict) -> None:
 
 
 def measured_size(name: str, model: torch.nn.Module) -> ComponentSize:
-    """The transformer's bytes per block in execution order, its rest and largest layer, read from its tensors."""
-    try:
-        from engine.memory.block_stream import find_blocks
-    except ImportError:  # the memory layer moved it: every ModuleList of blocks, in order
-        def find_blocks(m):
-            return [(f"{n}.{i}", b) for n, sub in m.named_children() if isinstance(sub, torch.nn.ModuleList)
-                    for i, b in enumerate(sub)]
-    seen: set[int] = set()
+    """The transformer's bytes per block in execution order, its rest and largest layer, read from its tensors
+    (the streaming modes' own measure, plus the largest layer the planner needs for layerwise)."""
+    from engine.memory.strategies.streaming import module_size
 
-    def nbytes(module) -> int:
-        total = 0
-        for t in list(module.parameters()) + list(module.buffers()):
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-        return total
-
-    blocks = tuple(nbytes(b) for _, b in find_blocks(model))
-    rest = nbytes(model)
+    size = module_size(name, "transformer", model)
     leaf = max((sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in model.modules()),
                default=0)
-    return ComponentSize(name, "transformer", rest + sum(blocks), blocks, leaf)
+    return dataclasses.replace(size, largest_leaf=leaf)
 
 
 def predicted(sizes: list[ComponentSize], settings: SwapSettings, device: str, config: dict, dims: dict,

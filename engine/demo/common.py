@@ -3,6 +3,7 @@ the scheduler, and random LoRA files in the diffusers/peft layout."""
 
 from __future__ import annotations
 
+import json
 import string
 import warnings
 from collections.abc import Iterator
@@ -170,3 +171,15 @@ def save_lora(pipeline_cls, transformer, targets: list[str], seed: int, out: Pat
         pipeline_cls.save_lora_weights(out.parent, transformer_lora_layers=state, weight_name=out.name, **extra)
     finally:
         transformer.delete_adapters(name)
+
+
+def stable_sdnq_config(config_path) -> None:
+    """Rewrite an SDNQ model's saved config so that it does not depend on where or in which process it was built:
+    from_pretrained records the temporary build path, and sdnq keeps its skip lists in sets."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("_name_or_path", None)
+    qconfig = config.get("quantization_config") or {}
+    for key in ("modules_to_not_convert", "modules_to_not_use_matmul"):
+        if isinstance(qconfig.get(key), list):
+            qconfig[key] = sorted(qconfig[key])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

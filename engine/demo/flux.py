@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from engine.demo.common import clip_text_encoder, clip_tokenizer, flow_match_scheduler, seeded, t5_encoder, t5_tokenizer
+from engine.demo.common import (
+    clip_text_encoder,
+    clip_tokenizer,
+    flow_match_scheduler,
+    seeded,
+    stable_sdnq_config,
+    t5_encoder,
+    t5_tokenizer,
+)
 from engine.demo.names import (
     FLUX_HEAD_DIM,
     FLUX_HEADS,
@@ -132,10 +139,4 @@ def build_flux_sdnq(out: Path, flux_dir: Path, flux) -> None:
     # from_pretrained recorded the temporary build path, and sdnq keeps its skip list in a set: drop the one and
     # sort the other so that the config does not depend on where or in which process it was built
     config_path = out / "transformer" / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.pop("_name_or_path", None)
-    qconfig = config.get("quantization_config") or {}
-    for key in ("modules_to_not_convert", "modules_to_not_use_matmul"):
-        if isinstance(qconfig.get(key), list):
-            qconfig[key] = sorted(qconfig[key])
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    stable_sdnq_config(config_path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.demo.common import qwen_tokenizer, seeded
+from engine.demo.common import qwen_tokenizer, seeded, stable_sdnq_config
 
 TEXT_HIDDEN = 16
 TAPPED_LAYERS = 13  # len(diffusers.pipelines.ideogram4.pipeline_ideogram4.QWEN3_VL_ACTIVATION_LAYERS)
@@ -74,7 +74,6 @@ def build_ideogram(out: Path) -> None:
 
 def quantize_sdnq(out: Path, sub: str) -> None:
     """``out/sub`` re-saved SDNQ-quantized, its config independent of where and in which process it was built."""
-    import json
     import shutil
     import tempfile
 
@@ -91,10 +90,4 @@ def quantize_sdnq(out: Path, sub: str) -> None:
     shutil.rmtree(out / sub)
     tmp.rename(out / sub)
     config_path = out / sub / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.pop("_name_or_path", None)
-    qconfig = config.get("quantization_config") or {}
-    for key in ("modules_to_not_convert", "modules_to_not_use_matmul"):
-        if isinstance(qconfig.get(key), list):
-            qconfig[key] = sorted(qconfig[key])
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    stable_sdnq_config(config_path)

@@ -16,21 +16,27 @@ from engine.memory.transfer import TensorStore
 log = logging.getLogger(__name__)
 
 
-def measured_size(c) -> ComponentSize:
-    """Block sizes of a loaded transformer, in execution order (read from its tensors, no copy)."""
+def module_size(name: str, role: str, module) -> ComponentSize:
+    """Block sizes of a loaded transformer, in execution order (read from its tensors, no copy); a tensor shared
+    by several blocks is counted once, where it is first met."""
     seen: set[int] = set()
 
-    def nbytes(module) -> int:
+    def nbytes(part) -> int:
         total = 0
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in list(part.parameters()) + list(part.buffers()):
             if id(t) not in seen:
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
         return total
 
-    blocks = tuple(nbytes(b) for _, b in find_blocks(c.module))
-    rest = nbytes(c.module)  # what is left after the blocks were counted
-    return ComponentSize(c.name, c.role, rest + sum(blocks), blocks)
+    blocks = tuple(nbytes(b) for _, b in find_blocks(module))
+    rest = nbytes(module)  # what is left after the blocks were counted
+    return ComponentSize(name, role, rest + sum(blocks), blocks)
+
+
+def measured_size(c) -> ComponentSize:
+    """``module_size`` of a registered component."""
+    return module_size(c.name, c.role, c.module)
 
 
 class Streaming(Strategy):
