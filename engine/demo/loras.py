@@ -108,11 +108,13 @@ def save_lightx2v_style(transformer, out: Path, seed: int) -> None:
     from engine.adapters.lora_layouts_wan import original_name
 
     state = {}
-    for name, (a, b) in wan_tensors(transformer, seed).items():
-        stem = f"diffusion_model.{original_name(name)}"
-        state[f"{stem}.lora_down.weight"], state[f"{stem}.lora_up.weight"] = a, b
-        state[f"{stem}.alpha"] = torch.tensor(float(RANK))
-        state[f"{stem}.diff_b"] = torch.randn(b.shape[0]) * 0.05
+    pairs = wan_tensors(transformer, seed)
+    with seeded(seed + 2):  # the biases too: a rebuild must give the same bytes
+        for name, (a, b) in pairs.items():
+            stem = f"diffusion_model.{original_name(name)}"
+            state[f"{stem}.lora_down.weight"], state[f"{stem}.lora_up.weight"] = a, b
+            state[f"{stem}.alpha"] = torch.tensor(float(RANK))
+            state[f"{stem}.diff_b"] = torch.randn(b.shape[0]) * 0.05
     with seeded(seed + 1):
         for i in range(len(transformer.blocks)):
             dim = transformer.blocks[i].norm2.normalized_shape[0]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from engine.panorama.tasks import TASKS as _OMNIX
 from engine.panorama.tasks import WEIGHT_NAME as _OMNIX_WEIGHT_NAME
 
-DEMO_VERSION = "9"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
+DEMO_VERSION = "10"  # 2: IP-Adapter .bin; 3: Qwen LoRAs in ComfyUI, kohya, seed-004 layouts; 4: TI2V 5B, TurboWan .pth;
 # 5: OmniX adapters in upstream's training layout (attention + image FF, no metadata); 6: Qwen-Image-Edit (+2509);
 # 7: TurboWan experts with SLA's proj_l per block (the released files' layout); 8: Ideogram 4 (SDNQ) stand-in;
-# 9: Flux, Chroma and Wan 2.2 LoRAs in every layout (demo/loras.py)
+# 9: Flux, Chroma and Wan 2.2 LoRAs in every layout (demo/loras.py); 10: the lightx2v-style diff_b seeded
 MARKER_NAME = ".built-v1"
 
 DEMO_DIRNAME = "demo"
