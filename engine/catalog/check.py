@@ -10,7 +10,6 @@ which pipeline class ``model_index.json`` names, and how many bytes the files th
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from engine.atomic_files import write_text
 from engine.catalog.presets import CATALOG_PATH, CatalogEntry, load_catalog
 from engine.hub import cache as hub_cache
 from engine.hub import download as hub
@@ -134,9 +134,7 @@ def write_sizes(path: Path, findings: list[Finding]) -> list[str]:
         text = text[: match.start(2)] + f"{f.hub_gb:g}" + text[match.end(2):]
         changed.append(f.entry.id)
     if changed:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, text, what="presets folder", flag="a checkout on another disk")
         load_catalog(path)  # the file is still valid (raises CatalogError otherwise)
     return changed
 

@@ -8,6 +8,7 @@ user picks the number of resident blocks, and how the bench proves that copies h
 from __future__ import annotations
 
 import csv
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +104,14 @@ class SwapTrace:
     # ------------------------------------------------------------ output
     def write_csv(self, path: str | Path) -> Path:
         self.end_step()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-        return path
+        from engine.atomic_files import write_text  # whole or absent, as every file the app writes
+
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+        return write_text(Path(path), text.getvalue())
 
     def summary(self) -> dict:
         copy = sum(r["copy_ms"] for r in self.rows)

@@ -7,11 +7,13 @@ here the size passed on is the resized one.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from engine.atomic_files import write_bytes
 from engine.errors import InputError
 
 MAX_HEIGHT, MAX_WIDTH = 720, 1440  # upstream's perception size cap
@@ -102,5 +104,6 @@ def fix_aspect(path: str | Path, how: str, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / f"{Path(path).stem}-{how}-{image.size[0]}x{image.size[1]}.png"
-    image.save(dest)
-    return dest
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return write_bytes(dest, buffer.getvalue())  # whole or absent, as every file the app writes

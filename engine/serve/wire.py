@@ -70,6 +70,8 @@ def receive_inputs(message: dict, folder: Path) -> dict:
     import copy
     import hashlib
 
+    from engine.atomic_files import write_bytes
+
     data = copy.deepcopy(message["request"])
     for holder, key in _input_paths(data):
         blob = message.get("inputs", {}).get(holder[key])
@@ -77,8 +79,7 @@ def receive_inputs(message: dict, folder: Path) -> dict:
             continue
         target = folder / f"{hashlib.sha256(blob).hexdigest()[:16]}{Path(holder[key]).suffix}"
         if not target.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(blob)
+            write_bytes(target, blob)  # whole or absent: a content name must never hold half the content
         holder[key] = str(target)
     return data
 
