@@ -137,7 +137,8 @@ def test_edit_strengths_one_zero_equal_a_alone_and_an_unchanged_stack_does_no_lo
     assert again.metadata["lora_work"] == {"loads": 0, "deletes": 0, "set_adapters": 0}
     assert np.array_equal(pixels(again), pixels(only_a))
     rows = {m["name"] for m in engine.memory.snapshot()["modules"] if m["role"] == "lora"}
-    assert any("Qwen-Image-Edit" in n and "qwen-style-b" in n for n in rows), rows  # a ledger row per LoRA
+    assert any("Qwen-Image-Edit" in n and "qwen-style-a" in n for n in rows), rows  # a ledger row per loaded LoRA
+    assert not any("qwen-style-b" in n for n in rows), rows  # strength 0: never read (issue 31)
     # one Edit pipeline (and one processor) serves every run on the folder
     assert [type(p).__name__ for p in engine.store.loaded_pipelines()].count("QwenImageEditPipeline") == 1
 

@@ -139,7 +139,10 @@ def test_uploaded_images_travel_as_bytes_and_the_video_comes_back(serve_engine, 
                      steps=2, seed=5, swap=SwapSettings(), preview_every=0)
     remote = serve_engine.run_json(req.to_dict())  # without request=: the result names the replica's request
     copy = remote.request.image
-    assert copy != str(start) and "/inputs/" in copy and Path(copy).read_bytes() == start.read_bytes()
+    # the replica's own copy: received under inputs/, then kept in its outputs' start-images/ so the saved request
+    # replays (issue 30)
+    assert copy != str(start) and ("/inputs/" in copy or "/start-images/" in copy)
+    assert Path(copy).read_bytes() == start.read_bytes()
     local = local_engine.run(req)
     frame = next(f for f in remote.files if f.endswith("-last-frame.png"))
     expected = next(f for f in local.files if f.endswith("-last-frame.png"))

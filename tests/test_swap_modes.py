@@ -341,11 +341,19 @@ def panorama_file(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_perception_every_mode_with_disk_offload_gives_the_maps_of_none(disk_engine, panorama_file):
+@pytest.fixture
+def fresh_disk_engine(models_dir, tmp_path):
+    return Engine(device="cpu", models_dir=models_dir, demo=True, offload_device="disk", outputs_dir=tmp_path)
+
+
+def test_perception_every_mode_with_disk_offload_gives_the_maps_of_none(fresh_disk_engine, panorama_file):
     """OmniX perception encodes its input through the VAE: under every mode that offloads the VAE (to disk here, so
     it sits on the meta device between uses) the input goes to the pipeline's execution device, and every mode
-    gives the maps of ``none``."""
+    gives the maps of ``none``. (A fresh engine: see the xfail test below for a Flux transformer a streaming mode
+    of another tab left on disk.)"""
     from engine import PerceptionRequest
+
+    disk_engine = fresh_disk_engine
 
     def maps(mode: str) -> dict[str, np.ndarray]:
         result = disk_engine.run(PerceptionRequest(panorama=panorama_file, tasks=("depth",), steps=1,
@@ -362,3 +370,17 @@ def test_perception_every_mode_with_disk_offload_gives_the_maps_of_none(disk_eng
             scale = 257 if base[key].dtype == np.int64 and base[key].max() > 255 else 1  # 16-bit maps
             diff = np.abs(got[key] - base[key]).max() / scale
             assert diff <= IMAGE_TOLERANCE, f"perception {mode} {key}: max difference {diff}"
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "known bug: after a text-to-image run in adaptive with disk offload, the Flux transformer keeps its block "
+    "streamer; OmniX then adds its adapters while the streamed blocks wait on the meta device, and the next load "
+    "finds the adapter tensors nowhere (engine.memory.disk.load_module). Taking the streamer off first "
+    "(MemoryManager.to_host) leaves the resident blocks on meta too; to be fixed in the streamer's remove()"))
+def test_perception_after_an_adaptive_disk_run_of_another_tab(disk_engine, panorama_file):
+    from engine import PerceptionRequest
+
+    disk_engine.run(t2i(FLUX, "adaptive", max_vram_gb=0.0095))
+    for mode in ("none", "model_offload"):
+        disk_engine.run(PerceptionRequest(panorama=panorama_file, tasks=("depth",), steps=1, seed=3,
+                                          swap=swap(mode)))
