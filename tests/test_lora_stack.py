@@ -328,6 +328,11 @@ def test_presets_round_trip_and_name_missing_files(files, tmp_path):
         load_preset(tmp_path, "stale")
     with pytest.raises(InputError, match="no saved stack"):
         load_preset(tmp_path, "nope")
+    # the folder is every session's: the same name with another stack never replaces the saved one (issue 30)
+    other = (files["b"],)
+    assert save_preset(tmp_path, "my stack", other).name == "my stack-2.json"
+    assert load_preset(tmp_path, "my stack") == stack and load_preset(tmp_path, "my stack-2") == other
+    assert save_preset(tmp_path, "my stack", stack).name == "my stack.json"  # the same stack: saved in place
 
 
 # ---------------------------------------------------------------- Nunchaku detection

@@ -192,7 +192,8 @@ def stack_editor(engine, prefix: str, model_box: gr.components.Component, model_
 
     def save_stack(s, name):
         saved = save_preset(engine.models_dir, name, specs(s))
-        return f"Saved as `{saved.name}`.", gr.update(choices=list_presets(engine.models_dir), value=saved.stem)
+        clash = "" if saved.stem == (name or "").strip() else f" (a different stack already has the name {name!r})"
+        return f"Saved as `{saved.name}`{clash}.", gr.update(choices=list_presets(engine.models_dir), value=saved.stem)
 
     def load_stack(name, model):
         if not name:

@@ -46,10 +46,22 @@ def save_preset(models_dir, name: str, loras: tuple[LoraSpec, ...]) -> Path:
     check_lora_stack("loras", tuple(loras))
     folder = presets_dir(models_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    data = {"version": 1, "loras": [s.to_dict() for s in loras]}
     path = folder / f"{name}.json"
+    # the folder is shared by every session: a preset of that name holding another stack is never replaced (one
+    # visitor cannot change what another's preset runs); the new one is numbered, as clashing LoRA uploads are
+    n = 2
+    while path.is_file() and _stored(path) != data:
+        path, n = folder / f"{name}-{n}.json", n + 1
     # never a half-written preset; a full disk says so and names the flag that moves the folder
-    return write_json(path, {"version": 1, "loras": [s.to_dict() for s in loras]}, what="models folder",
-                      flag="--models-dir")
+    return write_json(path, data, what="models folder", flag="--models-dir")
+
+
+def _stored(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def load_preset(models_dir, name: str) -> tuple[LoraSpec, ...]:
