@@ -49,7 +49,7 @@ class Engine:
         self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
         self.outputs_dir = Path(outputs_dir or DEFAULT_OUTPUTS_DIR)
         self.demo = demo
-        from engine.atomic_files import recover  # what a crash mid-save left: finished, or removed
+        from engine.files.atomic import recover  # what a crash mid-save left: finished, or removed
 
         recover(self.outputs_dir)
         self.output_text = output_text

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import PngImagePlugin
 
-from engine.atomic_files import OutputSet, file_digest, keep_copy, write_json
+from engine.files.atomic import OutputSet, file_digest, keep_copy, write_json
 
 log = logging.getLogger(__name__)
 NEEDS_KEY = "needs"  # in a request JSON: the input files a replay reads (request_from_dict skips it)

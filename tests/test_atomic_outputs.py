@@ -98,7 +98,7 @@ def check(root: Path, expected: dict[str, set[str]], source_lora: bytes, recover
 
 def test_kill_at_20_points_leaves_only_whole_files_and_whole_sets(tmp_path):
     try:
-        from engine.atomic_files import recover
+        from engine.files.atomic import recover
     except ImportError:  # the code before atomic writes: nothing recovers
         recover = None
     full = run_worker(tmp_path / "count", [0])[0]
@@ -124,7 +124,7 @@ def test_kill_at_20_points_leaves_only_whole_files_and_whole_sets(tmp_path):
 
 
 def test_a_set_whose_journal_was_written_is_rolled_forward(tmp_path):
-    from engine.atomic_files import STAGING, OutputSet, recover
+    from engine.files.atomic import STAGING, OutputSet, recover
 
     run = OutputSet(tmp_path)
     run.write_bytes("a.png", b"x")
@@ -132,7 +132,7 @@ def test_a_set_whose_journal_was_written_is_rolled_forward(tmp_path):
     order = ["a.png", "a.json"]
     (run.stage / "commit.json").write_text(json.dumps({"order": order}))
     stage = run.stage
-    from engine import atomic_files
+    from engine.files import atomic as atomic_files
 
     atomic_files._active.discard(str(stage))  # as if the process that staged it had died
     assert recover(tmp_path) == {"rolled_forward": 1, "removed": 0}
@@ -141,7 +141,7 @@ def test_a_set_whose_journal_was_written_is_rolled_forward(tmp_path):
 
 
 def test_a_failed_set_leaves_nothing(tmp_path):
-    from engine.atomic_files import OutputSet
+    from engine.files.atomic import OutputSet
 
     with pytest.raises(RuntimeError), OutputSet(tmp_path) as run:
         run.write_bytes("b.png", b"x")
@@ -150,7 +150,7 @@ def test_a_failed_set_leaves_nothing(tmp_path):
 
 
 def test_output_names_must_be_plain(tmp_path):
-    from engine.atomic_files import OutputSet
+    from engine.files.atomic import OutputSet
 
     with OutputSet(tmp_path) as run:
         for bad in ("../x.png", "sub/x.png", "commit.json"):

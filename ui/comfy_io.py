@@ -19,7 +19,7 @@ import comfy_export
 from comfy_export.export import EXTRA_KEY
 from comfy_export.importer import MAX_BYTES
 from engine import InputError
-from engine.atomic_files import write_text
+from engine.files.atomic import write_text
 
 KEEP = object()  # a field getter's "leave this widget as it is"
 IMPORT_LIMIT = 2  # workflow imports parsed at once (each is bounded by comfy_export.limits: < 1 s, < 100 MB)
@@ -76,7 +76,7 @@ class ExportPanel:
             stem = f"{request.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
             api_path, ui_path = folder / f"{stem}-api.json", folder / f"{stem}-workflow.json"
             api_text = json.dumps(api, indent=2)
-            write_text(api_path, api_text)  # whole or absent (engine.atomic_files), as every file the app writes
+            write_text(api_path, api_text)  # whole or absent (engine.files.atomic), as every file the app writes
             write_text(ui_path, json.dumps(workflow, indent=2))
             notes = workflow["extra"][EXTRA_KEY]["notes"][1:]
             text = f"Exported {len(api)} nodes." + "".join(f"\n- {n}" for n in notes)

@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from engine.atomic_files import copy_file, write_json
 from engine.errors import InputError
+from engine.files.atomic import copy_file, write_json
 from engine.requests import MAX_LORAS, LoraSpec, check_lora_stack
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")

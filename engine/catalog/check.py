@@ -17,8 +17,8 @@ from pathlib import Path
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from engine.atomic_files import write_text
 from engine.catalog.presets import CATALOG_PATH, CatalogEntry, load_catalog
+from engine.files.atomic import write_text
 from engine.hub import cache as hub_cache
 from engine.hub import download as hub
 from engine.hub import http as hub_http

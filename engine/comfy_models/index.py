@@ -161,7 +161,7 @@ class ComfyIndex:
     def _save_cache(self) -> None:
         if self.cache_file is None:
             return
-        from engine.atomic_files import DiskFull, write_json
+        from engine.files.atomic import DiskFull, write_json
 
         try:  # atomic, and a failed write leaves no temp file behind
             write_json(self.cache_file, {"version": CACHE_VERSION, "entries": [asdict(e) for e in self.entries]},

@@ -330,7 +330,7 @@ def _download_online(env, repo_id, revision, patterns, expected_bytes, transfer:
     if not _COMMIT.match(revision or ""):  # what the client writes for a branch or tag: refs/<name> -> commit
         ref = storage / "refs" / (revision or constants.DEFAULT_REVISION)
         if not ref.is_file() or ref.read_text().strip() != commit:
-            from engine.atomic_files import write_text
+            from engine.files.atomic import write_text
 
             write_text(ref, commit, what="model cache", flag="HF_HOME")  # a cut ref would point at no commit
     state = _local_state(env, repo_id, revision, patterns)

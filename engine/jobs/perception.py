@@ -10,8 +10,8 @@ import torch
 
 from engine.adapters.omnix import OmniXSession, check_adapter_folder
 from engine.adapters.omnix_pipeline import OmniXPerceptionPipeline, perception_prompt
-from engine.atomic_files import OutputSet, check_free
 from engine.errors import EngineError
+from engine.files.atomic import OutputSet, check_free
 from engine.jobs.common import run_denoise
 from engine.outputs import png_info, request_json, run_stem
 from engine.panorama import input as panorama_input

@@ -104,7 +104,7 @@ class SwapTrace:
     # ------------------------------------------------------------ output
     def write_csv(self, path: str | Path) -> Path:
         self.end_step()
-        from engine.atomic_files import write_text  # whole or absent, as every file the app writes
+        from engine.files.atomic import write_text  # whole or absent, as every file the app writes
 
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, fieldnames=FIELDS)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from engine.atomic_files import write_bytes
 from engine.errors import InputError
+from engine.files.atomic import write_bytes
 
 MAX_HEIGHT, MAX_WIDTH = 720, 1440  # upstream's perception size cap
 MIN_HEIGHT = 64

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.atomic_files import OutputSet
+from engine.files.atomic import OutputSet
 
 SEMANTIC_CLASSES = 32  # the most distinct colours kept as classes
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.atomic_files import write_bytes
+from engine.files.atomic import write_bytes
 
 MAX_ROWS = 128  # grid resolution of the mesh (the texture keeps the full panorama)
 MIN_RADIUS = 0.05  # so that a zero distance does not collapse the sphere into its centre

@@ -70,7 +70,7 @@ def receive_inputs(message: dict, folder: Path) -> dict:
     import copy
     import hashlib
 
-    from engine.atomic_files import write_bytes
+    from engine.files.atomic import write_bytes
 
     data = copy.deepcopy(message["request"])
     for holder, key in _input_paths(data):

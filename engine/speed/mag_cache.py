@@ -159,7 +159,7 @@ class Calibration:
             if not curves:
                 return False
             ratios[name] = [sum(values) / len(values) for values in zip(*curves)]
-        from engine.atomic_files import DiskFull, write_json
+        from engine.files.atomic import DiskFull, write_json
 
         try:
             write_json(self.path, {"model": model_key, "steps": self.counts, "ratios": ratios}, indent=1,

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from engine import outputs
-from engine.atomic_files import MARGIN, OutputSet, check_free, free_bytes, is_disk_full
+from engine.files.atomic import MARGIN, OutputSet, check_free, free_bytes, is_disk_full
 from engine.outputs import png_info, run_stem
 
 CODECS = {  # format -> (codec, output pixel format)
