@@ -346,41 +346,74 @@ def fresh_disk_engine(models_dir, tmp_path):
     return Engine(device="cpu", models_dir=models_dir, demo=True, offload_device="disk", outputs_dir=tmp_path)
 
 
+def perceive(engine, panorama: str, mode: str):
+    from engine import PerceptionRequest
+
+    return engine.run(PerceptionRequest(panorama=panorama, tasks=("depth",), steps=1, seed=3, swap=swap(mode)))
+
+
+def maps_of(result) -> dict[str, np.ndarray]:
+    return {k: np.asarray(Image.open(p)).astype(np.int64) for k, p in result.maps.items()}
+
+
+def max_diff(got: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> float:
+    """The largest difference of any map, in 8-bit steps (16-bit maps scaled down)."""
+    assert got and got.keys() == base.keys()
+    return max(np.abs(got[k] - base[k]).max() / (257 if base[k].max() > 255 else 1) for k in base)
+
+
 def test_perception_every_mode_with_disk_offload_gives_the_maps_of_none(fresh_disk_engine, panorama_file):
     """OmniX perception encodes its input through the VAE: under every mode that offloads the VAE (to disk here, so
     it sits on the meta device between uses) the input goes to the pipeline's execution device, and every mode
-    gives the maps of ``none``. (A fresh engine: see the xfail test below for a Flux transformer a streaming mode
-    of another tab left on disk.)"""
-    from engine import PerceptionRequest
-
-    disk_engine = fresh_disk_engine
-
+    gives the maps of ``none``. (A fresh engine; the tests below start from a transformer another tab's run left
+    streamed or on disk.)"""
     def maps(mode: str) -> dict[str, np.ndarray]:
-        result = disk_engine.run(PerceptionRequest(panorama=panorama_file, tasks=("depth",), steps=1,
-                                                   seed=3, swap=swap(mode)))
+        result = perceive(fresh_disk_engine, panorama_file, mode)
         assert result.metadata["memory"]["mode"] == mode
-        return {k: np.asarray(Image.open(p)).astype(np.int64) for k, p in result.maps.items()}
+        return maps_of(result)
 
     base = maps("none")
-    assert base
     for mode in ("model_offload", "block_swap", "adaptive", "chunkwise", "layerwise", "none"):
-        got = maps(mode)
-        assert got.keys() == base.keys(), mode
-        for key in base:
-            scale = 257 if base[key].dtype == np.int64 and base[key].max() > 255 else 1  # 16-bit maps
-            diff = np.abs(got[key] - base[key]).max() / scale
-            assert diff <= IMAGE_TOLERANCE, f"perception {mode} {key}: max difference {diff}"
+        diff = max_diff(maps(mode), base)
+        assert diff <= IMAGE_TOLERANCE, f"perception {mode}: max difference {diff}"
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "known bug: after a text-to-image run in adaptive with disk offload, the Flux transformer keeps its block "
-    "streamer; OmniX then adds its adapters while the streamed blocks wait on the meta device, and the next load "
-    "finds the adapter tensors nowhere (engine.memory.disk.load_module). Taking the streamer off first "
-    "(MemoryManager.to_host) leaves the resident blocks on meta too; to be fixed in the streamer's remove()"))
 def test_perception_after_an_adaptive_disk_run_of_another_tab(disk_engine, panorama_file):
-    from engine import PerceptionRequest
-
+    """A text-to-image run in adaptive with disk offload leaves the Flux transformer's streamed blocks on the meta
+    device; OmniX must not add its adapters there (they would exist nowhere, and the next load would not find
+    them): the transformer first comes wholly into memory, and the maps equal those of a fresh engine."""
+    ref = maps_of(perceive(Engine(device="cpu", models_dir=disk_engine.models_dir, demo=True,
+                                  outputs_dir=disk_engine.outputs_dir), panorama_file, "none"))
     disk_engine.run(t2i(FLUX, "adaptive", max_vram_gb=0.0095))
+    transformer = disk_engine.store.load_pipeline(FLUX).transformer
+    assert any(p.device.type == "meta" for p in transformer.parameters())  # what the bug needs: blocks on meta
     for mode in ("none", "model_offload"):
-        disk_engine.run(PerceptionRequest(panorama=panorama_file, tasks=("depth",), steps=1, seed=3,
-                                          swap=swap(mode)))
+        got = maps_of(perceive(disk_engine, panorama_file, mode))
+        assert max_diff(got, ref) <= IMAGE_TOLERANCE, mode
+
+
+@pytest.mark.parametrize("mode", ["block_swap", "layerwise", "model_offload"])
+def test_text_to_image_after_perception_in_a_disk_mode(fresh_disk_engine, panorama_file, mode):
+    """The reverse order: perception in a mode that leaves the transformer streamed or on disk, then text to image.
+    OmniX takes its adapters off a transformer that is wholly in memory (peft renames the wrapped tensors back,
+    which a streamer's books or a disk file would not find), and the image equals a fresh engine's."""
+    engine = fresh_disk_engine
+    ref = pixels(Engine(device="cpu", models_dir=engine.models_dir, demo=True,
+                        outputs_dir=engine.outputs_dir).run(t2i(FLUX, "none")))
+    perceive(engine, panorama_file, mode)
+    transformer = engine.store.load_pipeline(FLUX).transformer
+    assert not any("lora" in n for n, _ in transformer.named_parameters())  # the adapters are off again
+    for then in ("none", "model_offload"):
+        assert np.abs(pixels(engine.run(t2i(FLUX, then))) - ref).max() <= IMAGE_TOLERANCE, then
+
+
+def test_repeated_perception_under_block_swap_streams_every_time(fresh_disk_engine, panorama_file):
+    """OmniX takes the memory mode off the transformer to change it, and the controller must forget the mode too: the
+    next run with the same adapters (the same tensors as when the mode went on) re-applies it instead of reusing
+    hooks whose streamer is gone, which would compute with the whole transformer resident, past the plan."""
+    runs = [perceive(fresh_disk_engine, panorama_file, "block_swap").metadata["memory"]["sessions"][0]
+            for _ in range(2)]
+    assert [r["reused_hooks"] for r in runs] == [False, False]
+    assert runs[1]["peak_compute_bytes"] == runs[0]["peak_compute_bytes"]
+    name = fresh_disk_engine.memory.name_of(fresh_disk_engine.store.load_pipeline(FLUX).transformer)
+    assert runs[1]["peak_compute_bytes"] < fresh_disk_engine.memory.entry(name).bytes

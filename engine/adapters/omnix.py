@@ -97,7 +97,8 @@ class OmniXSession:
 
     Entering notes the transformer's attention processors and peft state, then loads every chosen task's adapter
     pair with diffusers' ``load_lora_weights`` (upstream's call and file names), each registered in the ledger.
-    That happens before the pipeline call, so the memory mode places the transformer with its adapters in it.
+    That happens before the pipeline call, so the memory mode places the transformer with its adapters in it
+    (the transformer first comes wholly into memory: ``MemoryManager.materialise``).
     ``task(name)`` routes batch items to that task's pair and installs the cross-item attention for the length
     of the task; leaving the session removes every adapter and restores what was noted (also after a cancel or
     an exception), so another tab's next run sees the transformer as it was.
@@ -116,6 +117,7 @@ class OmniXSession:
         self._had_peft = bool(getattr(t, "peft_config", None))
         self._active = list(t.active_adapters()) if self._had_peft else []
         self._flag = t.__dict__.get("_hf_peft_config_loaded", _UNSET)
+        self._in_memory()
         try:
             for task in self.tasks:
                 self._load(task)
@@ -137,8 +139,16 @@ class OmniXSession:
             self.memory.register(entry, AdapterWeights(params), "lora", part_of=self.transformer)
             self._entries.append(entry)
 
+    def _in_memory(self) -> None:
+        """peft must wrap (and unwrap) layers whose weights are real: a memory mode may have left the transformer
+        streamed or on disk (another tab's run, or this run's mode by the time the session ends)."""
+        name = self.memory.name_of(self.transformer)
+        if name is not None:
+            self.memory.materialise([name])
+
     def __exit__(self, *exc):
         t = self.transformer
+        self._in_memory()
         t.set_attn_processor(dict(self._processors))  # it consumes the dict
         for entry in self._entries:
             self.memory.unregister(entry)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from engine.adapters.lora_files import LoraInfo, content_hash, inspect_file
 from engine.adapters.lora_stack import LoraComposer, StackItem, fingerprint
 from engine.errors import InputError, ModelLoadError
-from engine.memory import DISK, real_device
 from engine.requests import LoraSpec
 
 EXPERT_NAMES = {"transformer": "high-noise expert", "transformer_2": "low-noise expert"}
@@ -102,15 +101,9 @@ def keep_set(composer: LoraComposer, items: list[StackItem]) -> list[StackItem]:
 
 def weights_in_memory(engine, pipe) -> None:
     """peft wraps the layers a LoRA targets, which renames their tensors (``x.weight`` -> ``x.base_layer.weight``):
-    a transformer whose weights wait on disk or are streamed by a memory mode (which keeps its own books of
-    every tensor by name) is put back in RAM first, the mode's hooks taken off; the mode is re-applied on the
-    next call (the ledger sees the module's tensors changed). Only when the set of files changes."""
-    for c in engine.store.components_of(pipe):
-        if c.role != "transformer" or c.name not in engine.memory:
-            continue
-        entry = engine.memory.entry(c.name)
-        if entry.residency is not None or entry.device == DISK or real_device(c.module) in ("meta", "mixed"):
-            engine.memory.to_host([c.name])
+    the pipeline's transformers come wholly into memory first, their memory mode taken off (re-applied on the
+    next call), see ``MemoryManager.materialise``. Only when the set of files changes."""
+    engine.memory.materialise([c.name for c in engine.store.components_of(pipe) if c.role == "transformer"])
 
 
 def unknown_key_warnings(items: list[StackItem], where: str = "") -> list[str]:

@@ -28,7 +28,8 @@ def load_module(name: str, module: torch.nn.Module, path: Path) -> None:
             found = stored_key(key, stored)
             if found is None:  # added while the module waited on disk (a LoRA layer): it is in memory
                 if held_tensor(slot).device.type == "meta":
-                    raise RuntimeError(f"{name}: {key} is neither in {path.name} nor in memory")
+                    raise RuntimeError(f"{name}: {key} is neither in {path.name} nor in memory (the module was "
+                                       "changed while on disk: MemoryManager.materialise must come first)")
                 continue
             set_tensor(slot, f.get_tensor(found))
     path.unlink(missing_ok=True)

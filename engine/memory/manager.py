@@ -235,6 +235,20 @@ class MemoryManager:
                     e.device = real_device(e.module)
             self._note()
 
+    def materialise(self, names: list[str]) -> None:
+        """These modules wholly real and in memory before a job changes them (peft wraps layers, renaming their
+        tensors; OmniX adds adapters and takes them off): a streamer or a disk file knows a module by the tensors it
+        had, so what is added on the meta device exists nowhere. The mode covering them comes off whole (the next
+        run re-applies it to the changed module); a module wholly in RAM or on the compute device stays put."""
+        with self._lock:
+            # layerwise's disk groups leave uninitialised CPU tensors: its residency, not the device, says so
+            away = [n for n in names if n in self._entries and (
+                self._entries[n].residency is not None or self._entries[n].device == DISK
+                or real_device(self._entries[n].module) in ("meta", "mixed"))]
+            if away and "swap" in self.__dict__:  # the controller exists: a mode may cover them
+                self.swap.remove(away)
+            self.to_host(away)
+
     def disk_dir(self, name: str) -> Path:
         """A folder of its own for a module's streaming files."""
         return self._disk_path(name).with_suffix(".groups")
