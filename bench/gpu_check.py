@@ -5,12 +5,16 @@ Sections, in order (each one's results are written to --out as soon as it ends, 
 
 - ``flux``: FLUX.1-dev transformer (12B, bf16) at 1024x1024: transfer-bound over PCIe. Goal: a streamed step
   within 1.1x of max(all-resident compute time, streamed bytes / measured host-to-device bandwidth).
+- ``qwen``: the Qwen-Image transformer (20B, bf16, 60 blocks) at 1024x1024: the largest single transformer the app
+  streams, the third layout of the plan's README table (skipped with --quick: 38 GiB through every mode).
 - ``wan``: one Wan 2.2 A14B expert (14B, bf16) at 480p x 81 frames (33 with --quick): compute-bound. Goal:
   block_swap with <= 25% of its blocks resident at <= 1.05x the all-resident step, >= 90% of copy time hidden.
 - ``wan_pair``: the I2V expert pair (2 x 14B), the expert switch included; the ``wan`` section's model is expert 1,
   so only one more is built (two fresh experts beside a cached one would not fit a 128 GiB host).
 - ``ipadapter``, ``perception``, ``context_parallel``: bench/ipadapter.py, bench/perception_full.py and
-  bench/gpu_multi.py (perception and context parallelism are skipped with --quick).
+  bench/gpu_multi.py (perception and context parallelism are skipped with --quick). Context parallelism needs two
+  GPUs: on one it is recorded as skipped, with the reason; --tiny splits the Wan expert over two CPU processes
+  and records the engine path (torchrun over CUDA) as skipped, with the reason.
 
 Per mode: ``predicted_peak_bytes`` (the plan's device figure: ``plan_swap``, the arithmetic ``Engine.plan`` runs,
 on the sizes measured from the model, plus its activation estimate), ``reserved_peak_bytes``
@@ -40,6 +44,7 @@ from pathlib import Path
 import torch
 from swap_harness import (
     FLUX_FULL,
+    QWEN_FULL,
     WAN_FULL,
     build,
     gib,
@@ -58,6 +63,24 @@ from engine.requests import SwapSettings
 ENTRY_KEYS = ("section", "model", "mode", "predicted_peak_bytes", "reserved_peak_bytes", "allocated_peak_bytes",
               "mem_get_info_low_bytes", "host_rss_bytes", "pinned_bytes", "s_per_step", "bound_s",
               "hidden_fraction")
+
+
+SECTIONS = ("flux", "qwen", "wan", "wan_pair", "ipadapter", "perception", "context_parallel")
+NOT_QUICK = ("qwen", "perception", "context_parallel")
+
+
+def skip_reason(name: str, args) -> str:
+    """Why these flags leave a section out ("" when it runs)."""
+    only = {s for s in args.only.split(",") if s}
+    if only and name not in only:
+        return "not in --only"
+    if args.quick and name in NOT_QUICK:
+        return "--quick"
+    if name == "wan_pair" and args.no_pair:
+        return "--no-pair"
+    if name == "perception" and args.no_perception:
+        return "--no-perception"
+    return ""
 
 
 def write_report(path: str, report: dict) -> None:
@@ -158,11 +181,13 @@ class Check:
                                axes_dims_rope=(4, 4, 8))
             self.wan_cfg = scaled(WAN_FULL, num_layers=2, num_attention_heads=2, attention_head_dim=16, text_dim=32,
                                   ffn_dim=32)
+            self.qwen = scaled(QWEN_FULL, num_layers=4, attention_head_dim=16, num_attention_heads=2,
+                               joint_attention_dim=32, axes_dims_rope=(4, 4, 8))
             self.flux_dims = {"width": 64, "height": 64, "text_tokens": 8}
             self.wan_dims = {"width": 64, "height": 64, "frames": 5, "text_tokens": 8}
             self.budget_gb = 0.001
         else:
-            self.flux, self.wan_cfg = FLUX_FULL, WAN_FULL
+            self.flux, self.qwen, self.wan_cfg = FLUX_FULL, QWEN_FULL, WAN_FULL
             self.flux_dims = {"width": 1024, "height": 1024, "text_tokens": 512}
             self.wan_dims = {"width": 832, "height": 480, "frames": 33 if args.quick else args.frames,
                              "text_tokens": 512}
@@ -179,6 +204,8 @@ class Check:
         try:
             result = run()
             status.update(status="done", result=result)
+            if isinstance(result, dict) and "skipped" in result:  # e.g. context parallelism on one GPU
+                status.update(status="skipped", reason=result["skipped"])
         except Exception as exc:  # one section's failure must not lose the others
             traceback.print_exc()
             status.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -230,6 +257,13 @@ class Check:
         model = self.build("flux", self.flux)
         try:
             return self.modes("flux", "flux", model, self.flux, self.flux_dims)
+        finally:
+            del model
+
+    def run_qwen(self) -> dict:
+        model = self.build("qwen", self.qwen)
+        try:
+            return self.modes("qwen", "qwen", model, self.qwen, self.flux_dims)
         finally:
             del model
 
@@ -306,7 +340,8 @@ def main() -> None:
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--quick", action="store_true", help="33 frames, no layerwise / prefetch 2, no perception")
+    ap.add_argument("--quick", action="store_true",
+                    help="33 frames, no layerwise / prefetch 2, no Qwen-Image, perception or context parallelism")
     ap.add_argument("--tiny", action="store_true", help="small shapes: checks the script, not the GPU")
     ap.add_argument("--no-pair", action="store_true", help="skip the Wan 2.2 two-expert run")
     ap.add_argument("--no-perception", action="store_true", help="skip the OmniX perception check")
@@ -320,20 +355,17 @@ def main() -> None:
     check.bandwidth = h2d_bandwidth(check.device, 2**30 if check.cuda else 2**24)
     check.report["h2d_bytes_per_s"] = check.bandwidth
     print(f"host-to-device: {check.bandwidth / 2**30:.1f} GiB/s", flush=True)
-    sections = [("flux", check.run_flux), ("wan", check.run_wan)]
-    if not args.no_pair:
-        sections.append(("wan_pair", check.run_pair))
-    sections.append(("ipadapter", check.run_ipadapter))
-    if not args.no_perception and not args.quick:
-        sections.append(("perception", check.run_perception))
-    if not args.quick:
-        sections.append(("context_parallel", check.run_context_parallel))
-    only = {s for s in args.only.split(",") if s}
-    for name, run in sections:
-        if only and name not in only:
+    runs = {"flux": check.run_flux, "qwen": check.run_qwen, "wan": check.run_wan, "wan_pair": check.run_pair,
+            "ipadapter": check.run_ipadapter, "perception": check.run_perception,
+            "context_parallel": check.run_context_parallel}
+    for name in SECTIONS:
+        reason = skip_reason(name, args)
+        if reason:  # the report says what did not run, and why
+            check.report["sections"][name] = {"status": "skipped", "reason": reason}
+            check.save()
             continue
-        check.section(name, run)
-        if name == "wan" and ("wan_pair" not in dict(sections) or (only and "wan_pair" not in only)):
+        check.section(name, runs[name])
+        if name == "wan" and skip_reason("wan_pair", args):
             check.wan = None  # no pair to reuse it for
     check.report["wall_s"] = time.perf_counter() - t0
     check.report["goals"] = check.goals()

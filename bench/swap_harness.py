@@ -31,6 +31,9 @@ FLUX_FULL = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=
 WAN_FULL = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+# Qwen-Image: 60 blocks, 24 heads x 128, joint dim 3584 (Qwen/Qwen-Image transformer/config.json)
+QWEN_FULL = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                 num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56))
 
 
 def scaled(config: dict, **changes) -> dict:
@@ -57,9 +60,9 @@ def materialise(model: torch.nn.Module, device: str, dtype: torch.dtype, seed: i
 def build(kind: str, config: dict, dtype: torch.dtype, generate_on: str | None = None,
           seed: int = 0) -> torch.nn.Module:
     """The model in host RAM, its random weights drawn on ``generate_on`` (the GPU in gpu_check)."""
-    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+    from diffusers import FluxTransformer2DModel, QwenImageTransformer2DModel, WanTransformer3DModel
 
-    cls = FluxTransformer2DModel if kind == "flux" else WanTransformer3DModel
+    cls = {"flux": FluxTransformer2DModel, "qwen": QwenImageTransformer2DModel, "wan": WanTransformer3DModel}[kind]
     with init_empty_weights(include_buffers=False):
         model = cls(**config)
     return materialise(model, "cpu", dtype, seed=seed, generate_on=generate_on).eval()
@@ -139,6 +142,15 @@ def inputs(kind: str, config: dict, device: str, dtype: torch.dtype, *, width: i
             "timestep": torch.tensor([0.5], device=device, dtype=dtype),
             "img_ids": img_ids.reshape(-1, 3).to(device), "txt_ids": torch.zeros(text_tokens, 3, device=device),
             "guidance": torch.tensor([3.5], device=device, dtype=dtype), "return_dict": False,
+        }
+    if kind == "qwen":  # the pipeline's call: packed 2x2 latents, a text mask, the timestep in [0, 1]
+        h, w = height // 16, width // 16
+        return {
+            "hidden_states": randn(1, h * w, config["in_channels"]),
+            "encoder_hidden_states": randn(1, text_tokens, config["joint_attention_dim"]),
+            "encoder_hidden_states_mask": torch.ones(1, text_tokens, dtype=torch.long, device=device),
+            "timestep": torch.tensor([0.5], device=device, dtype=dtype), "img_shapes": [[(1, h, w)]],
+            "return_dict": False,
         }
     latent_frames = (frames - 1) // 4 + 1
     return {
