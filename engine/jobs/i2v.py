@@ -173,3 +173,9 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
 
 def plan_ref(engine, req: I2VRequest):
     return req.model  # TurboWan experts have the base experts' shapes: the base folder's headers size them
+
+
+def plan_extra(engine, req: I2VRequest, elem: int):
+    """Each expert's LoRA layers on that expert (``loras`` on the high-noise one, ``loras_2`` on the low-noise one):
+    they load into its blocks and stream with them."""
+    return loras.plan_extra({"transformer": req.loras, "transformer_2": req.loras_2}, elem)

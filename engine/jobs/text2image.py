@@ -61,3 +61,8 @@ def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
     metadata = {"pipeline": type(pipe).__name__}
     images = generate(engine, pipe, req, progress, cancel, timings, metadata)
     return Result(request=req, images=images, timings=timings, metadata=metadata)
+
+
+def plan_extra(engine, req: TextToImageRequest, elem: int):
+    """The stack's LoRA layers, inside the transformer's blocks (they stream with them)."""
+    return loras.plan_extra({"transformer": req.loras}, elem)
