@@ -216,6 +216,32 @@ def test_wan_a14b_has_one_stack_per_expert_and_its_guarantees(engine, models_dir
     assert not hi_c.is_active() and not lo_c.is_active()
 
 
+def test_turbowan_experts_take_a_stack_each_through_the_same_composer(engine, models_dir, tmp_path_factory,
+                                                                       start_image):
+    from engine.requests import TurboWanSettings
+
+    def turbo(**kw) -> I2VRequest:  # 4 rCM steps: t = 0.995, 0.934 on the high-noise expert, 0.853, 0.609 on the low
+        return i2v(start_image, steps=4, turbo=TurboWanSettings(enabled=True), **kw)
+
+    high = spec(models_dir, WAN_LORA_FILES["lightx2v_high"])
+    low = spec(models_dir, WAN_LORA_FILES["lightx2v_low"])
+    base = frames(engine.run(turbo()))
+    both = engine.run(turbo(loras=(high,), loras_2=(low,)))
+    assert both.metadata["pipeline"] == "TurboWanI2VPipeline" and both.metadata["lora_work"]["loads"] == 2
+    assert np.abs(frames(both) - base).max() > 0
+    pipe = next(p for k, p in engine.store._pipelines.items() if k and k[0] == "turbowan")
+    assert type(pipe.transformer).__name__ == "WanTransformer3DModel"
+    hi_c, lo_c = (m._studio_lora_composer for m in (pipe.transformer, pipe.transformer_2))
+    assert len(hi_c.loaded()) == 1 and len(lo_c.loaded()) == 1
+    again = engine.run(turbo(loras=(high,), loras_2=(low,)))
+    assert again.metadata["lora_work"] == NO_WORK and np.array_equal(frames(again), frames(both))
+    only_low = frames(engine.run(turbo(loras_2=(low,))))
+    assert not np.array_equal(only_low, frames(both)) and not np.array_equal(only_low, base)
+    assert np.array_equal(frames(engine.run(turbo())), base)
+    assert np.array_equal(base, frames(new_engine(models_dir, tmp_path_factory).run(turbo())))
+    assert not hi_c.is_active() and not lo_c.is_active()
+
+
 @pytest.mark.parametrize("layout", ["diffusers", "kohya"])
 def test_wan_layouts_load_and_block_swap_with_a_stack_equals_none(engine, models_dir, start_image, layout):
     lora = spec(models_dir, WAN_LORA_FILES[layout])

@@ -139,7 +139,10 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     image, image_notes = load_start_image(req.image, req.width, req.height, req.fit)
     notes += image_notes
     t_lora = time.perf_counter()
-    with loras.applied(engine, pipe, lora_stacks(pipe, req), req.model.label) as stack:
+    # TurboWan's experts are diffusers Wan transformers once converted (SLA only swaps the self-attention's
+    # processor; q/k/v/o stay the Linear layers a LoRA wraps): the same stacks, one per expert
+    label = "TurboWan" if req.turbo.enabled else req.model.label
+    with loras.applied(engine, pipe, lora_stacks(pipe, req), label) as stack:
         timings["lora"] = time.perf_counter() - t_lora
         cached, calibration = step_cache_for(engine, pipe, req, stack.key())
         sink = getattr(progress, "preview", None)
