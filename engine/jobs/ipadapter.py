@@ -79,7 +79,9 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
     device = "cpu" if engine.run_device(req.swap) == "cpu" else engine.memory.compute_device
     # the LoRAs change the transformer's own layers; the IP processors sit beside them on the attention. The stack
     # is resolved first: its fingerprint is part of the token cache's key, as of every cache of a LoRA run
+    t_lora = time.perf_counter()
     with loras.applied(engine, pipe, {"transformer": (req.loras, "loras")}, req.model.label) as stack:
+        timings["lora"] = time.perf_counter() - t_lora
         t1 = time.perf_counter()
         references, cache_hits = [], 0
         for i, ref in enumerate(req.references):
