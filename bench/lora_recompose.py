@@ -11,7 +11,16 @@ zero set_adapters, and its run is within 2% of the pre-set raw call.
 A14B pair with one 2-LoRA stack per expert: per round the first run (fresh engine), the unchanged stack, a
 re-weighted stack, and interleaved unchanged-stack / no-LoRA runs; prints the LoRA work of each and the median
 time of the unchanged stack against the no-LoRA run (goal: 0 loads, 0 set_adapters, within 2%).
-    python bench/lora_recompose.py --job flux [--rounds 5] [--size 64] [--steps 4]
+    python bench/lora_recompose.py --job flux [--rounds 5] [--size 64] [--steps 4] [--threads 1]
+Each run is split into its LoRA preparation (``timings["lora"]``), the transformer forwards (timed by hooks on the
+transformers) and the rest (text encoder, VAE, video file), so a ratio can be read for what it is: on the tiny
+models a transformer forward is a few dozen tiny ops, and peft adds four more (A, B, scale, add) per adapter per
+wrapped layer, whatever the layer's width.
+
+``--job width``: that per-layer cost against the layer width: a 2-block Wan 2.2 transformer at widths ``--dims``
+with two rank ``--rank`` LoRAs on its 20 block linears (files through the engine's converter and composer), one
+forward with the stack on against off, at ``--sides`` latent sides (tokens = 2 x side^2 / 4).
+    python bench/lora_recompose.py --job width [--dims 24,192,768,1536] [--sides 8,32] [--rank 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -41,8 +50,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--pairs", type=int, default=4, help="extra unchanged/raw pairs per round")
     ap.add_argument("--models-dir", default=None)
-    ap.add_argument("--job", choices=("qwen", "flux", "wan"), default="qwen")
+    ap.add_argument("--job", choices=("qwen", "flux", "wan", "width"), default="qwen")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default); on a busy "
+                                                             "machine 1 thread measures far steadier")
+    ap.add_argument("--dims", default="24,192,768,1536", help="--job width: transformer widths")
+    ap.add_argument("--sides", default="8,32", help="--job width: latent sides")
+    ap.add_argument("--rank", type=int, default=4, help="--job width: rank of both LoRAs")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.job == "width":
+        from lora_width import width_table  # noqa: PLC0415  (beside this file)
+
+        return width_table(args)
     if args.job != "qwen":
         return other_job(args)
 
@@ -163,6 +183,7 @@ def other_job(args) -> None:
 
     engine = Engine(models_dir=models_dir, demo=True, outputs_dir=work / "out")
     engine.run(request(None)), engine.run(request((0.8, 0.5)))  # warm up
+    forward = ForwardClock(engine, request(None))
     cases = {"first run (fresh engine)": (0.8, 0.5), "unchanged": (0.8, 0.5), "re-weighted": (0.6, 0.5)}
     work_seen: dict[str, set] = {name: set() for name in cases}
     with_stack, without = [], []
@@ -177,22 +198,53 @@ def other_job(args) -> None:
         for i in range(args.pairs):  # interleaved, alternating which goes first
             order = (True, False) if i % 2 == 0 else (False, True)
             for stacked in order:
+                forward.reset()
                 if stacked:
                     result = engine.run(request((0.8, 0.5)))
-                    with_stack.append(run_time(result))
+                    with_stack.append((run_time(result), result.timings.get("lora", 0.0), forward.seconds))
                     work_seen["unchanged"].add((result.metadata["lora_work"]["loads"],
                                                 result.metadata["lora_work"]["set_adapters"]))
                 else:
-                    without.append(run_time(engine.run(request(None))))
+                    result = engine.run(request(None))
+                    without.append((run_time(result), result.timings.get("lora", 0.0), forward.seconds))
             engine.run(request((0.8, 0.5)))  # the no-LoRA run switched the stack off; the next one is unchanged
     what = "Flux text to image" if args.job == "flux" else "Wan 2.2 A14B, a stack per expert"
-    print(f"device {engine.device}, tiny {what}, {args.size}px, {args.steps} steps, {args.rounds} rounds, "
-          f"2-LoRA stack{'s' if args.job == 'wan' else ''}")
+    print(f"device {engine.device} ({torch.get_num_threads()} threads), tiny {what}, {args.size}px, {args.steps} "
+          f"steps, {args.rounds} rounds, 2-LoRA stack{'s' if args.job == 'wan' else ''}")
     for name, seen in work_seen.items():
         print(f"{name:<28} (loads, set_adapters) seen: {sorted(seen)}")
-    ratio = statistics.median(with_stack) / statistics.median(without)
-    print(f"unchanged 2-LoRA stack {statistics.median(with_stack):.4f}s vs no LoRA {statistics.median(without):.4f}s "
-          f"median of {len(with_stack)} interleaved pairs: {ratio:.3f}x (goal <= 1.02x)")
+    med = [[statistics.median(r[i] for r in runs) for i in range(3)] for runs in (with_stack, without)]
+    print(f"{'median of ' + str(len(with_stack)) + ' interleaved pairs':<34}{'run s':>9}{'LoRA prep ms':>14}"
+          f"{'forwards s':>12}{'rest s':>9}")
+    for label, (run, prep, fwd) in zip(("unchanged 2-LoRA stack", "no LoRA"), med, strict=True):
+        print(f"{label:<34}{run:>9.4f}{prep * 1e3:>14.2f}{fwd:>12.4f}{run - prep - fwd:>9.4f}")
+    print(f"unchanged 2-LoRA stack vs no LoRA: run {med[0][0] / med[1][0]:.3f}x (goal <= 1.02x), transformer "
+          f"forwards {med[0][2] / med[1][2]:.3f}x, the forwards {med[1][2] / med[1][0]:.0%} of a no-LoRA run")
+
+
+class ForwardClock:
+    """Seconds spent inside the pipeline's transformers (both Wan experts), by forward hooks."""
+
+    def __init__(self, engine, request):
+        from engine.jobs.i2v import PIPELINE
+
+        # the pipeline the runs use (loaded by the warm-up runs): the Wan runner asks for the I2V pipeline class
+        pipe = engine.store.load_pipeline(request.model, PIPELINE if request.kind == "i2v" else None)
+        self.seconds, self._t0 = 0.0, 0.0
+        for attr in ("transformer", "transformer_2"):
+            module = getattr(pipe, attr, None)
+            if module is not None:
+                module.register_forward_pre_hook(self._start)
+                module.register_forward_hook(self._stop)
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+
+    def _start(self, *_):
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        self.seconds += time.perf_counter() - self._t0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import math
 
 from . import build_base as base
 from . import names
+from .build_lora import core_chain
 from .graph import Graph
 
 WAN_SHIFT = 5.0  # ModelSamplingSD3 shift of the official Wan 2.2 14B I2V template (diffusers' flow_shift)
@@ -70,8 +71,6 @@ def _core(g: Graph, req) -> None:
     cond = g.add("WanImageToVideo", base.IMAGES, positive=pos, negative=neg, vae=vae[0], width=req.width,
                  height=req.height, length=req.num_frames, batch_size=1, start_image=image)
     # the official template's order: UNETLoader -> LoraLoaderModelOnly chain (one per expert) -> ModelSamplingSD3
-    from .build_lora import core_chain
-
     high_model = core_chain(g, high[0], req.loras, "High-noise LoRAs" if not five_b else "LoRAs")
     model_high = g.add("ModelSamplingSD3", base.LOAD, model=high_model, shift=WAN_SHIFT)[0]
     common = {"positive": cond[0], "negative": cond[1], "sampler_name": base.SAMPLER, "scheduler": base.SCHEDULER,
@@ -114,6 +113,8 @@ def _turbo(g: Graph, req) -> None:
                  **loader_inputs)
     low = g.add("TurboWanModelLoader", base.LOAD, "Low-noise expert", model_name=_turbo_file(turbo, "low"),
                 **loader_inputs)
+    high_model = core_chain(g, high[0], req.loras, "High-noise LoRAs")  # the loader's output is a MODEL
+    low_model = core_chain(g, low[0], req.loras_2, "Low-noise LoRAs")
     wan = "wan_a14b"
     clip = g.add("CLIPLoader", base.LOAD, clip_name=base.piece(req.model, wan, "text_encoder", "text_encoders"),
                  type="wan")
@@ -133,7 +134,7 @@ def _turbo(g: Graph, req) -> None:
     if sigma_max != turbo.sigma_max:
         g.notes.append(f"The TurboDiffusion sampler node takes sigma_max up to {NODE_SIGMA_MAX:g}; "
                        f"{turbo.sigma_max:g} is written as {sigma_max:g}.")
-    frames = g.add("TurboDiffusionI2VSampler", base.SAMPLE, high_noise_model=high[0], low_noise_model=low[0],
+    frames = g.add("TurboDiffusionI2VSampler", base.SAMPLE, high_noise_model=high_model, low_noise_model=low_model,
                    conditioning=text, vae=vae[0], image=image, num_frames=req.num_frames, num_steps=req.steps,
                    resolution=resolution, aspect_ratio=aspect, boundary=req.boundary_ratio,
                    sigma_max=sigma_max, seed=req.seed, use_ode=turbo.ode)[0]

@@ -81,7 +81,7 @@ def _turbo(g: ReadGraph, s: str, size_fields) -> dict[str, Any]:
 
     res, aspect = g.value(s, "resolution", "480p"), g.value(s, "aspect_ratio", "16:9")
     width, height = VIDEO_RESOLUTIONS.get(res, VIDEO_RESOLUTIONS["480p"]).get(aspect, (832, 480))
-    high, low = g.node(s, "high_noise_model"), g.node(s, "low_noise_model")
+    (high, high_patches), (low, low_patches) = (model_chain(g, (s, f"{e}_noise_model")) for e in ("high", "low"))
     high_name, low_name = (str(g.value(n, "model_name", "")) if n else "" for n in (high, low))
     turbo: dict[str, Any] = {"enabled": True, "sigma_max": float(g.value(s, "sigma_max", 200.0)),
                              "ode": bool(g.value(s, "use_ode", False))}
@@ -106,7 +106,7 @@ def _turbo(g: ReadGraph, s: str, size_fields) -> dict[str, Any]:
             "num_frames": int(g.value(s, "num_frames", 81)), "steps": int(g.value(s, "num_steps", 4)),
             "boundary_ratio": float(g.value(s, "boundary", 0.9)), "seed": int(g.value(s, "seed", 0)),
             **size_fields(width, height), "resolution": res, "aspect_ratio": aspect, "turbo": turbo, "swap": swap,
-            **out}
+            "loras": lora_entries(g, high_patches), "loras_2": lora_entries(g, low_patches), **out}
 
 
 

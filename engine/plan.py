@@ -164,11 +164,13 @@ def activation_bytes(pipe, kwargs: dict) -> int:
 @dataclass
 class PlanExtra:
     """What a runner adds to the base model's sizes (``runner.plan_extra``): weights that live inside the
-    transformer's blocks (LoRA layers: ``in_blocks``, spread over the blocks by their size), weights resident
-    beside it while it computes (IP-Adapter layers: ``beside``), other components that come in one at a time
-    (an image encoder), and the batch the transformer runs (OmniX: one item per adapter)."""
+    transformer's blocks (adapter layers: ``in_blocks`` on every transformer, ``in_blocks_of`` on the one named,
+    e.g. a Wan expert's LoRA stack; spread over the blocks by their size), weights resident beside it while it
+    computes (IP-Adapter layers: ``beside``), other components that come in one at a time (an image encoder), and
+    the batch the transformer runs (OmniX: one item per adapter)."""
 
     in_blocks: int = 0
+    in_blocks_of: dict[str, int] = field(default_factory=dict)  # component name -> bytes inside its blocks
     beside: int = 0
     components: list[ComponentSize] = field(default_factory=list)
     batch: int = 1
@@ -185,14 +187,17 @@ def file_bytes(path: Path, elem: int) -> int:
 def with_extra(sizes: list[ComponentSize], extra: PlanExtra) -> list[ComponentSize]:
     out = []
     for comp in sizes:
-        if comp.streams and (extra.in_blocks or extra.beside):
+        inside = (extra.in_blocks if comp.streams else 0) + extra.in_blocks_of.get(comp.name, 0)
+        if comp.streams and (inside or extra.beside):
             total_blocks, before, blocks = sum(comp.blocks) or 1, 0, []
-            for b in comp.blocks:  # cumulative shares: the spread adds up to in_blocks exactly
-                share = extra.in_blocks * (before + b) // total_blocks - extra.in_blocks * before // total_blocks
+            for b in comp.blocks:  # cumulative shares: the spread adds up to ``inside`` exactly
+                share = inside * (before + b) // total_blocks - inside * before // total_blocks
                 blocks.append(b + share)
                 before += b
             blocks = tuple(blocks)
             comp = replace(comp, blocks=blocks, total=comp.rest + extra.beside + sum(blocks))
+        elif inside:  # a transformer with no block lists: its adapter layers are resident with it
+            comp = replace(comp, total=comp.total + inside)
         out.append(comp)
     return out + list(extra.components)
 
@@ -260,6 +265,7 @@ def plan_request(engine, request) -> Plan:
     offload = engine.memory.offload_device
     plan = plan_swap(sizes, settings, device, budget, act, offload)
     plan.budget_note = budget_note
+    plan.components = {c.name: c.total for c in sizes}
     plan.host_available = host_ram_for_run(engine)
     for mode in LEANER_ORDER:  # what the other modes would need: the refusal names the leaner one that fits
         for place in dict.fromkeys((offload, "disk")):

@@ -28,6 +28,7 @@ from engine.requests import (
     ReferenceImage,
     SwapSettings,
     TextToImageRequest,
+    TurboWanSettings,
 )
 
 TEMPLATES = Path(__import__("comfyui_workflow_templates_json").__file__).parent / "templates"
@@ -135,6 +136,8 @@ def test_every_tabs_export_with_a_two_lora_stack_returns_the_same_request(models
                          loras=(a, b)),
         I2VRequest(image=image, prompt="waves", resolution="custom", width=32, height=32, num_frames=5, steps=4,
                    swap=SwapSettings(), preview_every=0, loras=(hi, a), loras_2=(lo, b)),
+        I2VRequest(image=image, prompt="waves", steps=4, turbo=TurboWanSettings(enabled=True), preview_every=0,
+                   loras=(hi, a), loras_2=(lo, b)),  # chained after each TurboWanModelLoader
         LoraStackRequest(prompt="x", width=32, height=32, steps=2, loras=(a, b)),
     ]
     for req in requests:

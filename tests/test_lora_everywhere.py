@@ -144,6 +144,29 @@ def test_ip_adapter_and_catalog_take_a_stack_with_the_same_guarantees(engine, mo
     assert np.array_equal(pixels(engine.run(CatalogRequest(**cat))), plain)
 
 
+def test_ip_adapter_token_cache_keys_on_the_stack_fingerprint(engine, models_dir, tmp_path):
+    from engine.adapters import ipadapter_pieces
+    from engine.adapters.lora_stack import fingerprint
+
+    ref = tmp_path / "ref-cache.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(ref)
+    a = spec(models_dir, FLUX_LORA_FILES["diffusers"][0])
+    ip = dict(model=FLUX, references=(ReferenceImage(str(ref)),), prompt="a red fox", width=64, height=64, steps=2,
+              seed=11)
+    assert engine.run(IPAdapterRequest(**ip)).metadata["token_cache_hits"] == 0
+    stacked = engine.run(IPAdapterRequest(**ip, loras=(a,)))
+    assert stacked.metadata["token_cache_hits"] == 0  # a new stack: a new key, the tokens are encoded again
+    assert engine.run(IPAdapterRequest(**ip, loras=(a,))).metadata["token_cache_hits"] == 1  # unchanged: reused
+    reweighted = engine.run(IPAdapterRequest(**ip, loras=(LoraSpec(path=a.path, weight=0.5),)))
+    assert reweighted.metadata["token_cache_hits"] == 0
+    assert engine.run(IPAdapterRequest(**ip)).metadata["token_cache_hits"] == 1  # no stack: the first run's tokens
+    pieces = engine.store.adapters[ipadapter_pieces.STORE_KEY]
+    digest, _ = ipadapter_pieces.token_key(str(ref))
+    keys = {k for k in pieces.tokens if k[0] == digest}
+    assert {k[1] for k in keys} == {fingerprint([]), stacked.metadata["fingerprint"],
+                                     reweighted.metadata["fingerprint"]}
+
+
 def test_cancel_and_exception_mid_run_leave_no_adapter_active(engine, models_dir):
     a = spec(models_dir, FLUX_LORA_FILES["diffusers"][0])
     cancel = threading.Event()
@@ -193,6 +216,32 @@ def test_wan_a14b_has_one_stack_per_expert_and_its_guarantees(engine, models_dir
     assert not hi_c.is_active() and not lo_c.is_active()
 
 
+def test_turbowan_experts_take_a_stack_each_through_the_same_composer(engine, models_dir, tmp_path_factory,
+                                                                       start_image):
+    from engine.requests import TurboWanSettings
+
+    def turbo(**kw) -> I2VRequest:  # 4 rCM steps: t = 0.995, 0.934 on the high-noise expert, 0.853, 0.609 on the low
+        return i2v(start_image, steps=4, turbo=TurboWanSettings(enabled=True), **kw)
+
+    high = spec(models_dir, WAN_LORA_FILES["lightx2v_high"])
+    low = spec(models_dir, WAN_LORA_FILES["lightx2v_low"])
+    base = frames(engine.run(turbo()))
+    both = engine.run(turbo(loras=(high,), loras_2=(low,)))
+    assert both.metadata["pipeline"] == "TurboWanI2VPipeline" and both.metadata["lora_work"]["loads"] == 2
+    assert np.abs(frames(both) - base).max() > 0
+    pipe = next(p for k, p in engine.store._pipelines.items() if k and k[0] == "turbowan")
+    assert type(pipe.transformer).__name__ == "WanTransformer3DModel"
+    hi_c, lo_c = (m._studio_lora_composer for m in (pipe.transformer, pipe.transformer_2))
+    assert len(hi_c.loaded()) == 1 and len(lo_c.loaded()) == 1
+    again = engine.run(turbo(loras=(high,), loras_2=(low,)))
+    assert again.metadata["lora_work"] == NO_WORK and np.array_equal(frames(again), frames(both))
+    only_low = frames(engine.run(turbo(loras_2=(low,))))
+    assert not np.array_equal(only_low, frames(both)) and not np.array_equal(only_low, base)
+    assert np.array_equal(frames(engine.run(turbo())), base)
+    assert np.array_equal(base, frames(new_engine(models_dir, tmp_path_factory).run(turbo())))
+    assert not hi_c.is_active() and not lo_c.is_active()
+
+
 @pytest.mark.parametrize("layout", ["diffusers", "kohya"])
 def test_wan_layouts_load_and_block_swap_with_a_stack_equals_none(engine, models_dir, start_image, layout):
     lora = spec(models_dir, WAN_LORA_FILES[layout])
@@ -224,6 +273,44 @@ def test_the_step_cache_keys_on_both_stacks(engine, models_dir, start_image):
     engine.run(i2v(start_image, step_cache="first_block", cache_threshold=0.01))
     assert pipe.transformer._studio_step_cache != key_with
     assert "transformer:" in key_with[-1]
+
+
+def test_the_plan_counts_each_stack_on_the_transformer_it_loads_into(engine, models_dir, start_image, tmp_path):
+    from engine.plan import load_elem_bytes
+
+    def size(lora: LoraSpec, model: ModelRef) -> int:  # the file's tensors at the dtype the run loads them in
+        return sum(t.numel() for t in load_file(lora.path).values()) * load_elem_bytes(model.dtype, engine.device)
+
+    ref = tmp_path / "ref-plan.png"
+    Image.new("RGB", (48, 48), (10, 200, 30)).save(ref)
+    a = spec(models_dir, FLUX_LORA_FILES["diffusers"][0])
+    sdnq = ModelRef(path=str(demo_path(models_dir, "flux-dev-sdnq-int8")))
+    builds = {
+        "text to image": (FLUX, lambda stack: t2i(loras=stack)),
+        "ip-adapter": (FLUX, lambda stack: IPAdapterRequest(model=FLUX, references=(ReferenceImage(str(ref)),),
+                                                             prompt="a fox", width=64, height=64, loras=stack)),
+        "catalog": (sdnq, lambda stack: CatalogRequest(model=sdnq, prompt="a fox", width=64, height=64,
+                                                       loras=stack)),
+    }
+    for what, (model, build) in builds.items():
+        base, stacked = engine.plan(build(())), engine.plan(build((a,)))
+        assert stacked.components["transformer"] - base.components["transformer"] == size(a, model), what
+        assert {k: v for k, v in stacked.components.items() if k != "transformer"} == \
+            {k: v for k, v in base.components.items() if k != "transformer"}, what
+        assert stacked.weights_peak - base.weights_peak == size(a, model), what  # mode none: all of it resident
+        for idle in (LoraSpec(path=a.path, weight=0.0), LoraSpec(path=a.path, enabled=False)):
+            assert engine.plan(build((idle,))).components == base.components, what  # an idle entry loads nothing
+
+    high, low = spec(models_dir, WAN_LORA_FILES["lightx2v_high"]), spec(models_dir, WAN_LORA_FILES["lightx2v_low"])
+    base = engine.plan(i2v(start_image)).components
+    only_low = engine.plan(i2v(start_image, loras_2=(low,))).components
+    assert only_low["transformer_2"] - base["transformer_2"] == size(low, A14B)
+    assert only_low["transformer"] == base["transformer"]  # the low-noise expert's stack is not on the high one
+    both = engine.plan(i2v(start_image, loras=(high,), loras_2=(low,))).components
+    assert both["transformer"] - base["transformer"] == size(high, A14B)
+    assert both["transformer_2"] == only_low["transformer_2"]
+    swapped = engine.plan(i2v(start_image, loras=(high,), swap=SwapSettings(mode="block_swap", blocks_resident=1)))
+    assert swapped.components["transformer"] - base["transformer"] == size(high, A14B)  # inside its blocks
 
 
 # ---------------------------------------------------------------- bad input

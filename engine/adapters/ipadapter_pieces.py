@@ -1,5 +1,10 @@
 """The three IP-Adapter pieces an engine keeps between runs (SigLIP encoder, projector, IP layers), each with its
-own ledger row, and the image-token cache that belongs to exactly that set of pieces."""
+own ledger row, and the image-token cache that belongs to exactly that set of pieces.
+
+The token cache keys on the image's content and the run's LoRA stack fingerprint. The stack changes the
+transformer, not the encoder or projector, so today the tokens would be equal anyway; the key holds it because
+every cache of a LoRA run keys on the stack (issue 31's rule), so no future LoRA target (a projector LoRA, a
+token path through the transformer) can serve stale tokens. The cost: one encoder pass per reference per stack."""
 
 from __future__ import annotations
 
@@ -34,17 +39,19 @@ class IPAdapterPieces:
     layers: torch.nn.Module
     names: dict[str, str]  # role -> ledger name: image_encoder, projector, adapter
     adapter_path: Path
-    tokens: OrderedDict = field(default_factory=OrderedDict)  # image digest -> tokens (CPU)
+    tokens: OrderedDict = field(default_factory=OrderedDict)  # (image digest, LoRA fingerprint) -> tokens (CPU)
     hits: int = 0
     misses: int = 0
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.encoder, self.projector, self.layers]
 
-    def encode(self, memory, path: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, bool]:
-        """Image tokens [1, N, cross] on the CPU for one reference, and whether they came from the cache. The
-        encoder and projector are placed on ``device`` (through the ledger) only on a miss."""
-        digest = _digest(path)
+    def encode(self, memory, path: str, dtype: torch.dtype, device: str,
+               lora_key: str = "") -> tuple[torch.Tensor, bool]:
+        """Image tokens [1, N, cross] on the CPU for one reference, and whether they came from the cache
+        (``lora_key``: the run's stack fingerprint). The encoder and projector are placed on ``device`` (through the
+        ledger) only on a miss."""
+        digest = token_key(path, lora_key)
         cached = self.tokens.get(digest)
         if cached is not None:
             self.tokens.move_to_end(digest)
@@ -74,6 +81,11 @@ def placed(memory, names: list[str], device: str):
     else:
         memory.to_host(names)
         yield
+
+
+def token_key(path: str, lora_key: str = "") -> tuple[str, str]:
+    """A token cache entry's key: the reference image's content and the LoRA stack's fingerprint."""
+    return _digest(path), lora_key
 
 
 def _digest(path: str) -> str:

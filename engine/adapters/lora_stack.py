@@ -91,6 +91,7 @@ class LoraComposer:
         self._loaded: dict[str, _Loaded] = {}  # adapter name -> what is loaded
         self._applied: tuple | None = None  # composition last given to set_adapters
         self._active = False
+        self._tuners: list | None = None  # the peft layers this transformer holds, found again after a load/delete
         self._lock = threading.RLock()
 
     @classmethod
@@ -152,6 +153,7 @@ class LoraComposer:
                 if new:  # load_lora_weights activated the new adapter alone, and only on its own layers
                     self._applied = None
                     self._active = False
+                self._tuners = None
             for name in [n for n in self._loaded if n not in wanted]:
                 self._delete(name)
 
@@ -172,6 +174,26 @@ class LoraComposer:
         self.counters.deletes += 1
         self.store.unregister_module(entry.layers)
         self._applied = None
+        self._tuners = None
+
+    def _tuner_layers(self) -> list:
+        """The transformer's peft LoRA layers, found once per set of loaded files: every run switches them on and
+        off, and walking every module of a 14B transformer (thousands) for it each run is work for nothing."""
+        if self._tuners is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._tuners = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+        return self._tuners
+
+    def _switch(self, on: bool) -> None:
+        """Every LoRA layer on or off: ``enable_lora`` / ``disable_lora`` without their walk over every module and
+        without peft's ``requires_grad`` toggling on every adapter weight (a training concern: nothing here
+        trains), i.e. only the flag the layers' forward reads. A peft without that flag gets its own call."""
+        for layer in self._tuner_layers():
+            if hasattr(layer, "_disable_adapters"):
+                layer._disable_adapters = not on
+            else:
+                layer.enable_adapters(on)
 
     # ------------------------------------------------------------ activation
     def activate(self, items: list[StackItem]) -> bool:
@@ -187,13 +209,13 @@ class LoraComposer:
                 return False
             self._colocate()
             if not self._active:
-                self.transformer.enable_lora()
+                self._switch(True)
                 self._active = True
             if wanted != self._applied:
                 if wanted:
                     self.transformer.set_adapters([a for a, _ in wanted], [w for _, w in wanted])
                 else:  # nothing enabled: no adapter may contribute (peft has no empty active set)
-                    self.transformer.disable_lora()
+                    self._switch(False)
                     self._active = False
                 self.counters.set_adapters += 1
                 self._applied = wanted
@@ -204,7 +226,7 @@ class LoraComposer:
         """Every LoRA layer where its base layer is: a ledger eviction may have moved a LoRA row on its own
         (it is a row of its own so that its bytes show), and a forward pass needs both on one device."""
         moved = []
-        for module in self.transformer.modules():
+        for module in self._tuner_layers():
             base = getattr(module, "base_layer", None)
             weight = getattr(base, "weight", None)
             if weight is None or weight.device.type == "meta":
@@ -222,7 +244,7 @@ class LoraComposer:
         """No adapter contributes until the next ``activate``: the shared transformer is the base model."""
         with self._lock, _peft():
             if self._loaded:  # always: layers a load wrapped since the last activate must be off too
-                self.transformer.disable_lora()
+                self._switch(False)
             self._active = False
 
     def is_active(self) -> bool:

@@ -113,3 +113,8 @@ def run(engine, req: CatalogRequest, progress, cancel) -> Result:
             raise ModelLoadError(f"torch.compile failed ({str(exc).splitlines()[0]}); untick torch.compile") from exc
         raise
     return Result(request=req, images=images, timings=timings, metadata=metadata)
+
+
+def plan_extra(engine, req: CatalogRequest, elem: int):
+    """The stack's LoRA layers, inside the transformer's blocks (they stream with them)."""
+    return text2image.loras.plan_extra({"transformer": req.loras}, elem)

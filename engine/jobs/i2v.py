@@ -139,7 +139,10 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
     image, image_notes = load_start_image(req.image, req.width, req.height, req.fit)
     notes += image_notes
     t_lora = time.perf_counter()
-    with loras.applied(engine, pipe, lora_stacks(pipe, req), req.model.label) as stack:
+    # TurboWan's experts are diffusers Wan transformers once converted (SLA only swaps the self-attention's
+    # processor; q/k/v/o stay the Linear layers a LoRA wraps): the same stacks, one per expert
+    label = "TurboWan" if req.turbo.enabled else req.model.label
+    with loras.applied(engine, pipe, lora_stacks(pipe, req), label) as stack:
         timings["lora"] = time.perf_counter() - t_lora
         cached, calibration = step_cache_for(engine, pipe, req, stack.key())
         sink = getattr(progress, "preview", None)
@@ -173,3 +176,9 @@ def run(engine, req: I2VRequest, progress, cancel) -> Result:
 
 def plan_ref(engine, req: I2VRequest):
     return req.model  # TurboWan experts have the base experts' shapes: the base folder's headers size them
+
+
+def plan_extra(engine, req: I2VRequest, elem: int):
+    """Each expert's LoRA layers on that expert (``loras`` on the high-noise one, ``loras_2`` on the low-noise one):
+    they load into its blocks and stream with them."""
+    return loras.plan_extra({"transformer": req.loras, "transformer_2": req.loras_2}, elem)

@@ -1,9 +1,9 @@
 """IP-Adapter runs: Flux or Chroma guided by reference images through the InstantX Flux IP-Adapter.
 
 Order of work: the base pipeline (shared with the other Flux tabs), the three adapter pieces (kept between runs),
-image tokens per reference (cached; encoder and projector leave the compute device right after when
-``offload_preprocessing`` is on), then the processors go in, the pipeline runs through ``run_denoise``, and the
-original processors come back in ``finally``.
+the LoRA stack, image tokens per reference (cached by image and stack fingerprint; encoder and projector leave the
+compute device right after when ``offload_preprocessing`` is on), then the processors go in, the pipeline runs
+through ``run_denoise``, and the original processors come back in ``finally``.
 """
 
 from __future__ import annotations
@@ -77,25 +77,26 @@ def run(engine, req: IPAdapterRequest, progress, cancel) -> Result:
 
     # where the denoising computes: the compute device, or the CPU under the cpu_only memory mode
     device = "cpu" if engine.run_device(req.swap) == "cpu" else engine.memory.compute_device
-    t1 = time.perf_counter()
-    references, cache_hits = [], 0
-    for i, ref in enumerate(req.references):
-        progress(0.0, f"encoding reference {i + 1}/{len(req.references)}")
-        tokens, hit = pieces.encode(engine.memory, ref.path, transformer.dtype, device)
-        references.append((tokens, ref.weight))
-        cache_hits += hit
-    if req.offload_preprocessing:  # the seed's offload_preprocessing: only the IP layers stay for denoising
-        engine.memory.offload([pieces.names["image_encoder"], pieces.names["projector"]])
-        progress(0.0, "image tokens ready; image encoder and projector offloaded")
-    else:
-        progress(0.0, "image tokens ready")
-    timings["encode"] = time.perf_counter() - t1
-
-    schedule = _schedule(pipe, req, references, device)
-    # the LoRAs change the transformer's own layers; the IP processors sit beside them on the attention. The image
-    # tokens depend on the reference, the image encoder and the projector only (never LoRA'd here), so the token
-    # cache stays valid across stacks; the stack's fingerprint is in the result beside the cache hits
+    # the LoRAs change the transformer's own layers; the IP processors sit beside them on the attention. The stack
+    # is resolved first: its fingerprint is part of the token cache's key, as of every cache of a LoRA run
+    t_lora = time.perf_counter()
     with loras.applied(engine, pipe, {"transformer": (req.loras, "loras")}, req.model.label) as stack:
+        timings["lora"] = time.perf_counter() - t_lora
+        t1 = time.perf_counter()
+        references, cache_hits = [], 0
+        for i, ref in enumerate(req.references):
+            progress(0.0, f"encoding reference {i + 1}/{len(req.references)}")
+            tokens, hit = pieces.encode(engine.memory, ref.path, transformer.dtype, device, stack.fingerprint())
+            references.append((tokens, ref.weight))
+            cache_hits += hit
+        if req.offload_preprocessing:  # the seed's offload_preprocessing: only the IP layers stay for denoising
+            engine.memory.offload([pieces.names["image_encoder"], pieces.names["projector"]])
+            progress(0.0, "image tokens ready; image encoder and projector offloaded")
+        else:
+            progress(0.0, "image tokens ready")
+        timings["encode"] = time.perf_counter() - t1
+
+        schedule = _schedule(pipe, req, references, device)
         remove = ipadapter_flux.install(transformer, pieces.layers, schedule)
         try:
             with ipadapter_pieces.placed(engine.memory, [pieces.names["adapter"]], device):
@@ -136,9 +137,9 @@ def plan_extra(engine, req: IPAdapterRequest, elem: int):
     """The plan's additions: the IP layers (one K/V pair per attention processor, resident beside the transformer
     while it denoises), and the image encoder and projector (in for encoding, then offloaded)."""
     from engine.adapters.ipadapter_loader import adapter_file
-    from engine.plan import ComponentSize, PlanExtra, component_size, file_bytes
+    from engine.plan import ComponentSize, component_size, file_bytes
 
-    extra = PlanExtra()
+    extra = loras.plan_extra({"transformer": req.loras}, elem)  # the stack's layers, inside the blocks
     folder = engine.store.resolve_local(req.model)
     try:
         config = json.loads((folder / "transformer" / "config.json").read_text()) if folder else {}

@@ -16,12 +16,13 @@ import time
 from engine.adapters import nunchaku
 from engine.adapters.lora_files import content_hash, inspect_file, target_table_from_folder
 from engine.adapters.lora_stack import LoraComposer, StackItem, fingerprint
-from engine.errors import InputError, ModelLoadError
+from engine.errors import InputError
 from engine.jobs import qwen_edit
 from engine.jobs.common import accepted_kwargs, generator_for, run_denoise, step_cache
 from engine.jobs.loras import (  # noqa: F401  (lora_file, stack_items: this module's names before jobs/loras.py)
     keep_set,
     lora_file,
+    plan_bytes,
     stack_items,
     unknown_key_warnings,
     weights_in_memory,
@@ -226,23 +227,12 @@ def _run_nunchaku(engine, req, pipe, progress, cancel, timings) -> Result:  # pr
 def plan_extra(engine, req: LoraStackRequest, elem: int):
     """The LoRA layers of both stages' enabled entries live inside the transformer's blocks (peft wraps the
     targeted linears), so they move with the blocks in every streaming mode."""
-    from pathlib import Path
-
-    from engine.plan import PlanExtra, file_bytes
+    from engine.plan import PlanExtra
 
     extra = PlanExtra()
-    seen = set()
-    for spec in (*req.loras, *(req.stage2_loras if req.stage2 else ())):
-        if not spec.enabled:
-            continue
-        try:
-            path = Path(lora_file(spec, cached_only=True))
-        except ModelLoadError:
-            extra.notes.append(f"{spec.label} is not downloaded yet: its bytes are not in the plan")
-            continue
-        if path.resolve() not in seen and path.is_file():
-            seen.add(path.resolve())
-            extra.in_blocks += file_bytes(path, elem)
+    seen: set = set()  # both stages share one transformer, so a file in both stacks is loaded once
+    extra.in_blocks_of["transformer"] = sum(plan_bytes(stack, elem, extra.notes, seen) for stack in (
+        req.loras, req.stage2_loras if req.stage2 else ()))
     folder = engine.store.resolve_local(req.model)
     if folder is not None and qwen_edit.is_edit_pipeline(read_model_index(folder).get("_class_name", "")):
         extra.notes.append("an edit also runs the input image's latents (about 1 MP, 4096 tokens on the real "

@@ -118,6 +118,44 @@ def unknown_key_warnings(items: list[StackItem], where: str = "") -> list[str]:
     return out
 
 
+def plan_bytes(specs, elem: int, notes: list[str], seen: set | None = None) -> int:
+    """What a stack's LoRA layers add inside its transformer's blocks, for ``Engine.plan`` (file bytes at the load
+    dtype, as the converted pairs are about the file's size): the entries a fresh engine loads (enabled, strength
+    not 0), each file once per transformer (``seen``: the files counted already on it). A hub file not in the
+    cache yet is a note, not a download."""
+    from pathlib import Path
+
+    from engine.plan import file_bytes
+
+    seen = set() if seen is None else seen
+    total = 0
+    for spec in specs:
+        if not spec.enabled or float(spec.weight) == 0.0:
+            continue
+        try:
+            path = Path(lora_file(spec, cached_only=True))
+        except ModelLoadError:
+            notes.append(f"{spec.label} is not downloaded yet: its bytes are not in the plan")
+            continue
+        if path.is_file() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            total += file_bytes(path, elem)
+    return total
+
+
+def plan_extra(stacks: dict[str, tuple[LoraSpec, ...]], elem: int, extra=None):
+    """``extra`` (a ``PlanExtra``, a new one by default) with each stack's bytes on its own transformer (attribute
+    = component name: ``transformer``, Wan's ``transformer_2``), where its layers load and stream."""
+    from engine.plan import PlanExtra
+
+    extra = PlanExtra() if extra is None else extra
+    for attr, specs in stacks.items():
+        size = plan_bytes(specs, elem, extra.notes)
+        if size:
+            extra.in_blocks_of[attr] = extra.in_blocks_of.get(attr, 0) + size
+    return extra
+
+
 @dataclass
 class StackRun:
     """What ``applied`` did: per transformer attribute its items, composer and counters before the run."""

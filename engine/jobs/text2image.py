@@ -35,7 +35,9 @@ def pipeline_kwargs(pipe, req: TextToImageRequest) -> dict:
 def generate(engine, pipe, req: TextToImageRequest, progress, cancel, timings: dict, metadata: dict,
              label: str = "") -> list:
     """The denoising call with the request's LoRA stack active on the transformer (and only inside it)."""
+    t0 = time.perf_counter()
     with loras.applied(engine, pipe, {"transformer": (req.loras, "loras")}, label or req.model.label) as stack:
+        timings["lora"] = time.perf_counter() - t0  # resolving, loading what changed, activating
         out = run_denoise(engine, pipe, pipeline_kwargs(pipe, req), req.steps, req.swap, progress, cancel, timings)
     metadata.update(stack.metadata())
     if stack.warnings():
@@ -61,3 +63,8 @@ def run(engine, req: TextToImageRequest, progress, cancel) -> Result:
     metadata = {"pipeline": type(pipe).__name__}
     images = generate(engine, pipe, req, progress, cancel, timings, metadata)
     return Result(request=req, images=images, timings=timings, metadata=metadata)
+
+
+def plan_extra(engine, req: TextToImageRequest, elem: int):
+    """The stack's LoRA layers, inside the transformer's blocks (they stream with them)."""
+    return loras.plan_extra({"transformer": req.loras}, elem)

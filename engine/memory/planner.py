@@ -47,6 +47,7 @@ class Plan:
     host_available: int | None = None  # RAM this run may use: available now + what the app already holds
     budget_note: str = ""  # where the budget comes from
     alternatives: dict[str, dict] = field(default_factory=dict)  # other modes: host, device and whether they fit
+    components: dict[str, int] = field(default_factory=dict)  # component -> bytes as planned (adapters included)
 
     @property
     def predicted_peak(self) -> int:
@@ -69,6 +70,7 @@ class Plan:
             "offload": self.offload, "resident_weights": self.resident_weights, "slab_bytes": self.slab_bytes,
             "host_bytes": self.host_bytes, "pinned_bytes": self.pinned_bytes, "host_available": self.host_available,
             "host_line": self.host_line, "budget_note": self.budget_note, "alternatives": dict(self.alternatives),
+            "components": dict(self.components),
             "layouts": {k: {"resident": v.resident, "groups": len(v.groups),
                             "group_blocks": max((len(g) for g in v.groups), default=0)}
                         for k, v in self.layouts.items()},

@@ -137,7 +137,8 @@ class I2VRequest(Request):
     turbo: TurboWanSettings = field(default_factory=TurboWanSettings)
     swap: SwapSettings = field(default_factory=lambda: SwapSettings(mode="block_swap"))
     # one LoRA stack per expert, as ComfyUI's official template and Wan2GP: ``loras`` on the high-noise expert
-    # (the only transformer of TI2V 5B), ``loras_2`` on the low-noise one (``transformer_2``, as guidance_scale_2)
+    # (the only transformer of TI2V 5B), ``loras_2`` on the low-noise one (``transformer_2``, as guidance_scale_2);
+    # with TurboWan on, on its experts (diffusers Wan transformers once converted)
     loras: tuple[LoraSpec, ...] = ()
     loras_2: tuple[LoraSpec, ...] = ()
 
@@ -190,9 +191,6 @@ class I2VRequest(Request):
         self.swap.validate("swap")
         check_lora_stack("loras", self.loras)
         check_lora_stack("loras_2", self.loras_2)
-        if self.turbo.enabled and (self.loras or self.loras_2):
-            raise InputError("loras", "TurboWan experts load from TurboDiffusion's .pth files, which take no LoRA "
-                                      "here; untick TurboWan or empty the LoRA stacks")
 
 
 def check_image_size(name: str, path: str) -> None:

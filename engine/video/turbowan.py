@@ -294,6 +294,9 @@ def turbo_pipeline(engine, req, base, progress=None, cancel=None):
         for old in [k for k in store._pipelines if k and k[0] == "turbowan"]:
             pipe = store._pipelines.pop(old)
             for module in (pipe.transformer, pipe.transformer_2):
+                composer = getattr(module, "_studio_lora_composer", None)
+                if composer is not None:  # its LoRA rows go from the ledger with it
+                    composer.unload_all()
                 name = store._names.pop(id(module), None)
                 if name:
                     store.memory.unregister(name)
