@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,18 @@ from swap_harness import WAN_FULL, build, inputs, scaled  # bench/ is the script
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _init(rank: int, world: int, port: int) -> str:
+def _init(rank: int, world: int, store: str) -> str:
+    """Join the ranks through a file store (``store``: a path in a fresh temp dir): no TCP port to pick, so no
+    collision with whatever else on the machine is binding ports."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init = f"file://{store}"
     if torch.cuda.is_available():
         torch.cuda.set_device(rank)
-        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
+        dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world,
+                                device_id=torch.device("cuda", rank))
         return f"cuda:{rank}"
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.accelerator.device_count = lambda: 1  # diffusers builds its mesh on torch.accelerator (CPU: 0 devices)
     return "cpu"
 
@@ -57,11 +59,11 @@ def _timed(model, kwargs: dict, steps: int, device: str) -> tuple[float, torch.T
     return sorted(times)[len(times) // 2], out
 
 
-def _expert_rank(rank: int, world: int, port: int, config: dict, dims: dict, steps: int, out: str) -> None:
+def _expert_rank(rank: int, world: int, store: str, config: dict, dims: dict, steps: int, out: str) -> None:
     import torch.distributed as dist
     from diffusers import ContextParallelConfig
 
-    device = _init(rank, world, port)
+    device = _init(rank, world, store)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = build("wan", config, dtype).to(device)
     kwargs = inputs("wan", config, device, dtype, **dims)
@@ -79,14 +81,6 @@ def _expert_rank(rank: int, world: int, port: int, config: dict, dims: dict, ste
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def expert_check(gpus: int, tiny: bool, steps: int, frames: int) -> dict:
     if tiny:
         config = scaled(WAN_FULL, num_layers=2, num_attention_heads=2 * gpus, attention_head_dim=16, text_dim=32,
@@ -96,7 +90,7 @@ def expert_check(gpus: int, tiny: bool, steps: int, frames: int) -> dict:
         config, dims = WAN_FULL, {"width": 832, "height": 480, "frames": frames, "text_tokens": 512}
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "expert.json"
-        torch.multiprocessing.spawn(_expert_rank, args=(gpus, free_port(), config, dims, steps, str(result)),
+        torch.multiprocessing.spawn(_expert_rank, args=(gpus, str(Path(tmp) / "store"), config, dims, steps, str(result)),
                                     nprocs=gpus)
         return json.loads(result.read_text())
 

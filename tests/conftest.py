@@ -20,6 +20,12 @@ for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FAC
     os.environ.pop(_name, None)
 for _name in [n for n in os.environ if n.startswith("STUDIO_HUB_")]:
     os.environ.pop(_name)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # workers share the cores: one torch thread pool each of cores / workers, not cores each (oversubscribed OpenMP
+    # spins); children inherit it. Set before torch is first imported.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
 pytest.register_assert_rewrite("tests.hub_fixtures")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -28,6 +34,11 @@ if not (os.environ.get("CI") and os.environ.get("HF_HOME") and os.path.isdir(os.
     _hf_home = tempfile.mkdtemp(prefix="test-hf-home-")
     os.environ["HF_HOME"] = _hf_home
     atexit.register(shutil.rmtree, _hf_home, ignore_errors=True)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most 4 (each holds its own demo models, app and engines)."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TABS = ("Text to image", "IP-Adapter", "SDNQ catalog", "Panorama perception", "Image to video", "LoRA stack")
 TIMEOUT_MS = 60_000
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"chromium not found at {CHROMIUM}")
+pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason=f"chromium not found at {CHROMIUM}"),
+              pytest.mark.xdist_group("browser")]  # one app and one browser for the module
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> float:

@@ -36,12 +36,12 @@ def last_frame(files) -> np.ndarray:
     return np.asarray(Image.open(next(f for f in files if f.endswith("-last-frame.png")))).astype(int)
 
 
-def _rank(rank: int, world: int, port: int, models_dir: str, out: str, data: dict) -> None:
+def _rank(rank: int, world: int, store: str, models_dir: str, out: str, data: dict) -> None:
     import torch.distributed as dist
     from torch.nn.modules.module import register_module_forward_pre_hook
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file store, not a TCP port: nothing to collide with when the suite runs on several workers
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.accelerator.device_count = lambda: 1  # see the module docstring
     seen: list[int] = []
 
@@ -64,12 +64,10 @@ def _rank(rank: int, world: int, port: int, models_dir: str, out: str, data: dic
 
 @pytest.mark.timeout(300)
 def test_one_wan_run_over_two_ranks_gives_the_single_process_pixels(models_dir, tmp_path):
-    from tests.conftest import free_port
-
     image = tmp_path / "start.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(image)
     req = request(str(image))
-    torch.multiprocessing.spawn(_rank, args=(2, free_port(), str(models_dir), str(tmp_path), req.to_dict()),
+    torch.multiprocessing.spawn(_rank, args=(2, str(tmp_path / "store"), str(models_dir), str(tmp_path), req.to_dict()),
                                 nprocs=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "single").run(req)

@@ -32,7 +32,7 @@ def test_hub_tests_pass_with_hostile_hf_variables(tmp_path):
     })
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *RELEVANT],
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-n", "0", *RELEVANT],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=LIMIT_S,
         )
     except subprocess.TimeoutExpired as exc:

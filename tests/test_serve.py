@@ -20,6 +20,7 @@ from engine import Cancelled, CatalogRequest, Engine, EngineError, InputError, T
 from engine.serve import launch
 
 pytest.importorskip("ray.serve")
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster for the module, on one worker
 
 GEN = {"prompt": "a lighthouse at dusk", "width": 32, "height": 32, "steps": 2, "seed": 42}
 LONG = {"prompt": "a long run", "width": 128, "height": 128, "steps": 200, "seed": 1}
