@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,14 @@ def serve_engine(args: argparse.Namespace, demo: bool):
         return False
 
 
+def boot_quietly(engine) -> None:
+    """Boot the engine off the request path; a failure is logged here and raised again by the first use."""
+    try:
+        engine.boot()
+    except Exception as exc:  # e.g. a broken CUDA driver: the page's first readout reports it
+        print(f"warning: the engine could not start yet: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     args = parse_args(argv)
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if engine is None:
             engine = Engine(device=args.device, models_dir=args.models_dir, demo=demo, outputs_dir=args.outputs_dir)
+            if args.device:  # a device the user named is checked before anything is served (torch loads now)
+                engine.boot()
     except (RuntimeError, ValueError) as exc:  # e.g. --device cuda:7 on a one-GPU machine, or a typo
         print(f"error: cannot use device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -152,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ComfyUI models: {engine.comfy.configure(comfy_models, comfy_config)}", flush=True)
 
     stage("ComfyUI index")
+    if "IPython" not in sys.modules:
+        # a server, never a notebook: gradio imports IPython (with jedi and prompt_toolkit, 0.2 s of a 2-core start)
+        # only to offer its notebook magic; a missing IPython is a case every library here handles
+        sys.modules["IPython"] = None
     import ui
     from ui.sessions import policy_for_launch, set_folder_policy
 
@@ -159,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     set_folder_policy(policy_for_launch(args.folder_settings, args.host, args.share, args.auth, args.allowed_folders))
     app = ui.build_app(engine)
     stage("page build")
-    app.queue(default_concurrency_limit=1)  # GPU runs one at a time; readouts have their own group
     _, local_url, share_url = app.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=args.auth,
         prevent_thread_lock=True, quiet=True, **ui.launch_options(engine, max_upload_mb=args.max_upload_mb),
     )
     stage("server start")
+    if not getattr(engine, "booted", True):  # torch and the device come up now, while the first visitor reads the page
+        threading.Thread(target=boot_quietly, args=(engine,), name="engine-boot", daemon=True).start()
     print("startup: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items()), flush=True)
     mode = "demo mode" if demo else "real weights"
     print(f"Diffusion Studio ({mode}, device {engine.device}) ready in {time.perf_counter() - t0:.1f} s", flush=True)

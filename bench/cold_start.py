@@ -115,7 +115,7 @@ def main() -> int:
     names = [k for k in breakdowns[0]] if breakdowns and breakdowns[0] else []
     if names:
         medians = {k: statistics.median(b.get(k, 0.0) for b in breakdowns) for k in names}
-        rest = statistics.median(times) - sum(medians.values())
+        rest = statistics.median(t - sum(b.values()) for t, b in zip(times, breakdowns))  # per run, then median
         print("median breakdown: " + ", ".join(f"{k} {v:.2f} s" for k, v in medians.items())
               + f", interpreter + app.py imports + first answer {rest:.2f} s")
     cores = f"{args.cpus} core(s)" if args.cpus else f"{os.cpu_count()} cores"

@@ -9,14 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from engine import jobs
 from engine.errors import EngineError, InputError
-from engine.memory import MemoryManager, reset_peak
-from engine.memory.devices import default_compute_device, free_cached
-from engine.models import ModelStore
-from engine.outputs import save_images
 from engine.requests import Request
 from engine.result import Result
 
@@ -30,7 +23,11 @@ def _no_progress(fraction: float, message: str) -> None:
 
 
 class Engine:
-    """One engine per accelerator. Holds no global state, so several can live in one process."""
+    """One engine per accelerator. Holds no global state, so several can live in one process.
+
+    Constructing one imports neither torch nor diffusers: the device, the memory manager and the model store come up
+    on first use (``boot()``), so the app can build its page and answer its first request before torch has loaded.
+    """
 
     def __init__(
         self,
@@ -45,7 +42,10 @@ class Engine:
         """``output_text(request, demo)`` gives the text chunks every saved PNG (and mp4/webm tag set) carries besides
         the request: the app passes ``comfy_export.png_text`` so outputs open in ComfyUI. The engine itself never
         imports the exporter (it sits above the engine)."""
-        self.device = device or default_compute_device()
+        self._device_arg = device
+        self._offload_device, self._budget_bytes = offload_device, budget_bytes
+        self._boot_lock = threading.Lock()
+        self._parts: tuple | None = None  # (device, memory, store) once booted
         self.models_dir = Path(models_dir or DEFAULT_MODELS_DIR)
         self.outputs_dir = Path(outputs_dir or DEFAULT_OUTPUTS_DIR)
         self.demo = demo
@@ -53,13 +53,42 @@ class Engine:
 
         recover(self.outputs_dir)
         self.output_text = output_text
-        self.memory = MemoryManager(self.device, offload_device=offload_device, budget_bytes=budget_bytes)
-        self.store = ModelStore(self.memory, self.models_dir, demo=demo)
         from engine.comfy_models import ComfyModels  # a ComfyUI models folder, once configured (--comfy-models)
 
         self.comfy = ComfyModels(cache_file=self.models_dir / ".cache" / "comfy-index.json")
         self._device_lock = threading.Lock()
         self._memory_notes: list[dict] = []  # what each memory session of the current run reported
+
+    def boot(self) -> Engine:
+        """Import torch and bring up the device, the memory manager and the model store (once; thread-safe).
+        Raises RuntimeError/ValueError for a device this machine does not have (``cuda:7`` on one GPU)."""
+        if self._parts is None:
+            with self._boot_lock:
+                if self._parts is None:
+                    from engine.memory import MemoryManager
+                    from engine.memory.devices import default_compute_device
+                    from engine.models import ModelStore
+
+                    device = self._device_arg or default_compute_device()
+                    memory = MemoryManager(device, offload_device=self._offload_device, budget_bytes=self._budget_bytes)
+                    self._parts = (device, memory, ModelStore(memory, self.models_dir, demo=self.demo))
+        return self
+
+    @property
+    def booted(self) -> bool:
+        return self._parts is not None
+
+    @property
+    def device(self) -> str:
+        return self.boot()._parts[0]
+
+    @property
+    def memory(self):
+        return self.boot()._parts[1]
+
+    @property
+    def store(self):
+        return self.boot()._parts[2]
 
     def output_text_for(self, request: Request) -> dict[str, str]:
         """The extra text chunks for ``request``'s files; none if the host's writer fails, which must never cost the
@@ -89,6 +118,8 @@ class Engine:
         if not isinstance(request, Request):
             raise InputError("request", f"expected a request object, got {type(request).__name__}")
         request.validate()
+        from engine import jobs
+
         runner = jobs.runner_for(request)
         prepare = getattr(runner, "prepare", None)
         if prepare is not None:
@@ -116,6 +147,8 @@ class Engine:
         if not self.memory.compute_device.startswith("cuda"):
             return SwapSettings(), ("No GPU found: runs use the CPU. The modes still work (and give "
                                     "the same pixels) but only save memory on a GPU")
+        import torch
+
         from engine.memory.devices import cuda_stats
 
         # the device's size only: a full snapshot would read every loaded tensor for one number
@@ -158,6 +191,11 @@ class Engine:
                 log.warning("no memory plan for this run: %s", exc)
             if plan is not None:
                 check_budget(request, plan)
+        import torch
+
+        from engine.memory import reset_peak
+        from engine.outputs import save_images
+
         with self._device_lock:  # one job on the accelerator at a time
             reset_peak()
             self._memory_notes = []
@@ -190,6 +228,8 @@ class Engine:
             "peak_compute_bytes": max((n["peak_compute_bytes"] for n in notes), default=0),
             "sessions": notes,
         }
+        import torch
+
         if torch.cuda.is_available() and self.device.startswith("cuda"):
             index = torch.device(self.device)
             summary["cuda_peak_allocated"] = int(torch.cuda.max_memory_allocated(index))
@@ -210,6 +250,8 @@ class Engine:
         Returns how many modules were released."""
         if not self._device_lock.acquire(blocking=False):
             raise EngineError("a run is in progress; unload the models when it has finished")
+        from engine.memory.devices import free_cached
+
         try:
             count = len(self.memory.names())
             self.store.unload_all()

@@ -47,7 +47,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engine.demo import build_demo_models
 
     path = tmp_path_factory.mktemp("models")
-    build_demo_models(path)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        build_demo_models(path)
+        return path
+    # under xdist: the first worker builds (20 s of CPU), every worker copies (0.1 s) into its own folder, which its
+    # tests may then change as they like
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "demo-models"
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / "BUILT").exists():
+            build_demo_models(shared)
+            (shared / "BUILT").write_text("ok")
+    shutil.copytree(shared, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("BUILT", ".cache"))
     return path
 
 

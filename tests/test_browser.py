@@ -99,6 +99,9 @@ def test_page_tabs_run_and_vram_panel(page, tmp_path):
     from playwright.sync_api import expect
 
     expect(page.locator("#app-header")).to_contain_text("Demo mode")
+    # the page is served before torch loads; the device line fills in once the engine has booted
+    expect(page.locator("#app-header")).to_contain_text("no GPU found", timeout=TIMEOUT_MS)
+    expect(page.locator("#vram-devices")).to_contain_text("System RAM", timeout=TIMEOUT_MS)
     expect(page.locator("#vram-summary")).to_contain_text("No models loaded yet")
 
     # every tab opens and says something: the slice its widgets, the others their one line

@@ -29,6 +29,19 @@ def as_int(value):
     return value
 
 
+def engine_booted(engine) -> bool:
+    """False while the engine has not looked at the device yet: the app builds and serves its page before torch
+    has loaded, and what depends on the device (its name, the memory defaults) fills in when the page loads."""
+    return getattr(engine, "booted", True)
+
+
+def when_booted(engine, fn, outputs: list) -> None:
+    """Fill ``outputs`` with ``fn()`` when the page loads, if the engine had not booted when the page was built
+    (else the builder already put the real values in)."""
+    if not engine_booted(engine):
+        gr.on(triggers=None, fn=fn, outputs=outputs, show_progress="hidden", api_visibility="private", queue=False)
+
+
 # ---------------------------------------------------------------- widgets
 def seed_input(value: int = 0, elem_id: str | None = None) -> gr.Number:
     """A seed box with a "random" button in its corner that draws a new seed."""

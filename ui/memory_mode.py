@@ -14,6 +14,8 @@ import gradio as gr
 from engine import EngineError, InputError, SwapSettings
 from engine.requests import SWAP_MODES
 
+from .components import engine_booted, when_booted
+
 log = logging.getLogger(__name__)
 GiB = 2**30
 
@@ -63,17 +65,17 @@ def swap_field(swap_values: tuple) -> dict:
     return {"swap": swap_settings(*swap_values)} if swap_values else {}
 
 
-def device_line(engine, job: str) -> str:
-    default, why = engine.default_swap(job)
+def device_line(default: SwapSettings, why: str) -> str:
     return f"{why} · default **{default.mode}**"
 
 
 def memory_mode_widget(engine, job: str, prefix: str) -> MemoryModeWidget:
     """Build the widget (inside the caller's layout). ``job`` picks the VRAM profile's advice ("text_to_image",
-    "i2v"); the default comes from ``presets/vram_profiles.json`` for the detected GPU."""
-    default, _ = engine.default_swap(job)
+    "i2v"); the default comes from ``presets/vram_profiles.json`` for the detected GPU. The page is built before
+    the engine has looked at the device (torch is not imported yet): then the page's load event sets the default."""
+    default, why = engine.default_swap(job) if engine_booted(engine) else (SwapSettings(), "Reading the device…")
     with gr.Accordion("Memory mode", open=False, elem_id=f"{prefix}-memory"):
-        gr.Markdown(device_line(engine, job), elem_classes=["memory-device"])
+        device = gr.Markdown(device_line(default, why), elem_classes=["memory-device"])
         mode = gr.Dropdown([(MODE_LABELS[m], m) for m in SWAP_MODES], value=default.mode, label="Memory mode",
                            elem_id=f"{prefix}-swap-mode")
         with gr.Row():
@@ -90,7 +92,15 @@ def memory_mode_widget(engine, job: str, prefix: str) -> MemoryModeWidget:
     plan = gr.Markdown("", elem_id=f"{prefix}-plan", elem_classes=["memory-plan"])
     plot = gr.LinePlot(x="block", y="ms", color="kind", title="Per-block times (mean over steps)", visible=False,
                        elem_id=f"{prefix}-trace-plot", render=False)  # the tab renders it by its output
-    return MemoryModeWidget(mode, max_vram, resident, block_mb, prefetch, streams, trace, plan, plot)
+    widget = MemoryModeWidget(mode, max_vram, resident, block_mb, prefetch, streams, trace, plan, plot)
+
+    def detected():
+        found, reason = engine.default_swap(job)
+        return (device_line(found, reason), found.mode, found.max_vram_gb, found.blocks_resident,
+                found.block_size_mb, found.prefetch, found.use_streams)
+
+    when_booted(engine, detected, [device, *widget.inputs[:-1]])
+    return widget
 
 
 def plan_text(engine, build: Callable[..., object], *values) -> str:

@@ -11,7 +11,7 @@ import comfy_export
 
 from . import comfy_io, comfy_panel, vram_panel, zerogpu
 from .api_inputs import guard_api_inputs
-from .components import GPU_POOL
+from .components import GPU_POOL, engine_booted, when_booted
 from .input_errors import DEFAULT_MAX_UPLOAD_MB
 from .pending import PENDING
 from .tabs import catalog, i2v, ipadapter, lora_stack, perception, text_to_image
@@ -43,12 +43,17 @@ CSS = """
 
 
 def header_html(engine) -> str:
-    snap = engine.memory.snapshot()
-    compute = snap.get("compute_device", engine.device)
-    name = next((d.get("name", "") for d in snap.get("devices", []) if d.get("device") == compute), "")
-    device = html.escape(f"{compute} ({name})" if name and name != "System RAM" else compute)
-    if compute == "cpu":
-        device += " · no GPU found, runs are slow"
+    """The title line. Before the engine has booted (the page is served before torch loads) the device reads
+    "starting…" and the page's load event fills it in."""
+    if engine_booted(engine):
+        snap = engine.memory.snapshot()
+        compute = snap.get("compute_device", engine.device)
+        name = next((d.get("name", "") for d in snap.get("devices", []) if d.get("device") == compute), "")
+        device = html.escape(f"{compute} ({name})" if name and name != "System RAM" else compute)
+        if compute == "cpu":
+            device += " · no GPU found, runs are slow"
+    else:
+        device = "starting…"
     mode = "demo" if engine.demo else "real weights"
     where = f" · {zerogpu.where()}" if zerogpu.where() else ""
     note = f"<div class='demo-note'>{DEMO_NOTE}</div>" if engine.demo else ""
@@ -64,7 +69,7 @@ def build_app(engine) -> gr.Blocks:
     if getattr(engine, "output_text", False) is None:  # the app's outputs open in ComfyUI: wire the exporter in here
         engine.output_text = comfy_export.png_text
     with gr.Blocks(title=TITLE) as app:
-        gr.HTML(header_html(engine), elem_id="app-header")
+        header = gr.HTML(header_html(engine), elem_id="app-header")
         vram_panel.build(engine)
         comfy = comfy_panel.settings(engine)  # the tabs' pickers register with it
         upload, status = comfy_io.import_box(engine)
@@ -76,7 +81,9 @@ def build_app(engine) -> gr.Blocks:
                     fills[tab_id], titles[tab_id] = module.build(engine), label
         comfy_panel.wire(engine, comfy)
         comfy_io.wire_import(engine, upload, status, tabs, fills, titles)
-    app.queue(default_concurrency_limit=1)
+        when_booted(engine, lambda: header_html(engine), [header])
+    # no app.queue(...): gradio's own queue (made with the Blocks) already defaults to one run at a time, the GPU
+    # runs set their limit themselves, and each queue() call rebuilds the whole FastAPI app (0.2 s at startup)
     runs = getattr(engine, "concurrent_runs", 1)  # Ray Serve: one run per replica at once, the rest queue
     for fn in app.fns.values():
         if runs > 1 and fn.concurrency_id == GPU_POOL:

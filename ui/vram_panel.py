@@ -93,7 +93,8 @@ def format_devices(snapshot: dict) -> str:
             + "</div>"
         )
     if not rows:
-        return "<div class='vram-panel'>No device readout available.</div>"
+        return ("<div class='vram-panel'>Reading the devices…</div>" if snapshot.get("booting")
+                else "<div class='vram-panel'>No device readout available.</div>")
     return "<div class='vram-panel'>" + "".join(rows) + "</div>"
 
 
@@ -156,7 +157,8 @@ def readout(engine) -> tuple:
 
 
 def build(engine, interval: float = 1.0) -> gr.Timer:
-    snap = engine.memory.snapshot()
+    # the page is built before the engine has loaded torch: the first tick (a second later) fills in the devices
+    snap = engine.memory.snapshot() if getattr(engine, "booted", True) else {"devices": [], "modules": [], "booting": True}
     rows = module_rows(snap)
     with gr.Accordion("Memory", open=True, elem_id="vram-panel"):
         devices = gr.HTML(format_devices(snap), elem_id="vram-devices")

@@ -9,7 +9,6 @@ from pathlib import Path
 from engine.catalog.presets import CatalogEntry, catalog_entry, filter_catalog, load_catalog
 from engine.hub import download as hub
 from engine.hub import verify as hub_verify
-from engine.memory import device_stats
 
 STATE_LABELS = {"absent": "not downloaded", "partial": "partial", "complete": "complete"}
 
@@ -28,6 +27,8 @@ def capacity(engine) -> tuple[int, str]:
     """Bytes a model may use on this machine's compute device, and where that figure comes from."""
     if engine.memory.budget_bytes is not None:
         return engine.memory.budget_bytes, "memory budget"
+    from engine.memory import device_stats  # torch: only once the page asks, never at import
+
     stats = device_stats()  # accelerators first, system RAM last
     compute = next((d for d in stats if d["device"].startswith(engine.memory.compute_device)), None)
     if compute is not None and compute["device"] != "cpu":

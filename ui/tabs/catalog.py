@@ -25,7 +25,7 @@ from engine.catalog.presets import ALL, CatalogEntry, architectures, load_catalo
 from engine.requests import SDNQ_DTYPES  # noqa: F401  (re-exported, as the names below)
 
 from .. import comfy_io
-from ..components import CONTROLS, as_int, image_output, seed_input, steps_slider
+from ..components import CONTROLS, as_int, engine_booted, image_output, seed_input, steps_slider, when_booted
 from ..lora_editor import entries_of, specs, stack_editor
 from ..memory_mode import swap_field
 from ..run_handler import TabRun, threadsafe  # noqa: F401
@@ -129,7 +129,6 @@ def build(engine) -> comfy_io.Fill:
     first = next((e for e in catalog if e.task == "text_to_image" and e.supported and (e.demo or not engine.demo)),
                  catalog[0])
     d = entry_defaults(first, engine.demo)
-    limit, limit_source = catalog_service.capacity(engine)
     generator = TabRun(engine, LABELS)
 
     def refresh_table(architecture, quantization, fits_gpu, text):
@@ -146,8 +145,10 @@ def build(engine) -> comfy_io.Fill:
         quant = gr.Dropdown([ALL, *quantizations(catalog)], value=ALL, label="Quantization", scale=2, min_width=140)
         search = gr.Textbox(label="Search", placeholder="e.g. flux schnell", scale=3, min_width=160,
                             elem_id="catalog-search")
-        fits = gr.Checkbox(label="Fits my GPU", info=capacity_text(limit, limit_source), scale=3, min_width=220,
-                           elem_id="catalog-fits")
+        fits = gr.Checkbox(label="Fits my GPU", scale=3, min_width=220, elem_id="catalog-fits",
+                           info=capacity_text(*catalog_service.capacity(engine)) if engine_booted(engine)
+                           else "reading the device…")
+        when_booted(engine, lambda: gr.update(info=capacity_text(*catalog_service.capacity(engine))), [fits])
         refresh = gr.Button("↻ Refresh", size="sm", scale=0, min_width=100)
     initial = table_rows(engine, ALL, ALL, False, "")
     table = gr.Dataframe(

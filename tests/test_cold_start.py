@@ -1,0 +1,54 @@
+"""The app answers before torch loads (``bench/cold_start.py``): building the page needs neither torch nor
+diffusers nor transformers; the engine brings them up on first use, once, from any thread."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from engine import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "diffusers", "transformers", "safetensors", "sdnq", "peft")
+
+BUILD_PAGE = f"""
+import sys
+from engine import Engine
+import ui
+engine = Engine(models_dir=sys.argv[1], demo=True, outputs_dir=sys.argv[2])
+ui.build_app(engine)
+print("loaded:", sorted(m for m in {HEAVY!r} if m in sys.modules), "booted:", engine.booted)
+"""
+
+
+def test_building_the_page_imports_no_torch(models_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-c", BUILD_PAGE, str(models_dir), str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loaded: [] booted: False" in done.stdout, done.stdout
+
+
+def test_the_engine_boots_once_on_first_use_from_any_thread(models_dir, tmp_path):
+    engine = Engine(models_dir=models_dir, demo=True, outputs_dir=tmp_path)
+    assert not engine.booted
+    seen: list = []
+    threads = [threading.Thread(target=lambda: seen.append((engine.memory, engine.store))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert engine.booted and engine.device == "cpu"
+    assert len({id(m) for m, _ in seen}) == 1 and len({id(s) for _, s in seen}) == 1  # one manager, one store
+    assert engine.memory.compute_device == "cpu"
+
+
+def test_a_device_the_user_names_is_checked_before_anything_is_served(models_dir, tmp_path):
+    from tests.conftest import free_port
+
+    done = subprocess.run([sys.executable, "app.py", "--demo", "--device", "gpu0", "--port", str(free_port()),
+                           "--models-dir", str(models_dir), "--outputs-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "cannot use device 'gpu0'" in done.stderr
