@@ -63,6 +63,21 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def busy_factor() -> float:
+    """How many times slower than a quiet machine this one runs now: the 1-minute load average per core, between
+    1 and 4. Time limits of tests that wait on other processes (Ray's cluster, replicas restarting) are multiplied
+    by it: a busy machine gets more time for the same event, not a failure."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return 1.0
+    return min(4.0, max(1.0, load))
+
+
+def scaled(seconds: float) -> int:
+    return int(seconds * busy_factor())
+
+
 def free_port() -> int:
     import socket
 

@@ -18,6 +18,7 @@ import pytest
 
 from engine import Cancelled, CatalogRequest, Engine, EngineError, InputError, TextToImageRequest
 from engine.serve import launch
+from tests.conftest import scaled
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster for the module, on one worker
@@ -38,7 +39,7 @@ def serve_engine(models_dir, tmp_path_factory):
                                 num_cpus=4, log=lines.append, log_to_driver=False)
     engine.startup_s = time.monotonic() - t0
     engine.lines = lines
-    wait_for_replicas(engine, 2, timeout=60)
+    wait_for_replicas(engine, 2, timeout=scaled(60))
     try:
         yield engine
     finally:
@@ -110,7 +111,7 @@ def test_without_ray_the_flag_says_how_to_install_it_and_the_app_runs_locally(mo
         app.parse_args(["--serve-replicas", "-1"])
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(scaled(240))
 def test_replicas_give_the_local_engines_pixels_for_text_to_image_and_catalog(serve_engine, local_engine):
     assert serve_engine.replicas == 2 and "CPU replicas" in serve_engine.note
     steps: list[str] = []
@@ -126,7 +127,7 @@ def test_replicas_give_the_local_engines_pixels_for_text_to_image_and_catalog(se
     assert [s for s in steps if s.startswith("step")] == ["step 1/2", "step 2/2"] * 2
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(scaled(180))
 def test_uploaded_images_travel_as_bytes_and_the_video_comes_back(serve_engine, local_engine, tmp_path):
     """A replica on another host cannot read the page's upload folder: the start image goes along with the
     request JSON, the replica runs on its own copy, and the video and last frame come back as files."""
@@ -153,7 +154,7 @@ def test_uploaded_images_travel_as_bytes_and_the_video_comes_back(serve_engine, 
     assert serve_engine.run(req).request == req  # through run(): the caller's own request comes back
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(scaled(120))
 def test_an_unknown_request_kind_is_refused_by_the_replica_with_the_known_ones(serve_engine):
     with pytest.raises(InputError, match="unknown request kind 'teleport'.*text_to_image") as info:
         serve_engine.run_json({"kind": "teleport", "prompt": "x"})
@@ -162,7 +163,7 @@ def test_an_unknown_request_kind_is_refused_by_the_replica_with_the_known_ones(s
         serve_engine.run_json({**TextToImageRequest(**GEN).to_dict(), "steps": 0})
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(scaled(180))
 def test_concurrent_runs_land_on_two_replicas_a_third_queues_and_the_panel_shows_both(serve_engine):
     from ui import vram_panel
 
@@ -187,7 +188,7 @@ def test_concurrent_runs_land_on_two_replicas_a_third_queues_and_the_panel_shows
     assert {r[0].split("/")[0] for r in rows} == {"r1", "r2"}  # both replicas hold their own Flux now
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(scaled(180))
 def test_cancel_reaches_the_replica_that_runs_the_job(serve_engine):
     cancel = threading.Event()
     seen: list[str] = []
@@ -218,7 +219,7 @@ def test_cancel_reaches_the_replica_that_runs_the_job(serve_engine):
     assert last[b["start"]["replica"]]["outcome"] == "done" and not last[b["start"]["replica"]]["cancel_seen"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(scaled(120))
 def patient_url_ok(url: str) -> bool:
     """Gradio's startup check gives up on the first 3 s timeout; with two replicas and Ray busy on 2 cores the
     page can take longer to answer its first request, which is load, not an unreachable localhost."""
@@ -258,7 +259,7 @@ def test_the_gradio_page_runs_on_the_replicas(serve_engine, monkeypatch):
         app.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(scaled(240))
 def test_a_killed_replica_fails_its_job_clearly_the_next_job_runs_and_ray_restarts_it(serve_engine):
     thread, box = background_run(serve_engine, TextToImageRequest(**LONG), progress=lambda f, m: None)
     assert box["started"].wait(60)
@@ -271,5 +272,5 @@ def test_a_killed_replica_fails_its_job_clearly_the_next_job_runs_and_ray_restar
     assert f"pid {victim}) died while running this job" in str(error) and "run it again" in str(error)
     result = serve_engine.run(TextToImageRequest(**GEN))  # the surviving replica takes it
     assert len(result.images) == 1 and result.metadata["replica"]["pid"] != victim
-    entries = wait_for_replicas(serve_engine, 2, timeout=120, exclude_pid=victim)  # Ray started a new one
+    entries = wait_for_replicas(serve_engine, 2, timeout=scaled(120), exclude_pid=victim)  # Ray started a new one
     assert victim not in {e["pid"] for e in entries}

@@ -33,6 +33,13 @@ def comfy_app(models_dir, tmp_path_factory):
         app.close()
 
 
+def use_folder(client, comfy, models_dir) -> None:
+    """Set the ComfyUI folder as the page does: each test sets what it needs (under xdist a test may run on a worker
+    where no other test of this module has set it)."""
+    status, *_ = client.predict(str(comfy), str(yaml_path(models_dir)), api_name="/comfy_models_set")
+    assert "files in" in status
+
+
 def test_settings_field_sets_the_folder_and_refreshes_every_picker(comfy_app, models_dir, tmp_path):
     from gradio_client.exceptions import AppError
 
@@ -56,7 +63,7 @@ def test_settings_field_sets_the_folder_and_refreshes_every_picker(comfy_app, mo
 
 def test_text_to_image_runs_from_a_picked_file_and_saves_its_paths(comfy_app, models_dir):
     engine, client, comfy = comfy_app
-    engine.comfy.configure(comfy, yaml_path(models_dir))
+    use_folder(client, comfy, models_dir)  # through the settings field: it also refreshes the pickers
     flux = next(v for label, v in engine.comfy.model_choices("text_to_image") if label.startswith("flux1-dev-tiny."))
     assert flux.startswith(CHOICE_PREFIX)
     clip = next(v for _, v in engine.comfy.piece_choices("text_to_image") if "clip_l-tiny" in v)
@@ -73,7 +80,7 @@ def test_text_to_image_runs_from_a_picked_file_and_saves_its_paths(comfy_app, mo
 
 def test_a_piece_that_does_not_fit_is_a_message_naming_the_model(comfy_app, models_dir):
     engine, client, comfy = comfy_app
-    engine.comfy.configure(comfy, yaml_path(models_dir))
+    use_folder(client, comfy, models_dir)  # through the settings field: it also refreshes the pickers
     clip = f"clip-l:{comfy / 'text_encoders/clip_l-tiny.safetensors'}"  # Flux's CLIP-L: Chroma has no such part
     from gradio_client.exceptions import AppError
 

@@ -131,3 +131,50 @@ def test_result_text_shows_lora_work_and_unknown_key_warnings():
 
     text = tab.format_result(R())
     assert "LoRA 0.10 s" in text and "none (stack unchanged)" in text and "2 key(s) not applied" in text
+
+
+# ---------------------------------------------------------------- the plan line counts the stacks
+def _plan_event(app, elem_id: str):
+    """The event that writes the tab's plan line (its only output) as its inputs change."""
+    return next(fn for fn in app.fns.values() if fn.inputs and len(fn.outputs) == 1
+                and getattr(fn.outputs[0], "elem_id", None) == elem_id)
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from ui import build_app
+
+    return build_app(served[0])
+
+
+def test_the_plan_line_counts_the_lora_stack_of_text_to_image(served, page, models_dir):
+    import dataclasses
+
+    from engine.demo import FLUX_LORA_FILES
+    from ui.memory_mode import plan_text
+    from ui.tabs import text_to_image as t2i
+
+    event = _plan_event(page, "t2i-plan")
+    assert getattr(event.inputs[-1], "elem_id", None) == "t2i-lora-stack"
+    values = [i.value for i in event.inputs[:-1]]
+    values[4] = "block_swap"
+    lora = LoraSpec(path=str(demo_root(models_dir) / FLUX_LORA_FILES["diffusers"][0]))
+    without, with_stack = event.fn(*values, []), event.fn(*values, [lora.to_dict()])
+    assert with_stack != without and "waiting" not in with_stack
+    expected = plan_text(served[0], lambda: dataclasses.replace(t2i.plan_request(*values), loras=(lora,)))
+    assert with_stack == expected
+
+
+def test_the_i2v_plan_line_counts_each_expert_stack_and_apply_to_both(page, models_dir):
+    from engine.demo import WAN_LORA_FILES
+
+    event = _plan_event(page, "i2v-plan")
+    assert [getattr(i, "elem_id", None) for i in event.inputs[-3:]] == [
+        "i2v-lora-stack", "i2v-lora2-stack", "i2v-lora-both"]
+    values = [i.value for i in event.inputs[:-3]]
+    values[4] = "block_swap"
+    high = LoraSpec(path=str(demo_root(models_dir) / WAN_LORA_FILES["lightx2v_high"])).to_dict()
+    alone = event.fn(*values, [high], [], False)
+    both = event.fn(*values, [high], [], True)
+    assert both != alone and "waiting" not in both
+    assert both == event.fn(*values, [high], [high], False)  # "apply to both" is the same stack on each expert

@@ -24,6 +24,7 @@ in words through ``run_with_feedback``, which ``click`` puts around it.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -37,6 +38,7 @@ from .cancel import CancelSlots
 from .comfy_io import ExportPanel
 from .components import CONTROLS, GPU_POOL, status_line
 from .errors import run_with_feedback
+from .lora_editor import specs
 from .memory_mode import MemoryModeWidget, after_run, memory_mode_widget, plan_text, wire_plan
 from .pending import CANCELLED_BEFORE_START, PENDING
 
@@ -103,6 +105,20 @@ class PreviewReporter:
         self.previews.put(image)
 
 
+def one_stack(stack) -> dict:
+    """The LoRA field of a tab with one stack editor."""
+    return {"loras": specs(stack)}
+
+
+def with_stacks(plan_request: Callable, count: int, stack_fields: Callable) -> Callable:
+    """``plan_request`` over the first ``count`` values, with the LoRA fields the values after them describe."""
+
+    def build(*values):
+        return dataclasses.replace(plan_request(*values[:count]), **stack_fields(*values[count:]))
+
+    return build
+
+
 class TabRun:
     """What every tab's Run button does around the tab's own request and outputs (see the module docstring).
 
@@ -137,9 +153,15 @@ class TabRun:
         run = self.run_row(prefix, cancel_api)
         return self.memory, run, ExportPanel(self.engine, prefix)
 
-    def plan(self, plan_request: Callable, inputs: list) -> None:
+    def plan(self, plan_request: Callable, inputs: list, stacks: Sequence = (),
+             stack_fields: Callable | None = None) -> None:
         """Show the memory plan for ``plan_request(*values of inputs)`` as they change; after a run, ``done``
-        shows it again with what was measured."""
+        shows it again with what was measured. ``stacks``: the tab's LoRA stack editors, whose values follow
+        ``inputs`` (here and in ``done``'s plan values); ``stack_fields(*their values)`` gives the request's LoRA
+        fields (default: one stack, ``loras``), so that the plan counts the bytes of the stack's layers."""
+        if stacks:
+            plan_request = with_stacks(plan_request, len(inputs), stack_fields or one_stack)
+            inputs = [*inputs, *stacks]
         self.plan_request = plan_request
         wire_plan(self.engine, self.memory, plan_request, inputs)
 

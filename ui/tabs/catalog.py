@@ -205,7 +205,7 @@ def build(engine) -> comfy_io.Fill:
         return build_generate_request(source_kind, entry_id, path, "plan", "", w, h, n_steps, 3.5, 0, False, False,
                                       *swap_values)
 
-    generator.plan(plan_request, [source, entry, local_path, width, height, steps, *memory.inputs])
+    generator.plan(plan_request, [source, entry, local_path, width, height, steps, *memory.inputs], stacks=[stack])
 
     quantize_pickers, quantize_fields = quantize_panel(engine, local_path, source, SOURCE_FOLDER)
 
@@ -249,7 +249,7 @@ def build(engine) -> comfy_io.Fill:
                                      seed_value, qmm, compile_, *swap_values, loras=loras)
         result = yield from generator.run(req, request, progress)
         yield generator.done(result, image.updates(result, format_result(result)), source_kind, entry_id, path, w,
-                             h, n_steps, *swap_values)
+                             h, n_steps, *swap_values, loras)
 
     generate_inputs = [source, entry, local_path, prompt, negative, width, height, steps, guidance, seed, use_qmm,
                        use_compile, *memory.inputs, stack]

@@ -191,7 +191,9 @@ def build(engine) -> comfy_io.Fill:
                        api_visibility="private")
     turbo_on.change(lambda on, s: 4 if on and s > 4 else s, [turbo_on, steps], steps, queue=False,
                     api_visibility="private")
-    runner.plan(plan_request, [model, width, height, frames, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, frames, *memory.inputs], stacks=[stack, stack_2, both],
+                stack_fields=lambda high, low, on_both: {"loras": specs(high),
+                                                         "loras_2": specs(high if on_both else low, "loras_2")})
     inputs = [model, image, prompt, negative, resolution, aspect, width, height, fit, frames, steps, guidance,
               guidance_2, boundary, fps, seed, fmt, quality, loop, cache, threshold, preview_every, turbo_on,
               turbo_quant, high_path, low_path, sigma_max, ode, attention_type, sla_topk, *memory.inputs, pieces,
@@ -216,7 +218,7 @@ def build(engine) -> comfy_io.Fill:
         yield runner.done(result, {
             video: result.video_path, info: format_result(result),
             last_frame: download_update(file_of(result, ".png")), save_json: download_update(file_of(result, ".json")),
-        }, model_, width_, height_, frames_, *swap_values)
+        }, model_, width_, height_, frames_, *swap_values, loras, loras_2, both)
 
     runner.click(run, run_i2v, inputs, [video, preview, info, last_frame, save_json], api_name="i2v")
 

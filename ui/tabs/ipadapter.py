@@ -127,7 +127,7 @@ def build(engine) -> comfy_io.Fill:
             memory.trace_plot.render()
 
     # the plan reads the base model's folder; the adapter's pieces are not in it (they stay resident, one row each)
-    runner.plan(t2i.plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(t2i.plan_request, [model, width, height, steps, *memory.inputs], stacks=[stack])
 
     def run_ipadapter(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end,
                       ramp, weight_start, weight_end, ramp_steps, offload, norm, ref1, ref2, ref3, w1, w2, w3,
@@ -141,7 +141,7 @@ def build(engine) -> comfy_io.Fill:
                             adapter_file=adapter_file or "", encoder_file=encoder_file or "", loras=loras)
         result = yield from runner.run(req, request, progress)
         yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
-                          *swap_values)
+                          *swap_values, loras)
 
     inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, weight, start, end, ramp,
               weight_start, weight_end, ramp_steps, offload, norm, *images, *weights, *memory.inputs,

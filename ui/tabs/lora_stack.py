@@ -71,7 +71,7 @@ def build_request(model, stack, prompt, negative, width, height, steps, guidance
 
 
 def plan_request(model, width, height, steps, *swap_values) -> LoraStackRequest:
-    """The request the memory plan is made for (the plan reads sizes only: prompt and stack do not matter)."""
+    """The request the memory plan is made for (sizes only: the prompt does not matter; the tab adds the stacks)."""
     return build_request(model, [], "plan", "", width, height, steps, 1.0, 1.0, 0, 0.0, "diffusers", "", None,
                          False, [], 0.5, 0, 1.0, swap_settings(*swap_values) if swap_values else None)
 
@@ -139,7 +139,10 @@ def build(engine) -> comfy_io.Fill:
             image = image_output("lora")
             memory.trace_plot.render()
 
-    runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, steps, *memory.inputs], stacks=[stack, stage2, stage2_stack],
+                stack_fields=lambda first, second_on, second: {
+                    "loras": specs(first), "stage2": bool(second_on),
+                    "stage2_loras": specs(second, "stage2_loras") if second_on else ()})
     model.change(lambda value: gr.Accordion(open=is_edit_model(value)), model, edit_box, show_progress="hidden")
 
     inputs = [model, stack, prompt, negative, width, height, steps, guidance, true_cfg, seed, step_cache, backend,
@@ -159,7 +162,7 @@ def build(engine) -> comfy_io.Fill:
         result = yield from runner.run(req, request, progress)
         done = f"{done_text(result)} {lora_work_text(result.metadata.get('lora_work', {}))}."
         yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
-                          *swap_values, status=done)
+                          *swap_values, stack, stage2, stage2_stack, status=done)
 
     runner.click(run, run_lora_stack, inputs, image, api_name="lora_stack")
 

@@ -88,7 +88,7 @@ def build(engine) -> comfy_io.Fill:
             image = image_output("t2i")
             memory.trace_plot.render()
 
-    runner.plan(plan_request, [model, width, height, steps, *memory.inputs])
+    runner.plan(plan_request, [model, width, height, steps, *memory.inputs], stacks=[stack])
 
     def run_text_to_image(model, prompt, negative, width, height, steps, guidance, true_cfg, seed, mode, max_vram,
                           resident, block_mb, prefetch, streams, trace, pieces=None, loras=None,
@@ -98,7 +98,7 @@ def build(engine) -> comfy_io.Fill:
                             pieces=pieces or (), loras=loras)
         result = yield from runner.run(req, request, progress)
         yield runner.done(result, image.updates(result, format_result(result)), model, width, height, steps,
-                          *swap_values)
+                          *swap_values, loras)
 
     inputs = [model, prompt, negative, width, height, steps, guidance, true_cfg, seed, *memory.inputs, pieces, stack]
     export_panel.wire(lambda *v: build_request(*v[:-2], pieces=v[-2] or (), loras=v[-1]), inputs)
