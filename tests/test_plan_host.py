@@ -177,3 +177,47 @@ def test_the_memory_widget_shows_the_host_ram(engine, on_cuda):
     text = plan_text(engine, lambda mode: t2i(mode), "block_swap")
     plan = engine.plan(t2i("block_swap"))
     assert "Host RAM" in text and f"{_gib(plan.host_bytes)} GiB ({_gib(plan.pinned_bytes)} pinned)" in text
+
+
+def _rss_kib() -> dict[str, int]:
+    """The process's resident anonymous and file-backed memory (Linux /proc)."""
+    found = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                name, value = line.split(":")
+                found[name] = int(value.split()[0])
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_loading_a_pipeline_stored_in_its_load_dtype_maps_the_file_instead_of_copying_it(models_dir, tmp_path):
+    """Why a model larger than the host's free RAM can load at all (disk offload, and the other Wan expert waiting
+    pageable): a safetensors file already in the load dtype is memory-mapped, not copied into anonymous memory, so
+    the load leaves page cache the kernel can reclaim. A copy anywhere on the load path (a cast, a .contiguous(), a
+    state-dict round trip) would show here as RssAnon growing by the weights."""
+    import shutil
+
+    from diffusers import FluxTransformer2DModel
+
+    from engine.demo import demo_root
+
+    folder = tmp_path / "flux-wide"
+    shutil.copytree(demo_root(models_dir) / "flux-dev", folder)
+    config = FluxTransformer2DModel.load_config(folder / "transformer")
+    config.update(num_attention_heads=8, num_layers=4, num_single_layers=4)
+    wide = FluxTransformer2DModel.from_config(config)
+    weights = sum(p.numel() * p.element_size() for p in wide.parameters())
+    assert weights > 100 * MiB  # large enough to see above the allocator's noise
+    wide.save_pretrained(folder / "transformer")
+    del wide
+    __import__("gc").collect()
+
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "out")
+    before = _rss_kib()
+    pipe = engine.store.load_pipeline(ModelRef(path=str(folder)))
+    after = _rss_kib()
+    loaded = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
+    assert loaded == weights and next(pipe.transformer.parameters()).dtype == torch.float32
+    grown = (after["RssAnon"] - before["RssAnon"]) * 1024
+    assert grown < 0.2 * weights, f"loading copied the weights: RssAnon +{grown / MiB:.0f} MiB for {weights / MiB:.0f}"
