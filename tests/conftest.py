@@ -104,11 +104,19 @@ def served(models_dir, tmp_path_factory):
         app.close()
 
 
-@pytest.fixture
-def client(served):
+def app_client(url: str, **kwargs):
+    """A gradio_client ``Client`` for a served test app. Its HTTP calls wait up to a minute, longer on a busy
+    machine: httpx's default of 5 s ran out fetching ``/config`` while the in-process server shared two loaded
+    cores. A live stream never waits that long, because the server sends a heartbeat every 15 s."""
+    import httpx
     from gradio_client import Client
 
-    return Client(served[1], verbose=False)
+    return Client(url, verbose=False, httpx_kwargs={"timeout": httpx.Timeout(scaled(60))}, **kwargs)
+
+
+@pytest.fixture
+def client(served):
+    return app_client(served[1])
 
 
 SDNQ_ENTRY_REPO = "Disty0/FLUX.1-dev-SDNQ-uint4-svd-r32"  # the repo of catalog entry FLUX.1-dev-SDNQ-uint4

@@ -12,6 +12,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
+from tests.conftest import app_client
 from ui.pending import CANCELLED_BEFORE_START
 
 ARGS = ("black-forest-labs/FLUX.1-dev", "", 64, 64, 2, 3.5, 1.0, 1)
@@ -59,7 +60,7 @@ def held_engine(served):
 
 def test_a_queued_run_is_cancelled_before_it_starts(held_engine):
     url, started, release, prompts = held_engine
-    holder, queued, other = (Client(url, verbose=False) for _ in range(3))
+    holder, queued, other = (app_client(url) for _ in range(3))
     job_a = _t2i(holder, "holds the device")
     assert started.wait(120), "the first run never started"
     job_b = _t2i(queued, "waits in the queue")

@@ -18,7 +18,7 @@ import pytest
 
 from engine import Cancelled, CatalogRequest, Engine, EngineError, InputError, TextToImageRequest
 from engine.serve import launch
-from tests.conftest import scaled
+from tests.conftest import app_client, scaled
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster for the module, on one worker
@@ -236,7 +236,6 @@ def patient_url_ok(url: str) -> bool:
 
 def test_the_gradio_page_runs_on_the_replicas(serve_engine, monkeypatch):
     from gradio import networking
-    from gradio_client import Client
 
     monkeypatch.setattr(networking, "url_ok", patient_url_ok)
 
@@ -249,7 +248,7 @@ def test_the_gradio_page_runs_on_the_replicas(serve_engine, monkeypatch):
     _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                            **launch_options(serve_engine))
     try:
-        client = Client(url, verbose=False)
+        client = app_client(url)
         out = client.predict("black-forest-labs/FLUX.1-dev", "a red fox", "", 32, 32, 2, 3.5, 1.0, 3,
                              api_name="/text_to_image")
         assert out[3].startswith("Done")

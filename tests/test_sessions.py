@@ -13,7 +13,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from engine.demo.comfy import build_demo_comfy, yaml_path
-from tests.conftest import free_port
+from tests.conftest import app_client, free_port
 from ui import sessions
 
 
@@ -55,7 +55,7 @@ def test_a_shared_page_refuses_to_change_the_folder_for_everyone(engine, comfy):
     assert not policy.editable and "--host 0.0.0.0" in policy.why_locked
     app, url = _serve(engine, policy)
     try:
-        alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+        alice, bob = app_client(url), app_client(url)
         before = _choices(bob)
         assert "flux1-dev-tiny" in before
         for folder in ("/etc", str(comfy), ""):  # not even a good folder, nor switching it off
@@ -72,7 +72,7 @@ def test_a_local_page_refuses_a_folder_outside_the_allowed_roots(engine, comfy, 
     assert policy.editable
     app, url = _serve(engine, policy)
     try:
-        alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+        alice, bob = app_client(url), app_client(url)
         before = _choices(bob)
         with pytest.raises(AppError, match=r"ComfyUI models folder: /etc is outside the folders this app may read"):
             alice.predict("/etc", "", api_name="/comfy_models_set")
@@ -101,7 +101,7 @@ def test_allowed_folders_flag_and_locked_mode_from_the_command_line(tmp_path):
 
 def test_two_sessions_padding_a_panorama_of_the_same_name_keep_their_own(served, tmp_path):
     _, url = served
-    alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+    alice, bob = app_client(url), app_client(url)
     outs = []
     for client, colour in ((alice, (255, 0, 0)), (bob, (0, 0, 255))):
         folder = tmp_path / str(colour[0])

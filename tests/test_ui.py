@@ -336,7 +336,7 @@ def _is_running(job) -> bool:
 
 def test_two_clients_runs_are_serialised_on_the_engine(served):
     """GPU work is one at a time: two simultaneous runs never overlap inside engine.run."""
-    from gradio_client import Client
+    from tests.conftest import app_client
 
     engine, url = served
     active, overlaps = [0], []
@@ -355,7 +355,7 @@ def test_two_clients_runs_are_serialised_on_the_engine(served):
 
     engine.run = counting_run
     try:
-        clients = [Client(url, verbose=False) for _ in range(2)]
+        clients = [app_client(url) for _ in range(2)]
         jobs = [c.submit(GOOD["model"], "x", "", 64, 64, 4, 3.5, 1.0, i, api_name="/text_to_image")
                 for i, c in enumerate(clients)]
         for job in jobs:

@@ -11,12 +11,11 @@ import pytest
 
 from engine.comfy_models import CHOICE_PREFIX
 from engine.demo.comfy import build_demo_comfy, yaml_path
-from tests.conftest import free_port
+from tests.conftest import app_client, free_port
 
 
 @pytest.fixture(scope="module")
 def comfy_app(models_dir, tmp_path_factory):
-    from gradio_client import Client
 
     from engine import Engine
     from ui import build_app, launch_options
@@ -28,7 +27,7 @@ def comfy_app(models_dir, tmp_path_factory):
     _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                            **launch_options(engine))
     try:
-        yield engine, Client(url, verbose=False), comfy
+        yield engine, app_client(url), comfy
     finally:
         app.close()
 

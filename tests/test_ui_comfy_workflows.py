@@ -14,9 +14,9 @@ from tests.test_comfy_export import KINDS, files, random_requests  # noqa: F401 
 
 @pytest.fixture
 def client(served):
-    from gradio_client import Client
+    from tests.conftest import app_client
 
-    return Client(served[1], verbose=False, download_files=False)  # a LoRA entry's "path" is no file to fetch
+    return app_client(served[1], download_files=False)  # a LoRA entry's "path" is no file to fetch
 
 
 def status_of(out) -> str:
