@@ -81,10 +81,17 @@ class Backend:
 
 def backend_for(device: str) -> Backend | None:
     """The backend for a compute device: CUDA's for a GPU; None on the CPU (weights stay where they are)."""
-    if torch.device(device).type == "cuda":
+    where = torch.device(device)
+    if where.type == "cuda":
+        # a device named by the user (--device cuda:7): a sentence, not torch's AssertionError of a CPU-only build
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found == 0:
+            raise ValueError(f"{device}: no usable CUDA GPU here (torch {torch.__version__})")
+        if (where.index or 0) >= found:
+            raise ValueError(f"{device}: this machine has {found} CUDA GPU(s), cuda:0 to cuda:{found - 1}")
         from engine.memory.backend.cuda import CudaBackend  # noqa: PLC0415  (only on a GPU)
 
-        return CudaBackend(torch.device(device))
+        return CudaBackend(where)
     return None
 
 
