@@ -13,7 +13,7 @@ import gradio as gr
 
 from engine import EngineError
 
-from .components import CONTROLS
+from .components import CONTROLS, engine_booted
 
 MIB = 2**20
 GIB = 2**30
@@ -158,7 +158,7 @@ def readout(engine) -> tuple:
 
 def build(engine, interval: float = 1.0) -> gr.Timer:
     # the page is built before the engine has loaded torch: the first tick (a second later) fills in the devices
-    snap = engine.memory.snapshot() if getattr(engine, "booted", True) else {"devices": [], "modules": [], "booting": True}
+    snap = engine.memory.snapshot() if engine_booted(engine) else {"devices": [], "modules": [], "booting": True}
     rows = module_rows(snap)
     with gr.Accordion("Memory", open=True, elem_id="vram-panel"):
         devices = gr.HTML(format_devices(snap), elem_id="vram-devices")

@@ -145,10 +145,12 @@ def build(engine) -> comfy_io.Fill:
         quant = gr.Dropdown([ALL, *quantizations(catalog)], value=ALL, label="Quantization", scale=2, min_width=140)
         search = gr.Textbox(label="Search", placeholder="e.g. flux schnell", scale=3, min_width=160,
                             elem_id="catalog-search")
+        def capacity_info() -> str:
+            return capacity_text(*catalog_service.capacity(engine))
+
         fits = gr.Checkbox(label="Fits my GPU", scale=3, min_width=220, elem_id="catalog-fits",
-                           info=capacity_text(*catalog_service.capacity(engine)) if engine_booted(engine)
-                           else "reading the device…")
-        when_booted(engine, lambda: gr.update(info=capacity_text(*catalog_service.capacity(engine))), [fits])
+                           info=capacity_info() if engine_booted(engine) else "reading the device…")
+        when_booted(engine, lambda: gr.update(info=capacity_info()), [fits])
         refresh = gr.Button("↻ Refresh", size="sm", scale=0, min_width=100)
     initial = table_rows(engine, ALL, ALL, False, "")
     table = gr.Dataframe(
