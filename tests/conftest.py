@@ -36,6 +36,16 @@ if not (os.environ.get("CI") and os.environ.get("HF_HOME") and os.path.isdir(os.
     atexit.register(shutil.rmtree, _hf_home, ignore_errors=True)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Marks a test whose body failed (``item.failed_call``), so that a fixture's teardown can add what it saw
+    (the browser tests: a screenshot, the browser's errors and the app's log)."""
+    report = yield
+    if report.when == "call" and report.failed:
+        item.failed_call = True
+    return report
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core, at most 4 (each holds its own demo models, app and engines)."""
     return max(1, min(os.cpu_count() or 1, 4))
