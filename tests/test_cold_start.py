@@ -55,3 +55,23 @@ def test_a_device_the_user_names_is_checked_before_anything_is_served(models_dir
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"cannot use device {device!r}" in done.stderr and "Traceback" not in done.stderr
+
+
+STUB_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "with-ui":
+    import ui  # noqa: F401  (installs the patch before gradio loads)
+import probe_component  # defines a gradio component class in a plain file
+"""
+
+
+@pytest.mark.parametrize("first", ["with-ui", "gradio-alone"])
+def test_importing_ui_first_stops_gradio_rewriting_type_stubs(tmp_path, first):
+    """Gradio writes a ``.pyi`` next to every file that defines a component class, at each import (about half of
+    ``import gradio``); after ``import ui`` it writes none. Gradio alone is the control: the stub appears."""
+    (tmp_path / "probe_component.py").write_text("import gradio as gr\n\n\nclass ProbeBox(gr.Textbox):\n    pass\n")
+    done = subprocess.run([sys.executable, "-c", STUB_PROBE, str(tmp_path), first], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "probe_component.pyi").exists() == (first == "gradio-alone")
