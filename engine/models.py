@@ -173,6 +173,20 @@ class ModelStore:
             self._pipelines[key] = pipe
             return pipe
 
+    def loaded_parts(self, folder: Path, ref: ModelRef) -> set[str]:
+        """Components of ``ref`` (in ``folder``) that a load would take from what is already loaded, at the ref's
+        dtype on this device: the folder's shared components and its single files (same file version)."""
+        dtype = str(torch_dtype(ref.dtype, self.memory.compute_device))
+        root = str(Path(folder).resolve())
+        files = ref.files.given()
+        with self._lock:
+            found = {key[1] for key in self._components if len(key) == 3 and key[0] == root and key[2] == dtype
+                     and key[1] not in files}
+            for part, stamp in zip(files, _file_keys(files)):
+                if ("file", root, part, stamp, dtype) in self._components:
+                    found.add(part)
+        return found
+
     def _single_files(self, folder: Path, index: dict, cls_name: str, files: dict[str, str], dtype) -> dict:
         """Modules for the ComfyUI-style single files of a ModelRef (``engine.comfy_models``), each loaded once
         per file version and dtype and shared by every pipeline of that folder that names the same file."""

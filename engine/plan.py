@@ -45,12 +45,32 @@ def read_header(path: Path) -> dict[str, dict]:
     return header
 
 
-def _nbytes(info: dict, load_bytes: int, fp8_loads_as: int = 0) -> int:
-    """Bytes of one tensor as loaded: floats at the load dtype; fp8 at 1 byte where it stays fp8 (diffusers'
-    layerwise casting), at ``fp8_loads_as`` where the loader turns it into the compute dtype."""
+def _copied_at_load(info: dict, load_dtype: str) -> bool:
+    """Whether loading this tensor makes a new one (anonymous RAM) instead of using the memory-mapped file: a float
+    stored in another dtype than it loads in is cast, and every loader turns fp8 into the compute dtype (scaled fp8
+    multiplied out, transformers' encoders cast, diffusers casts before its layerwise casting stores fp8 back)."""
+    dtype = info["dtype"]
+    return dtype in _FP8 or (dtype in _FLOATS and bool(load_dtype) and dtype != load_dtype)
+
+
+def load_dtype_tag(dtype: str, device: str) -> str:
+    """The safetensors dtype a request's weights load in (``ModelRef.dtype``; "auto": bf16 on CUDA, fp32 on the CPU)."""
+    if dtype == "auto":
+        return "BF16" if device.startswith("cuda") else "F32"
+    return {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}.get(dtype, "BF16")
+
+
+def numel_of(info: dict) -> int:
     numel = 1
     for d in info["shape"]:
         numel *= d
+    return numel
+
+
+def _nbytes(info: dict, load_bytes: int, fp8_loads_as: int = 0) -> int:
+    """Bytes of one tensor as loaded: floats at the load dtype; fp8 at 1 byte where it stays fp8 (diffusers'
+    layerwise casting), at ``fp8_loads_as`` where the loader turns it into the compute dtype."""
+    numel = numel_of(info)
     dtype = info["dtype"]
     if dtype in _FLOATS and load_bytes:
         per = load_bytes
@@ -74,15 +94,17 @@ def fp8_load_bytes(role: str, header: dict, load_bytes: int) -> int:
     return 0
 
 
-def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "") -> ComponentSize | None:
+def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "",
+                   load_dtype: str = "") -> ComponentSize | None:
     """Sizes of one component folder (or of the single file that replaces it): total, blocks in execution order,
-    largest layer."""
+    largest layer, and what the load copies (``load_dtype``: the safetensors dtype it loads in; "" = the file's own,
+    nothing cast)."""
     files = [Path(single_file)] if single_file else sorted(folder.glob("*.safetensors"))
     if not files or not files[0].suffix == ".safetensors":
         return None
     blocks: dict[tuple[str, int], int] = {}
     leaves: dict[str, int] = {}
-    total = 0
+    total = copied = 0
     for file in files:
         header = read_header(file)
         fp8_as = fp8_load_bytes(role_of(name), header, load_bytes) if single_file else 0
@@ -95,6 +117,8 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         for key, info in header.items():
             n = _nbytes(info, load_bytes, fp8_as)
             total += n
+            if _copied_at_load(info, load_dtype):
+                copied += numel_of(info) * (load_bytes or 2)  # made in the compute dtype, whatever it keeps after
             leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
             m = _BLOCK_KEY.match(key)
             if m and role_of(name) == "transformer":
@@ -106,10 +130,11 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         return rank, list_name, index
 
     ordered = tuple(n for _, n in sorted(blocks.items(), key=order))
-    return ComponentSize(name, role_of(name), total, ordered, max(leaves.values(), default=0))
+    return ComponentSize(name, role_of(name), total, ordered, max(leaves.values(), default=0), copied)
 
 
-def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = None) -> list[ComponentSize]:
+def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = None,
+                 load_dtype: str = "") -> list[ComponentSize]:
     """Every component's sizes; ``files``: components given as single files (``ModelRef.files``)."""
     index = json.loads((folder / "model_index.json").read_text())
     files = files or {}
@@ -118,7 +143,7 @@ def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = N
         if name.startswith("_") or not isinstance(spec, list) or spec[0] is None or not (
                 (folder / name).is_dir() or name in files):
             continue
-        size = component_size(name, folder / name, load_bytes, files.get(name, ""))
+        size = component_size(name, folder / name, load_bytes, files.get(name, ""), load_dtype)
         if size is not None:
             out.append(size)
     return out
@@ -258,7 +283,10 @@ def plan_request(engine, request) -> Plan:
                                 "the plan appears once it is here")
     elem = load_elem_bytes(ref.dtype, device)
     extra = runner.plan_extra(engine, request, elem) if hasattr(runner, "plan_extra") else PlanExtra()
-    sizes = with_extra(folder_sizes(folder, elem, ref.files.given()), extra)
+    loaded = engine.store.loaded_parts(folder, ref)  # what is loaded already copies nothing more
+    sizes = [c if c.name not in loaded else replace(c, load_copy=0)
+             for c in folder_sizes(folder, elem, ref.files.given(), load_dtype_tag(ref.dtype, device))]
+    sizes = with_extra(sizes, extra)
     act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
                               int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
                               int(getattr(request, "num_frames", 1)), elem, batch=extra.batch)
@@ -301,8 +329,9 @@ def check_budget(request, plan: Plan) -> None:
     if settings is None or not plan.weights_peak and not plan.host_bytes:
         return
     if not plan.host_fits:
-        raise InputError("swap.mode", f"{plan.host_line}: more than the {gib(plan.host_available)} GiB of RAM this "
-                                      f"machine has for it (available now plus what the app holds); "
+        loading = f" {plan.host_how}" if plan.host_how.startswith("while loading") else ""
+        raise InputError("swap.mode", f"{plan.host_line}{loading}: more than the {gib(plan.host_available)} GiB of "
+                                      f"RAM this machine has for it (available now plus what the app holds); "
                                       f"{leaner_mode(plan)}")
     if settings.mode == "cpu_only" or plan.fits:
         return

@@ -15,6 +15,11 @@ What each mode keeps in host RAM, on a CUDA machine (the memory layer's contract
   disk passes through RAM once (the largest one counts).
 - ``cpu_only``, and every mode on a machine without a GPU: the compute device *is* RAM, so the weights on it
   are host RAM (all of them with ``offload_device="cpu"``; what the mode keeps on the "device" with disk).
+
+And before any of that, the load: the store loads a whole pipeline before the mode places it, so what the load
+copies (``ComponentSize.load_copy``: a cast from the file's dtype, ComfyUI's scaled fp8 multiplied out) sits in
+RAM all at once, whatever the mode keeps afterwards. A file already in the load dtype is memory-mapped and costs
+page cache only. The figure is the larger of the two moments.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ def host_need(mode: str, components: list[ComponentSize], layouts: dict[str, Lay
               offload: str, device_weights: int, use_streams: bool = True) -> HostNeed:
     """Host RAM for ``mode`` (see the module docstring); ``device_weights``: the plan's weights on the compute
     device at its worst moment (on a CPU machine, that is RAM too)."""
+    running = _while_running(mode, components, layouts, device, offload, device_weights, use_streams)
+    at_load = sum(c.load_copy for c in components)
+    if at_load <= running.host:
+        return running
+    converted = ", ".join(c.name for c in components if c.load_copy)
+    return HostNeed(at_load, running.pinned,
+                    f"while loading: {converted} convert{'s' if ',' not in converted else ''} to the compute dtype as "
+                    f"they load, in RAM all at once before the mode places them (a file stored in the load dtype "
+                    f"is memory-mapped instead); {running.host / 2**30:.1f} GiB once running")
+
+
+def _while_running(mode: str, components: list[ComponentSize], layouts: dict[str, Layout], device: str,
+                   offload: str, device_weights: int, use_streams: bool) -> HostNeed:
     total = sum(c.total for c in components)
     disk = offload == "disk"
     if mode == "cpu_only" or not device.startswith("cuda"):

@@ -24,6 +24,9 @@ class ComponentSize:
     total: int
     blocks: tuple[int, ...] = ()
     largest_leaf: int = 0  # biggest single layer: what leaf-level streaming must hold at once
+    # bytes the load allocates afresh (a cast from the file's dtype, ComfyUI's scaled fp8 multiplied out): RAM of its
+    # own until the mode places the component; 0 where the file is memory-mapped as it is (page cache, reclaimable)
+    load_copy: int = 0
 
     @property
     def rest(self) -> int:
