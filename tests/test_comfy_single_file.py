@@ -1,6 +1,6 @@
 """Single-file loading from the fake ComfyUI folder (issue 21): each tiny ComfyUI-layout file goes through diffusers'
 ``from_single_file`` (or transformers' state_dict loading) and gives the pixels of the same model loaded from its
-diffusers folder; fp8 files stay fp8 through layerwise casting; safetensors are memory-mapped; bad files are
+diffusers folder; fp8 files stay fp8 tensor by tensor (their bf16 biases exact) and take LoRAs; safetensors are memory-mapped; bad files are
 refused with a message naming the field; the saved request names the absolute file paths."""
 
 from __future__ import annotations
@@ -95,6 +95,64 @@ def test_fp8_file_stays_fp8_and_equals_the_fp8_rounded_model(engine, comfy, mode
     req = TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="a red boat", width=32, height=32, steps=2, seed=3)
     expected = np.asarray(ref(**pipeline_kwargs(ref, req)).images[0]).astype(int)
     assert np.array_equal(image, expected)
+
+
+def test_an_fp8_file_with_bf16_biases_keeps_them_exact(engine, comfy, models_dir, tmp_path):
+    """The usual fp8 file (Kijai's, most converters) stores the matrices in fp8 and biases and norms in higher
+    precision: those stay as the file has them, only the matrices are stored fp8, and the image is the model with
+    exactly its matrices rounded (diffusers' layerwise casting would round the biases to fp8 as well)."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file, save_file
+
+    from engine.jobs.text2image import pipeline_kwargs
+
+    full = load_file(str(comfy / "diffusion_models/flux1-dev-tiny.safetensors"))
+    mixed = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v.clone() for k, v in full.items()}
+    path = tmp_path / "flux1-dev-tiny-fp8-mixed.safetensors"
+    save_file(mixed, str(path))
+    image, _ = t2i(engine, FLUX, SingleFiles(transformer=str(path)))
+    model = engine.store.load_pipeline(ModelRef(repo_id=FLUX, files=SingleFiles(transformer=str(path)))).transformer
+    out = model.transformer_blocks[0].attn.to_out[0]
+    assert out.weight.dtype == torch.float8_e4m3fn
+    assert out.bias.dtype == torch.float32 and torch.equal(out.bias, full["double_blocks.0.img_attn.proj.bias"])
+    assert not torch.equal(out.bias.to(torch.float8_e4m3fn).float(), out.bias)  # fp8 would have changed them
+
+    ref = FluxPipeline.from_pretrained(demo_path(models_dir, "flux-dev"))
+    ref.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        for p in ref.transformer.parameters():
+            if p.ndim == 2:
+                p.copy_(p.to(torch.float8_e4m3fn).to(p.dtype))
+    req = TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="a red boat", width=32, height=32, steps=2, seed=3)
+    assert np.array_equal(image, np.asarray(ref(**pipeline_kwargs(ref, req)).images[0]).astype(int))
+
+
+def test_a_lora_on_an_fp8_file_is_the_lora_on_the_fp8_rounded_model_in_every_streaming_mode(comfy, models_dir,
+                                                                                              tmp_path):
+    """peft makes a LoRA in its base layer's dtype: on a layer stored in fp8 that was fp8 (the file's LoRA rounded,
+    then no matmul for it). The adapter computes in the compute dtype instead, so the run is bit for bit the LoRA on
+    the model with its weights rounded to fp8, and streaming the blocks (the LoRA inside them) changes nothing."""
+    from engine.requests import LoraSpec
+
+    fp8 = str(comfy / "diffusion_models/flux1-dev-tiny-fp8_e4m3fn.safetensors")
+    lora = (LoraSpec(path=str(comfy / "loras/flux-kohya-style.safetensors"), weight=0.8),)
+
+    def run(engine, files, mode="none"):
+        req = TextToImageRequest(model=ModelRef(repo_id=FLUX, files=files), prompt="a red boat", width=32, height=32,
+                                 steps=2, seed=3, loras=lora,
+                                 swap=SwapSettings(mode=mode, blocks_resident=1, prefetch=1, block_size_mb=1))
+        return np.asarray(engine.run(req).images[0]).astype(int)
+
+    def fresh(name):
+        return Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / name)
+
+    on_fp8 = run(fresh("fp8"), SingleFiles(transformer=fp8))
+    rounded = fresh("rounded")
+    with torch.no_grad():
+        for p in rounded.store.load_pipeline(ModelRef(repo_id=FLUX)).transformer.parameters():
+            p.copy_(p.to(torch.float8_e4m3fn).to(p.dtype))
+    assert np.array_equal(on_fp8, run(rounded, SingleFiles()))
+    assert np.array_equal(on_fp8, run(fresh("swap"), SingleFiles(transformer=fp8), "block_swap"))
 
 
 def _mapped_ranges(path: str) -> list[tuple[int, int]]:

@@ -7,10 +7,11 @@ also renames the older transformers layouts ComfyUI files use. safetensors are m
 file copy-on-write, never writing it): a tensor whose dtype already matches is used in place, so no second full
 copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mmap=True)``.
 
-Stored fp8: plain ``float8_e4m3fn`` weights stay fp8 through diffusers' layerwise casting (cast to the compute
-dtype one layer at a time); ComfyUI's *scaled* fp8 (``scale_weight`` per layer, ``scaled_fp8``) is multiplied out on
-load, for transformers and text encoders alike (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are
-converted by ``wan_vae`` and loaded directly: diffusers 0.42.1's single-file path maps only part of them."""
+Stored fp8: plain ``float8_e4m3fn`` weights stay fp8 (``fp8_storage``: diffusers' layerwise casting, tensor by
+tensor, so the file's bf16 biases stay bf16; cast to the compute dtype one layer at a time); ComfyUI's *scaled*
+fp8 (``scale_weight`` per layer, ``scaled_fp8``) is multiplied out on load, for transformers and text encoders alike
+(``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are converted by ``wan_vae`` and loaded directly:
+diffusers 0.42.1's single-file path maps only part of them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 from engine.comfy_models import scaled_fp8, wan_vae
 from engine.comfy_models.detect import strip_transformer_prefix
+from engine.comfy_models.fp8_storage import keep_fp8
 from engine.comfy_models.header import HeaderError, load_pickle_weights_only
 from engine.errors import ModelLoadError
 
@@ -114,8 +116,9 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
     _check_loaded(model, name)
     if fp8:
         store = next(t.dtype for t in state.values() if t.dtype in FP8_DTYPES)
-        # the file's fp8 values are exact in the compute dtype, so storing them back as fp8 loses nothing
-        model.enable_layerwise_casting(storage_dtype=store, compute_dtype=dtype)
+        # the file's fp8 values are exact in the compute dtype, so storing them back as fp8 loses nothing; its bf16
+        # biases and norms stay as they are (diffusers' layerwise casting would round them to fp8 too)
+        keep_fp8(model, store, dtype)
     model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else ("stored" if fp8 else "")}
     return model.eval()
 

@@ -1,0 +1,84 @@
+"""Keep a plain fp8 single file's weights in fp8 while the model runs, tensor by tensor.
+
+diffusers' layerwise casting (``enable_layerwise_casting``) stores a whole layer in the storage dtype: weight
+*and* bias. Most fp8 files people download keep biases and norms in bf16 and only the big matrices in fp8
+(Kijai's and the usual converters skip "bias" and "norm"); casting those biases to fp8 rounds them to 3 mantissa
+bits, so the model would no longer be the file, nor what ComfyUI runs from it (ComfyUI casts weight and bias
+separately). Here a tensor is stored as fp8 only where that round trip is exact, which is precisely the tensors
+the file holds in fp8 (their values came from fp8); everything else keeps the compute dtype. The hook is
+diffusers' own, with the cast limited to those tensors, registered under the same name so that diffusers and
+peft see layerwise casting as on (``get_parameter_dtype``, peft's input autocast), and each such layer states its
+``compute_dtype``, so that a LoRA loaded onto it computes in that dtype, not in fp8.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.hooks import HookRegistry
+from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+from diffusers.hooks.layerwise_casting import (
+    _LAYERWISE_CASTING_HOOK,
+    DEFAULT_SKIP_MODULES_PATTERN,
+    LayerwiseCastingHook,
+    _disable_peft_input_autocast,
+)
+
+
+class TensorwiseCastingHook(LayerwiseCastingHook):
+    """Layerwise casting of the named tensors of one layer. The storage copy is kept through the forward and put
+    back after it, so storing never casts again (and never allocates)."""
+
+    def __init__(self, names: tuple[str, ...], storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
+        super().__init__(storage_dtype, compute_dtype, non_blocking=False)
+        self.names = names
+        self._stored: dict[str, torch.Tensor] = {}
+
+    def initialize_hook(self, module: torch.nn.Module):
+        for name in self.names:
+            tensor = getattr(module, name)
+            tensor.data = tensor.data.to(self.storage_dtype)
+        return module
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        for name in self.names:
+            tensor = getattr(module, name)
+            if name in self._stored:  # a forward that raised never reached post_forward: its storage copy first
+                tensor.data = self._stored.pop(name)
+            self._stored[name] = tensor.data
+            tensor.data = tensor.data.to(self.compute_dtype)
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output):
+        for name in self.names:
+            stored = self._stored.pop(name, None)
+            if stored is not None:
+                getattr(module, name).data = stored
+        return output
+
+
+def _exact_in(tensor: torch.Tensor, storage: torch.dtype) -> bool:
+    return bool(torch.equal(tensor.to(storage).to(tensor.dtype), tensor))
+
+
+def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> int:
+    """Store in ``storage_dtype`` every tensor of a supported layer that it holds exactly, skipping the layers
+    diffusers skips (norms, embedders, the model's own patterns). Returns the number of tensors stored so."""
+    skip = tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(getattr(model, "_keep_in_fp32_modules", None) or ()) + \
+        tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
+    stored = 0
+    for prefix, module in model.named_modules():
+        if not isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) or any(re.search(p, prefix) for p in skip):
+            continue
+        names = tuple(name for name, tensor in module.named_parameters(recurse=False)
+                      if tensor.is_floating_point() and _exact_in(tensor.data, storage_dtype))
+        if names:
+            # peft gives a LoRA its base layer's dtype, reading ``compute_dtype`` first where a layer has one
+            # (bitsandbytes' convention): without it the adapter would be made, and its file rounded, in fp8
+            module.compute_dtype = compute_dtype
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            registry.register_hook(TensorwiseCastingHook(names, storage_dtype, compute_dtype), _LAYERWISE_CASTING_HOOK)
+            stored += len(names)
+    _disable_peft_input_autocast(model)
+    return stored
