@@ -45,12 +45,15 @@ def read_header(path: Path) -> dict[str, dict]:
     return header
 
 
-def _copied_at_load(info: dict, load_dtype: str) -> bool:
+def _copied_at_load(info: dict, load_dtype: str, fp8_kept: bool) -> bool:
     """Whether loading this tensor makes a new one (anonymous RAM) instead of using the memory-mapped file: a float
-    stored in another dtype than it loads in is cast, and every loader turns fp8 into the compute dtype (scaled fp8
-    multiplied out, transformers' encoders cast, diffusers casts before its layerwise casting stores fp8 back)."""
+    stored in another dtype than it loads in is cast, and fp8 is turned into the compute dtype (scaled fp8
+    multiplied out, transformers' encoders and diffusers' folder loads cast it) except where a single file's
+    plain fp8 stays as stored (``fp8_kept``: ``comfy_models.fp8_storage``)."""
     dtype = info["dtype"]
-    return dtype in _FP8 or (dtype in _FLOATS and bool(load_dtype) and dtype != load_dtype)
+    if dtype in _FP8:
+        return not fp8_kept
+    return dtype in _FLOATS and bool(load_dtype) and dtype != load_dtype
 
 
 def load_dtype_tag(dtype: str, device: str) -> str:
@@ -88,7 +91,8 @@ def is_scaled_fp8(header: dict) -> bool:
 def fp8_load_bytes(role: str, header: dict, load_bytes: int) -> int:
     """What a single file's fp8 weights become in memory: ComfyUI's scaled fp8 is multiplied out to the compute
     dtype (``comfy_models.single_file.dequantize_scaled_fp8``), and transformers' loaders (text and image
-    encoders) cast every weight to it; only plain fp8 in a diffusers model stays 1 byte a weight."""
+    encoders) cast every weight to it; only plain fp8 in a diffusers model stays 1 byte a weight, as stored
+    (``comfy_models.fp8_storage``)."""
     if is_scaled_fp8(header) or role not in ("transformer", "vae"):
         return load_bytes or 2
     return 0
@@ -117,7 +121,7 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         for key, info in header.items():
             n = _nbytes(info, load_bytes, fp8_as)
             total += n
-            if _copied_at_load(info, load_dtype):
+            if _copied_at_load(info, load_dtype, bool(single_file) and not fp8_as):
                 copied += numel_of(info) * (load_bytes or 2)  # made in the compute dtype, whatever it keeps after
             leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
             m = _BLOCK_KEY.match(key)

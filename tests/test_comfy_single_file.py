@@ -253,6 +253,50 @@ def test_image_to_video_from_single_files_matches_diffusers_layout(engine, comfy
     assert frame.std() > 0 and np.array_equal(frame, reference)
 
 
+@pytest.mark.parametrize("repo, files", [
+    (CHROMA, {"transformer": "diffusion_models/chroma-tiny.safetensors"}),
+    (QWEN, {"transformer": "diffusion_models/qwen_image_tiny_fp32.safetensors"}),
+    (TI2V, {"transformer": "diffusion_models/wan2.2_ti2v_5B_tiny.safetensors"}),
+    (A14B, {"transformer": "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors",
+            "transformer_2": "diffusion_models/wan2.2/wan2.2_i2v_low_noise_14B_tiny.safetensors"}),
+], ids=["chroma", "qwen-image", "ti2v-5b", "a14b-pair"])
+def test_every_family_runs_from_a_plain_fp8_file_as_its_fp8_rounded_model(comfy, models_dir, tmp_path, start_image,
+                                                                           repo, files):
+    """The usual fp8 file of each family (matrices in fp8, the rest as it was), loaded with its fp8 kept as stored:
+    bit for bit the folder model with its matrices rounded to fp8, the matrices held in fp8."""
+    from safetensors.torch import load_file, save_file
+
+    fp8 = {}
+    for part, rel in files.items():
+        state = load_file(str(comfy / rel))
+        fp8[part] = str(tmp_path / f"{part}-fp8_e4m3fn.safetensors")
+        save_file({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}, fp8[part])
+
+    def run(engine, given):
+        ref = ModelRef(repo_id=repo, files=SingleFiles(**given))
+        if repo in (A14B, TI2V):
+            req = I2VRequest(model=ref, image=start_image, prompt="waves", resolution="custom", width=32, height=32,
+                             num_frames=5, steps=1, swap=SwapSettings(), preview_every=0)
+            return last_frame(engine.run(req)), ref
+        return np.asarray(engine.run(TextToImageRequest(model=ref, prompt="a red boat", width=32, height=32, steps=2,
+                                                        seed=3)).images[0]).astype(int), ref
+
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "fp8")
+    got, ref = run(engine, fp8)
+    pipe = engine.store.load_pipeline(ref)
+    for part in files:
+        assert any(p.dtype == torch.float8_e4m3fn for p in getattr(pipe, part).parameters())
+    rounded = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "rounded")
+    folder = rounded.store.load_pipeline(ModelRef(repo_id=repo))
+    with torch.no_grad():
+        for part in files:
+            for p in getattr(folder, part).parameters():
+                if p.ndim == 2:
+                    p.copy_(p.to(torch.float8_e4m3fn).to(p.dtype))
+    expected, _ = run(rounded, {})
+    assert np.array_equal(got, expected)
+
+
 def test_wrong_or_broken_file_is_refused_naming_the_field(engine, comfy, tmp_path):
     chroma = str(comfy / "diffusion_models/chroma-tiny.safetensors")
     with pytest.raises(InputError) as err:

@@ -20,7 +20,6 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 from diffusers.hooks.layerwise_casting import (
     _LAYERWISE_CASTING_HOOK,
-    DEFAULT_SKIP_MODULES_PATTERN,
     LayerwiseCastingHook,
     _disable_peft_input_autocast,
 )
@@ -59,20 +58,29 @@ class TensorwiseCastingHook(LayerwiseCastingHook):
 
 
 def _exact_in(tensor: torch.Tensor, storage: torch.dtype) -> bool:
+    if tensor.dtype == storage:  # loaded as the file stores it
+        return True
+    if not tensor.is_floating_point() or tensor.element_size() == 1:  # another 8-bit float: no exact round trip test
+        return False
     return bool(torch.equal(tensor.to(storage).to(tensor.dtype), tensor))
 
 
 def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> int:
-    """Store in ``storage_dtype`` every tensor of a supported layer that it holds exactly, skipping the layers
-    diffusers skips (norms, embedders, the model's own patterns). Returns the number of tensors stored so."""
-    skip = tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(getattr(model, "_keep_in_fp32_modules", None) or ()) + \
-        tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
+    """Store in ``storage_dtype`` every tensor of a supported layer (Linear, Conv) that it holds exactly; an 8-bit
+    tensor left out (a norm's weight, a bare parameter) goes to the compute dtype. Returns the number of tensors
+    stored in ``storage_dtype``."""
+    # diffusers skips norms and embedders (``DEFAULT_SKIP_MODULES_PATTERN``, the model's own patterns) because
+    # casting a bf16 model *down* to fp8 would round them; a tensor stored here is exact in fp8 already, and each
+    # layer still computes in the compute dtype, so only the modules a model keeps in fp32 stay out
+    skip = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     stored = 0
     for prefix, module in model.named_modules():
-        if not isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) or any(re.search(p, prefix) for p in skip):
-            continue
+        hooked = isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, prefix) for p in skip)
         names = tuple(name for name, tensor in module.named_parameters(recurse=False)
-                      if tensor.is_floating_point() and _exact_in(tensor.data, storage_dtype))
+                      if hooked and tensor.is_floating_point() and _exact_in(tensor.data, storage_dtype))
+        for name, tensor in module.named_parameters(recurse=False):  # what is not stored fp8 computes as it is
+            if name not in names and tensor.is_floating_point() and tensor.element_size() == 1:
+                tensor.data = tensor.data.to(compute_dtype)
         if names:
             # peft gives a LoRA its base layer's dtype, reading ``compute_dtype`` first where a layer has one
             # (bitsandbytes' convention): without it the adapter would be made, and its file rounded, in fp8

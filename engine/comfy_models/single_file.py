@@ -95,7 +95,7 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
     scaled = scaled_fp8.is_scaled(state)
     if scaled:
         state = scaled_fp8.dequantize(state, dtype, name)
-    fp8 = not scaled and any(t.dtype in FP8_DTYPES for t in state.values())
+    fp8 = None if scaled else next((t.dtype for t in state.values() if t.dtype in FP8_DTYPES), None)
     config = cls.load_config(str(config_folder), subfolder=subfolder, local_files_only=True)
     if class_name in WAN_VAE_CLASSES and "decoder.middle.0.residual.0.gamma" in state:
         model = _load_wan_vae(cls, state, config, dtype, name, f"{config_folder.name}/{subfolder}")
@@ -107,18 +107,20 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
             state = flux_family_to_diffusers(state, config, sfu.convert_flux_transformer_checkpoint_to_diffusers)
         elif class_name == "ChromaTransformer2DModel" and "double_blocks.0.img_attn.qkv.weight" in state:
             state = flux_family_to_diffusers(state, config, sfu.convert_chroma_transformer_checkpoint_to_diffusers)
-        model = cls.from_single_file(state, config=str(config_folder), subfolder=subfolder, torch_dtype=dtype,
-                                     local_files_only=True)
+        if fp8:
+            model = _load_fp8_as_stored(cls, state, config, dtype, fp8, name, f"{config_folder.name}/{subfolder}")
+        else:
+            model = cls.from_single_file(state, config=str(config_folder), subfolder=subfolder, torch_dtype=dtype,
+                                         local_files_only=True)
     except (KeyError, ValueError, RuntimeError, IndexError) as exc:
         raise ModelLoadError(f"{name} does not fit {class_name} of {config_folder.name}/{subfolder} "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                              "pick the file made for this model") from None
     _check_loaded(model, name)
     if fp8:
-        store = next(t.dtype for t in state.values() if t.dtype in FP8_DTYPES)
-        # the file's fp8 values are exact in the compute dtype, so storing them back as fp8 loses nothing; its bf16
-        # biases and norms stay as they are (diffusers' layerwise casting would round them to fp8 too)
-        keep_fp8(model, store, dtype)
+        # the file's fp8 tensors stay fp8 and compute in the compute dtype; its bf16 biases stay as they are
+        # (diffusers' layerwise casting would round them to fp8 too)
+        keep_fp8(model, fp8, dtype)
     model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else ("stored" if fp8 else "")}
     return model.eval()
 
@@ -156,25 +158,52 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
 def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str, where: str) -> torch.nn.Module:
     """A Wan 2.1 / 2.2 / Qwen-Image VAE from its original key layout (``wan_vae``): built empty, the file's
     (memory-mapped) tensors assigned in place, every weight required and no extra one allowed."""
-    from accelerate import init_empty_weights
-
-    converted = wan_vae.to_diffusers(state, config)
-    with init_empty_weights():
-        model = cls.from_config(config)
-    try:
-        result = model.load_state_dict(converted, strict=False, assign=True)
-    except RuntimeError as exc:  # a shape mismatch: a VAE of another size than the config's
-        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
-        raise ModelLoadError(f"{name} does not fit {cls.__name__} of {where} ({detail}); pick the VAE made for "
-                             "this model") from None
-    if result.missing_keys or result.unexpected_keys:
-        what = (f"lacks {len(result.missing_keys)} of its weights (e.g. {result.missing_keys[0]})"
-                if result.missing_keys else
-                f"holds {len(result.unexpected_keys)} tensors it has no place for (e.g. {result.unexpected_keys[0]})")
-        raise ModelLoadError(f"{name} {what} as {cls.__name__} of {where}; it is not this model's VAE")
-    _check_loaded(model, name)
+    model = _assign(cls, wan_vae.to_diffusers(state, config), config, name, where, "VAE")
     if any(p.dtype != dtype for p in model.parameters()):  # in place (memory-mapped) when the file's dtype fits
         model.to(dtype)
+    return model
+
+
+def _load_fp8_as_stored(cls, state: dict, config: dict, dtype: torch.dtype, store: torch.dtype, name: str,
+                        where: str):
+    """A plain fp8 file's model with its fp8 tensors as the file holds them (memory-mapped, never cast up) and
+    every other float in the compute dtype. diffusers' ``from_single_file`` casts each tensor to ``torch_dtype`` as
+    it loads (its loader lets fp8 through only for a quantizer), so the model would sit in RAM at twice its fp8
+    size until stored back as fp8; here it is converted with diffusers' own mapping and assigned instead."""
+    from diffusers.loaders import single_file_model as sfm
+
+    mapping = sfm.SINGLE_FILE_LOADABLE_CLASSES.get(cls.__name__, {}).get("checkpoint_mapping_fn")
+    with _empty_weights():
+        expected = cls.from_config(config).state_dict()
+    if mapping is not None and sfm._should_convert_state_dict_to_diffusers(expected, state):
+        state = mapping(checkpoint=state, **sfm._get_mapping_function_kwargs(mapping, config=config))
+    tensors = {k: v.to(dtype) if v.is_floating_point() and v.dtype != store else v for k, v in state.items()}
+    return _assign(cls, tensors, config, name, where, "model")
+
+
+def _empty_weights():
+    from accelerate import init_empty_weights
+
+    return init_empty_weights()
+
+
+def _assign(cls, tensors: dict, config: dict, name: str, where: str, what: str) -> torch.nn.Module:
+    """``cls`` built empty from ``config`` with ``tensors`` assigned in place: every weight required, no extra one
+    allowed, a shape mismatch refused naming the layer."""
+    with _empty_weights():
+        model = cls.from_config(config)
+    try:
+        result = model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as exc:  # a shape mismatch: a model of another size than the config's
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise ModelLoadError(f"{name} does not fit {cls.__name__} of {where} ({detail}); pick the {what} made for "
+                             "this model") from None
+    if result.missing_keys or result.unexpected_keys:
+        found = (f"lacks {len(result.missing_keys)} of its weights (e.g. {result.missing_keys[0]})"
+                 if result.missing_keys else
+                 f"holds {len(result.unexpected_keys)} tensors it has no place for (e.g. {result.unexpected_keys[0]})")
+        raise ModelLoadError(f"{name} {found} as {cls.__name__} of {where}; it is not this model's {what}")
+    _check_loaded(model, name)
     return model
 
 
