@@ -71,20 +71,6 @@ def test_a_run_whose_load_does_not_fit_is_refused_before_loading(engine, monkeyp
     assert engine.memory.names() == []
 
 
-def test_plain_fp8_files_pass_through_the_compute_dtype_one_at_a_time():
-    """Two Wan experts from plain fp8 files (1 GiB each as fp8, cast to 2 GiB on the way in, then stored back) and
-    an encoder cast to 1 GiB: each expert keeps its fp8 size once loaded; only one is ever at 2 GiB."""
-    from engine.memory.host_need import host_need
-    from engine.memory.layouts import ComponentSize
-
-    gib = 2**30
-    parts = [ComponentSize("transformer", "transformer", gib, load_copy=2 * gib),
-             ComponentSize("transformer_2", "transformer", gib, load_copy=2 * gib),
-             ComponentSize("text_encoder", "text_encoder", gib, load_copy=gib)]
-    need = host_need("none", parts, {}, "cuda:0", "cpu", 0)
-    assert need.host == 4 * gib and need.how.startswith("while loading: transformer, transformer_2, text_encoder")
-
-
 MEASURE = """
 import gc, sys, threading, time
 from engine import Engine, ModelRef

@@ -18,8 +18,8 @@ What each mode keeps in host RAM, on a CUDA machine (the memory layer's contract
 
 And before any of that, the load: the store loads a whole pipeline before the mode places it, so what the load
 copies (``ComponentSize.load_copy``: a cast from the file's dtype, ComfyUI's scaled fp8 multiplied out) sits in
-RAM all at once, whatever the mode keeps afterwards (a plain fp8 file passes through the compute dtype and keeps
-its fp8 size: only the component loading at that moment counts at the larger figure). A file already in the load dtype is memory-mapped and costs
+RAM all at once, whatever the mode keeps afterwards (a plain fp8 single file copies nothing: it stays fp8 as
+stored). A file already in the load dtype is memory-mapped and costs
 page cache only. The figure is the larger of the two moments.
 """
 
@@ -59,10 +59,7 @@ def host_need(mode: str, components: list[ComponentSize], layouts: dict[str, Lay
     """Host RAM for ``mode`` (see the module docstring); ``device_weights``: the plan's weights on the compute
     device at its worst moment (on a CPU machine, that is RAM too)."""
     running = _while_running(mode, components, layouts, device, offload, device_weights, use_streams)
-    # each converted component holds its loaded bytes until placed; one at a time may pass through more (a plain
-    # fp8 file is cast to the compute dtype first, then stored back as fp8): whichever loads last, at most this
-    kept = [min(c.total, c.load_copy) for c in components]
-    at_load = sum(kept) + max((c.load_copy - k for c, k in zip(components, kept)), default=0)
+    at_load = sum(c.load_copy for c in components)
     if at_load <= running.host:
         return running
     converted = ", ".join(c.name for c in components if c.load_copy)
