@@ -45,6 +45,12 @@ def read_header(path: Path) -> dict[str, dict]:
     return header
 
 
+# the layers whose fp8 a single file cannot keep (``fp8_storage``: the model's code reads their dtype): Wan's
+# patch and condition embedders, in the original layout's names and in diffusers'
+_FP8_NOT_KEPT = ("patch_embedding.", "time_embedding.", "time_projection.", "text_embedding.", "img_emb.",
+                 "condition_embedder.")
+
+
 def _copied_at_load(info: dict, load_dtype: str, fp8_kept: bool) -> bool:
     """Whether loading this tensor makes a new one (anonymous RAM) instead of using the memory-mapped file: a float
     stored in another dtype than it loads in is cast, and fp8 is turned into the compute dtype (scaled fp8
@@ -89,11 +95,15 @@ def is_scaled_fp8(header: dict) -> bool:
 
 
 def fp8_load_bytes(role: str, header: dict, load_bytes: int) -> int:
-    """What a single file's fp8 weights become in memory: ComfyUI's scaled fp8 is multiplied out to the compute
-    dtype (``comfy_models.single_file.dequantize_scaled_fp8``), and transformers' loaders (text and image
-    encoders) cast every weight to it; only plain fp8 in a diffusers model stays 1 byte a weight, as stored
-    (``comfy_models.fp8_storage``)."""
-    if is_scaled_fp8(header) or role not in ("transformer", "vae"):
+    """What a single file's fp8 weights become in memory (0: they stay 1 byte a weight, as stored, see
+    ``comfy_models.fp8_storage``): plain fp8 in a diffusers model stays, and so does a scaled fp8 transformer whose
+    scales follow its weights through the conversion (``scaled_fp8.scales_follow_weights``); other scaled fp8 is
+    multiplied out to the compute dtype, and transformers' loaders (text and image encoders) cast every weight."""
+    from engine.comfy_models.scaled_fp8 import scales_follow_weights
+
+    if role not in ("transformer", "vae"):
+        return load_bytes or 2
+    if is_scaled_fp8(header) and not (role == "transformer" and scales_follow_weights(header)):
         return load_bytes or 2
     return 0
 
@@ -111,17 +121,18 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
     total = copied = 0
     for file in files:
         header = read_header(file)
-        fp8_as = fp8_load_bytes(role_of(name), header, load_bytes) if single_file else 0
-        if is_scaled_fp8(header):  # the scales are consumed by the load: nothing of them stays
-            header = {k: v for k, v in header.items() if k not in _SCALE_KEYS and not k.endswith(_SCALE_SUFFIXES)}
         if single_file and role_of(name) == "transformer":  # a ComfyUI file: its transformer keys, unprefixed
             from engine.comfy_models.detect import strip_transformer_prefix
 
             header = {new: header[old] for new, old in strip_transformer_prefix(header).items()}
+        fp8_as = fp8_load_bytes(role_of(name), header, load_bytes) if single_file else 0
+        if is_scaled_fp8(header):  # the scales are consumed by the load (or a scalar per layer): nothing counts
+            header = {k: v for k, v in header.items() if k not in _SCALE_KEYS and not k.endswith(_SCALE_SUFFIXES)}
         for key, info in header.items():
-            n = _nbytes(info, load_bytes, fp8_as)
+            kept = bool(single_file) and not fp8_as and not key.startswith(_FP8_NOT_KEPT)
+            n = _nbytes(info, load_bytes, 0 if kept or not single_file else (fp8_as or load_bytes or 2))
             total += n
-            if _copied_at_load(info, load_dtype, bool(single_file) and not fp8_as):
+            if _copied_at_load(info, load_dtype, kept):
                 copied += numel_of(info) * (load_bytes or 2)  # made in the compute dtype, whatever it keeps after
             leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
             m = _BLOCK_KEY.match(key)

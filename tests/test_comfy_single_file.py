@@ -358,15 +358,14 @@ def test_ipadapter_from_the_folders_adapter_and_clip_vision_files_matches_the_re
     assert not np.array_equal(image, np.asarray(plain.images[0]).astype(int))  # the adapter did act
 
 
-def test_scaled_fp8_file_is_multiplied_out_on_load(comfy, models_dir, tmp_path):
-    """ComfyUI's scaled fp8 (``<layer>.weight`` fp8 + ``<layer>.scale_weight``, the ``scaled_fp8`` marker): each
-    weight loads as fp8 * scale in the compute dtype."""
+def _wan_scaled(comfy, tmp_path, rel: str = "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors",
+                stem: str = "wan2.2_i2v_high_noise_14B_fp8_scaled") -> tuple[Path, Path]:
+    """A transformer file (the high-noise Wan expert) as ComfyUI writes scaled fp8 (``<layer>.weight`` fp8 +
+    ``<layer>.scale_weight``, the ``scaled_fp8`` marker), and the same weights multiplied out (fp8 x scale,
+    float32) as a plain file."""
     from safetensors.torch import load_file, save_file
 
-    from engine.comfy_models.detect import detect
-    from engine.comfy_models.header import read_safetensors_header, weight_dtype
-
-    source = load_file(str(comfy / "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors"))
+    source = load_file(str(comfy / rel))
     scaled, expected = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}, {}
     for key, value in source.items():
         if key.endswith(".weight") and value.ndim == 2:
@@ -376,12 +375,70 @@ def test_scaled_fp8_file_is_multiplied_out_on_load(comfy, models_dir, tmp_path):
             expected[key] = q.to(torch.float32) * scale
         else:
             scaled[key] = expected[key] = value
-    path = tmp_path / "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
+    path, multiplied = tmp_path / f"{stem}.safetensors", tmp_path / f"{stem}-multiplied.safetensors"
     save_file(scaled, str(path))
+    save_file(expected, str(multiplied))
+    return path, multiplied
+
+
+def test_a_scaled_fp8_transformer_stays_fp8_and_runs_as_its_multiplied_out_weights(comfy, models_dir, tmp_path,
+                                                                                   start_image):
+    """Wan's (and Qwen-Image's) keys map one to one onto diffusers', so each scale follows its weight: the weights
+    stay fp8 as stored (1 byte each, memory-mapped) with the scale beside them, multiplied per layer at compute time
+    as ComfyUI does, and the video is bit for bit the one from the multiplied-out weights, streamed or not."""
+    from engine.comfy_models.detect import detect
+    from engine.comfy_models.header import read_safetensors_header, weight_dtype
+
+    path, multiplied = _wan_scaled(comfy, tmp_path)
     table = read_safetensors_header(str(path))
     assert weight_dtype(table) == "scaled fp8 e4m3fn" and detect(table, path.name).details["noise"] == "high"
     model = load_diffusers_model(str(path), "WanTransformer3DModel", demo_path(models_dir, "wan22-i2v"),
                                  "transformer", torch.float32)
-    assert model.single_file_info["fp8"].startswith("scaled")
-    q = model.blocks[0].attn1.to_q.weight
-    assert q.dtype == torch.float32 and torch.equal(q, expected["blocks.0.self_attn.q.weight"])
+    assert model.single_file_info["fp8"] == "scaled (kept fp8, scaled per layer)"
+    q = model.blocks[0].attn1.to_q
+    assert q.weight.dtype == torch.float8_e4m3fn and q.scale_weight.shape == ()
+
+    from engine.requests import LoraSpec
+
+    def frame(file, mode="none", offload="cpu", loras=()):
+        engine = Engine(device="cpu", models_dir=models_dir, demo=True, offload_device=offload,
+                        outputs_dir=tmp_path / f"{file.stem}-{mode}-{offload}-{len(loras)}")
+        req = I2VRequest(model=ModelRef(repo_id=A14B, files=SingleFiles(transformer=str(file))), image=start_image,
+                         prompt="waves", resolution="custom", width=32, height=32, num_frames=5, steps=2, loras=loras,
+                         swap=SwapSettings(mode=mode, blocks_resident=1, prefetch=1, block_size_mb=1),
+                         preview_every=0)
+        return last_frame(engine.run(req))
+
+    expected = frame(multiplied)
+    assert np.array_equal(frame(path), expected)
+    assert np.array_equal(frame(path, "block_swap"), expected)
+    # the lightx2v LoRA on the high-noise expert, its blocks streamed from disk: the same as on the multiplied file
+    lightx2v = (LoraSpec(path=str(comfy / "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors")),)
+    assert np.array_equal(frame(path, "block_swap", "disk", lightx2v), frame(multiplied, loras=lightx2v))
+    # the plan holds what the model holds: a byte a weight where fp8 stays, the compute dtype for the embedders
+    # whose dtype Wan's code reads (cast on load: the only copy)
+    from safetensors import safe_open
+
+    from engine.plan import _FP8_NOT_KEPT, folder_sizes
+
+    sizes = {c.name: c for c in folder_sizes(demo_path(models_dir, "wan22-i2v"), 4, {"transformer": str(path)})}
+    assert sizes["transformer"].total == sum(t.numel() * t.element_size() for t in model.parameters())
+    with safe_open(str(path), "pt") as f:
+        cast = sum(f.get_slice(k).get_shape()[0] * f.get_slice(k).get_shape()[1] * 4 for k in f.keys()
+                   if k.startswith(_FP8_NOT_KEPT) and f.get_slice(k).get_dtype() == "F8_E4M3")
+    assert 0 < sizes["transformer"].load_copy == cast  # the tiny model is mostly embedders; a 14B one ~2%
+
+
+@pytest.mark.parametrize("repo, rel, kept", [
+    (QWEN, "diffusion_models/qwen_image_tiny_fp32.safetensors", True),
+    (FLUX, "diffusion_models/flux1-dev-diffusers-tiny.safetensors", True),
+    (FLUX, "diffusion_models/flux1-dev-tiny.safetensors", False),  # BFL layout: fused layers, multiplied out
+], ids=["qwen-image", "flux-diffusers-names", "flux-bfl-layout"])
+def test_scaled_fp8_images_are_those_of_the_multiplied_out_weights(comfy, models_dir, tmp_path, repo, rel, kept):
+    path, multiplied = _wan_scaled(comfy, tmp_path, rel, Path(rel).stem + "_fp8_scaled")
+    engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / "out")
+    image, _ = t2i(engine, repo, SingleFiles(transformer=str(path)))
+    expected, _ = t2i(engine, repo, SingleFiles(transformer=str(multiplied)))
+    assert np.array_equal(image, expected)
+    model = engine.store.load_pipeline(ModelRef(repo_id=repo, files=SingleFiles(transformer=str(path)))).transformer
+    assert model.single_file_info["fp8"] == ("scaled (kept fp8, scaled per layer)" if kept else "scaled (multiplied out)")

@@ -24,14 +24,19 @@ from diffusers.hooks.layerwise_casting import (
     _disable_peft_input_autocast,
 )
 
+SCALE_BUFFER = "scale_weight"  # a scaled fp8 layer's factor: a buffer, so it moves and offloads with its layer
+
 
 class TensorwiseCastingHook(LayerwiseCastingHook):
-    """Layerwise casting of the named tensors of one layer. The storage copy is kept through the forward and put
-    back after it, so storing never casts again (and never allocates)."""
+    """Layerwise casting of the named tensors of one layer, times the layer's ``scale_weight`` buffer for those in
+    ``scaled`` (ComfyUI's scaled fp8). The storage copy is kept through the forward and put back after it, so
+    storing never casts again (and never allocates)."""
 
-    def __init__(self, names: tuple[str, ...], storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
+    def __init__(self, names: tuple[str, ...], storage_dtype: torch.dtype, compute_dtype: torch.dtype,
+                 scaled: tuple[str, ...] = ()) -> None:
         super().__init__(storage_dtype, compute_dtype, non_blocking=False)
         self.names = names
+        self.scaled = scaled
         self._stored: dict[str, torch.Tensor] = {}
 
     def initialize_hook(self, module: torch.nn.Module):
@@ -46,7 +51,8 @@ class TensorwiseCastingHook(LayerwiseCastingHook):
             if name in self._stored:  # a forward that raised never reached post_forward: its storage copy first
                 tensor.data = self._stored.pop(name)
             self._stored[name] = tensor.data
-            tensor.data = tensor.data.to(self.compute_dtype)
+            computed = tensor.data.to(self.compute_dtype)
+            tensor.data = computed * getattr(module, SCALE_BUFFER) if name in self.scaled else computed
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output):
@@ -65,28 +71,40 @@ def _exact_in(tensor: torch.Tensor, storage: torch.dtype) -> bool:
     return bool(torch.equal(tensor.to(storage).to(tensor.dtype), tensor))
 
 
-def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> int:
+def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype,
+             scales: dict[str, torch.Tensor] | None = None) -> int:
     """Store in ``storage_dtype`` every tensor of a supported layer (Linear, Conv) that it holds exactly; an 8-bit
-    tensor left out (a norm's weight, a bare parameter) goes to the compute dtype. Returns the number of tensors
-    stored in ``storage_dtype``."""
-    # diffusers skips norms and embedders (``DEFAULT_SKIP_MODULES_PATTERN``, the model's own patterns) because
-    # casting a bf16 model *down* to fp8 would round them; a tensor stored here is exact in fp8 already, and each
-    # layer still computes in the compute dtype, so only the modules a model keeps in fp32 stay out
-    skip = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    tensor left out (a norm's weight, a bare parameter) goes to the compute dtype. ``scales``: parameter name ->
+    the factor its stored values are multiplied by (``scaled_fp8.scale_for``), applied at compute time (or once,
+    now, for a tensor left out). Returns the number of tensors stored in ``storage_dtype``."""
+    scales = scales or {}
+    # diffusers skips norms and embedders (``DEFAULT_SKIP_MODULES_PATTERN``, "norm") because casting a bf16 model
+    # *down* to fp8 would round them; a tensor stored here is exact in fp8 already and every layer still computes
+    # in the compute dtype, so the norms' modulation layers (a quarter of Flux) stay fp8 too. A model's other
+    # patterns stay out: its code reads their weights' dtype (Wan casts the timestep to its condition embedder's)
+    skip = tuple(p for p in getattr(model, "_skip_layerwise_casting_patterns", None) or () if p != "norm")
     stored = 0
     for prefix, module in model.named_modules():
         hooked = isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, prefix) for p in skip)
         names = tuple(name for name, tensor in module.named_parameters(recurse=False)
                       if hooked and tensor.is_floating_point() and _exact_in(tensor.data, storage_dtype))
+        scaled = tuple(n for n in names if f"{prefix}.{n}" in scales)
         for name, tensor in module.named_parameters(recurse=False):  # what is not stored fp8 computes as it is
             if name not in names and tensor.is_floating_point() and tensor.element_size() == 1:
-                tensor.data = tensor.data.to(compute_dtype)
+                factor = scales.get(f"{prefix}.{name}")
+                tensor.data = tensor.data.to(compute_dtype) * factor if factor is not None else \
+                    tensor.data.to(compute_dtype)
+        if len(scaled) > 1:
+            raise ValueError(f"{prefix}: more than one scaled tensor in one layer ({', '.join(scaled)})")
+        if scaled:
+            module.register_buffer(SCALE_BUFFER, scales[f"{prefix}.{scaled[0]}"], persistent=False)
         if names:
             # peft gives a LoRA its base layer's dtype, reading ``compute_dtype`` first where a layer has one
             # (bitsandbytes' convention): without it the adapter would be made, and its file rounded, in fp8
             module.compute_dtype = compute_dtype
             registry = HookRegistry.check_if_exists_or_initialize(module)
-            registry.register_hook(TensorwiseCastingHook(names, storage_dtype, compute_dtype), _LAYERWISE_CASTING_HOOK)
+            registry.register_hook(TensorwiseCastingHook(names, storage_dtype, compute_dtype, scaled),
+                                   _LAYERWISE_CASTING_HOOK)
             stored += len(names)
     _disable_peft_input_autocast(model)
     return stored

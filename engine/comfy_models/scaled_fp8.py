@@ -6,8 +6,12 @@ ComfyUI for fp8 matmuls). ComfyUI (``comfy/ops.py`` ``scaled_fp8_ops``) computes
 spellings are read. ``scale_input`` is an activation hint for fp8 matmuls and has no meaning once the weight is
 multiplied out.
 
-Here the weights are multiplied out on load into the compute dtype (2 bytes a weight in bf16, not 1): a file whose
-scales are missing or do not fit their weights is refused, naming the key, rather than loaded silently wrong."""
+A transformer whose keys map one to one onto diffusers' (Wan, Qwen-Image, diffusers-named files) keeps its fp8
+weights as stored, with each scale beside its weight, and multiplies per layer at compute time as ComfyUI does
+(``split``, ``fp8_storage``): 1 byte a weight in RAM and in every copy to the GPU. Everything else (encoders, the
+original Flux/Chroma layout, whose conversion splits fused layers a scale cannot follow) is multiplied out on
+load into the compute dtype (2 bytes a weight in bf16). A file whose scales are missing or do not fit their
+weights is refused, naming the key, rather than loaded silently wrong."""
 
 from __future__ import annotations
 
@@ -104,9 +108,7 @@ def dequantize(state: dict[str, torch.Tensor], dtype: torch.dtype, name: str) ->
         if key == MARKER or key.endswith(SCALE_SUFFIXES + DROPPED_SUFFIXES):
             continue
         if key in scales:
-            scale = state[scales[key]].to(dtype)
-            scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, *[1] * (value.ndim - 1))
-            value = value.to(dtype) * scale
+            value = value.to(dtype) * scale_for(state[scales[key]], value, dtype)
         elif value.dtype in FP8_DTYPES:
             unscaled.append(key)
         out[key] = value
@@ -114,6 +116,36 @@ def dequantize(state: dict[str, torch.Tensor], dtype: torch.dtype, name: str) ->
         log.info("%s: %d fp8 tensors without a scale (e.g. %s) are cast as they are, as ComfyUI does", name,
                  len(unscaled), unscaled[0])
     return out
+
+
+FUSED_LAYOUT = ("double_blocks.", "single_blocks.")  # BFL's Flux/Chroma keys: qkv and linear1 are split on conversion
+
+
+def scales_follow_weights(keys) -> bool:
+    """Whether a transformer file's scales survive its conversion to diffusers' names one to one (a rename per key),
+    so that its fp8 weights can stay as stored; ``keys`` without the ComfyUI prefix."""
+    return not any(k.startswith(FUSED_LAYOUT) for k in keys)
+
+
+def split(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``state`` without the marker and the activation scales, its scales renamed to ``<layer>.scale_weight``
+    (the older spelling, which converters rename like the weight beside it); and for each scaled weight, its
+    scale's key. ``ModelLoadError`` naming the key where ``problems`` finds one, as ``dequantize``."""
+    found = problems({k: (_kind(v), tuple(v.shape)) for k, v in state.items()})
+    if found:
+        raise ModelLoadError(f"{name}: {found[0]}")
+    out = {}
+    for key, value in state.items():
+        if key == MARKER or key.endswith(DROPPED_SUFFIXES):
+            continue
+        out[_layer(key) + SCALE_SUFFIXES[0] if key.endswith(SCALE_SUFFIXES) else key] = value
+    return out, {_layer(k) + ".weight": k for k in out if k.endswith(SCALE_SUFFIXES[0])}
+
+
+def scale_for(scale: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The factor ``weight.to(dtype)`` is multiplied by, shaped as ``dequantize`` shapes it (the same product)."""
+    scale = scale.to(dtype)
+    return scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, *[1] * (weight.ndim - 1))
 
 
 def quantize(state: dict[str, torch.Tensor], marker_elements: int = 0,

@@ -93,9 +93,13 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
     stripped = strip_transformer_prefix(raw) if subfolder.startswith("transformer") else {k: k for k in raw}
     state = {new: raw[old] for new, old in stripped.items()}
     scaled = scaled_fp8.is_scaled(state)
-    if scaled:
+    # a transformer whose scales follow their weights through the conversion stays fp8 as stored, scaled per layer
+    kept = scaled and subfolder.startswith("transformer") and scaled_fp8.scales_follow_weights(state)
+    if kept:
+        state, _ = scaled_fp8.split(state, name)
+    elif scaled:
         state = scaled_fp8.dequantize(state, dtype, name)
-    fp8 = None if scaled else next((t.dtype for t in state.values() if t.dtype in FP8_DTYPES), None)
+    fp8 = None if scaled and not kept else next((t.dtype for t in state.values() if t.dtype in FP8_DTYPES), None)
     config = cls.load_config(str(config_folder), subfolder=subfolder, local_files_only=True)
     if class_name in WAN_VAE_CLASSES and "decoder.middle.0.residual.0.gamma" in state:
         model = _load_wan_vae(cls, state, config, dtype, name, f"{config_folder.name}/{subfolder}")
@@ -107,8 +111,10 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
             state = flux_family_to_diffusers(state, config, sfu.convert_flux_transformer_checkpoint_to_diffusers)
         elif class_name == "ChromaTransformer2DModel" and "double_blocks.0.img_attn.qkv.weight" in state:
             state = flux_family_to_diffusers(state, config, sfu.convert_chroma_transformer_checkpoint_to_diffusers)
+        scales = {}
         if fp8:
-            model = _load_fp8_as_stored(cls, state, config, dtype, fp8, name, f"{config_folder.name}/{subfolder}")
+            model, scales = _load_fp8_as_stored(cls, state, config, dtype, fp8, name,
+                                                f"{config_folder.name}/{subfolder}")
         else:
             model = cls.from_single_file(state, config=str(config_folder), subfolder=subfolder, torch_dtype=dtype,
                                          local_files_only=True)
@@ -120,8 +126,10 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
     if fp8:
         # the file's fp8 tensors stay fp8 and compute in the compute dtype; its bf16 biases stay as they are
         # (diffusers' layerwise casting would round them to fp8 too)
-        keep_fp8(model, fp8, dtype)
-    model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else ("stored" if fp8 else "")}
+        keep_fp8(model, fp8, dtype, scales)
+    how = "scaled (kept fp8, scaled per layer)" if kept else "scaled (multiplied out)" if scaled else \
+        "stored" if fp8 else ""
+    model.single_file_info = {"path": path, "fp8": how}
     return model.eval()
 
 
@@ -165,8 +173,8 @@ def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str,
 
 
 def _load_fp8_as_stored(cls, state: dict, config: dict, dtype: torch.dtype, store: torch.dtype, name: str,
-                        where: str):
-    """A plain fp8 file's model with its fp8 tensors as the file holds them (memory-mapped, never cast up) and
+                        where: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """With its scales (``scaled_fp8.split``: parameter name -> factor, for ``keep_fp8``): an fp8 file's model with its fp8 tensors as the file holds them (memory-mapped, never cast up) and
     every other float in the compute dtype. diffusers' ``from_single_file`` casts each tensor to ``torch_dtype`` as
     it loads (its loader lets fp8 through only for a quantizer), so the model would sit in RAM at twice its fp8
     size until stored back as fp8; here it is converted with diffusers' own mapping and assigned instead."""
@@ -175,10 +183,17 @@ def _load_fp8_as_stored(cls, state: dict, config: dict, dtype: torch.dtype, stor
     mapping = sfm.SINGLE_FILE_LOADABLE_CLASSES.get(cls.__name__, {}).get("checkpoint_mapping_fn")
     with _empty_weights():
         expected = cls.from_config(config).state_dict()
-    if mapping is not None and sfm._should_convert_state_dict_to_diffusers(expected, state):
+    weights = {k: v for k, v in state.items() if not k.endswith(scaled_fp8.SCALE_SUFFIXES[0])}
+    if mapping is not None and sfm._should_convert_state_dict_to_diffusers(expected, weights):
         state = mapping(checkpoint=state, **sfm._get_mapping_function_kwargs(mapping, config=config))
+    scales = {k[: -len(scaled_fp8.SCALE_SUFFIXES[0])] + ".weight": state.pop(k) for k in list(state)
+              if k.endswith(scaled_fp8.SCALE_SUFFIXES[0])}
+    orphan = next((w for w in scales if w not in state or state[w].dtype != store), None)
+    if orphan is not None:
+        raise ModelLoadError(f"{name}: the scale of {orphan} has no fp8 weight after conversion to diffusers' names")
     tensors = {k: v.to(dtype) if v.is_floating_point() and v.dtype != store else v for k, v in state.items()}
-    return _assign(cls, tensors, config, name, where, "model")
+    model = _assign(cls, tensors, config, name, where, "model")
+    return model, {w: scaled_fp8.scale_for(s, tensors[w], dtype) for w, s in scales.items()}
 
 
 def _empty_weights():
