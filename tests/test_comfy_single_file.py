@@ -365,16 +365,11 @@ def _wan_scaled(comfy, tmp_path, rel: str = "diffusion_models/wan2.2/wan2.2_i2v_
     float32) as a plain file."""
     from safetensors.torch import load_file, save_file
 
-    source = load_file(str(comfy / rel))
-    scaled, expected = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}, {}
-    for key, value in source.items():
-        if key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().max().clamp(min=1e-8) / 448
-            q = (value / scale).to(torch.float8_e4m3fn)
-            scaled[key], scaled[key[: -len("weight")] + "scale_weight"] = q, scale.reshape(())
-            expected[key] = q.to(torch.float32) * scale
-        else:
-            scaled[key] = expected[key] = value
+    from engine.comfy_models import scaled_fp8
+
+    scaled = scaled_fp8.quantize(load_file(str(comfy / rel)))
+    expected = {k: v.float() * scaled[k[: -len("weight")] + "scale_weight"] if v.dtype == torch.float8_e4m3fn else v
+                for k, v in scaled.items() if k != "scaled_fp8" and not k.endswith("scale_weight")}
     path, multiplied = tmp_path / f"{stem}.safetensors", tmp_path / f"{stem}-multiplied.safetensors"
     save_file(scaled, str(path))
     save_file(expected, str(multiplied))

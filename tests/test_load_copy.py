@@ -117,18 +117,6 @@ def _wide_flux(models_dir: Path, folder: Path):
     return FluxTransformer2DModel.from_config(config)
 
 
-def _scaled_fp8(state: dict) -> dict:
-    out = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
-    for key, value in state.items():
-        if key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().max().clamp(min=1e-8) / 448
-            out[key], out[key[: -len("weight")] + "scale_weight"] = (value / scale).to(torch.float8_e4m3fn), \
-                scale.reshape(())
-        else:
-            out[key] = value
-    return out
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 @pytest.mark.parametrize("case", ["folder in its dtype", "folder fp32 loaded as bf16", "ComfyUI scaled fp8",
                                   "single file in its dtype", "plain fp8 single file"])
@@ -137,6 +125,7 @@ def test_the_planned_load_copy_is_what_the_load_allocates(models_dir, tmp_path, 
     allocator would hand the load memory freed earlier, and the growth would not show."""
     from safetensors.torch import save_file
 
+    from engine.comfy_models import scaled_fp8
     from engine.comfy_models.layouts import flux_to_original
 
     folder = tmp_path / "flux-wide"
@@ -150,7 +139,7 @@ def test_the_planned_load_copy_is_what_the_load_allocates(models_dir, tmp_path, 
         wide.save_config(folder / "transformer")
         state = flux_to_original(wide.state_dict(), 4, 4)
         if "scaled" in case:
-            state = _scaled_fp8(state)
+            state = scaled_fp8.quantize(state)  # as ComfyUI writes them
         elif "plain fp8" in case:  # the usual fp8 file: matrices in fp8, biases and norms as they were
             state = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()}
         file = str(tmp_path / "flux-wide.safetensors")

@@ -107,18 +107,12 @@ def test_host_ram_per_mode_on_a_gpu(engine, disk_engine, on_cuda):
 def test_scaled_fp8_file_is_planned_as_the_bf16_it_loads_as(engine, models_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from engine.comfy_models import scaled_fp8
     from engine.demo.comfy import build_demo_comfy
     from engine.requests import SingleFiles
 
     plain = build_demo_comfy(models_dir) / "diffusion_models/flux1-dev-tiny.safetensors"
-    scaled = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
-    for key, value in load_file(str(plain)).items():
-        if key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().max().clamp(min=1e-8) / 448
-            scaled[key], scaled[key[: -len("weight")] + "scale_weight"] = (value / scale).to(torch.float8_e4m3fn), \
-                scale.reshape(())
-        else:
-            scaled[key] = value
+    scaled = scaled_fp8.quantize(load_file(str(plain)))  # as ComfyUI writes them
     path = tmp_path / "flux1-dev-tiny_fp8_scaled.safetensors"
     save_file(scaled, str(path))
 
