@@ -46,6 +46,10 @@ EXPECTED = {  # ComfyUI name -> (category, architecture, dtype)
     "t5xxl_fp8_e4m3fn_scaled-tiny.safetensors": ("text_encoders", "t5-xxl", "scaled fp8 e4m3fn"),
     "umt5_xxl_fp8_e4m3fn_scaled-tiny.safetensors": ("text_encoders", "umt5-xxl", "scaled fp8 e4m3fn"),
     "qwen_2.5_vl_7b_fp8_scaled-tiny.safetensors": ("text_encoders", "qwen25-vl", "scaled fp8 e4m3fn"),
+    "wan2.2/wan2.2_i2v_high_noise_14B_fp8_scaled-tiny.safetensors": ("diffusion_models", "wan22-i2v-a14b",
+                                                                      "scaled fp8 e4m3fn"),
+    "wan2.2/wan2.2_i2v_low_noise_14B_fp8_scaled-tiny.safetensors": ("diffusion_models", "wan22-i2v-a14b",
+                                                                     "scaled fp8 e4m3fn"),
     "seed004-qwen-tiny.safetensors": ("loras", "lora", "fp32"),
     "diffusers-qwen-tiny.safetensors": ("loras", "lora", "fp32"),
 }
@@ -249,12 +253,12 @@ def test_read_only_every_file_unchanged_after_index_and_loads(hostile, tmp_path,
     loras = (LoraSpec(path=files["Stil mit Leerzeichen ünï 日本.safetensors"]),  # spaces and non-ASCII in the name
              LoraSpec(path=files["as-pickle.pt"], weight=0.5))  # a pickle, read with weights_only
     engine.run(LoraStackRequest(model=qwen, loras=loras, prompt="x", width=32, height=32, steps=1))
-    (pair,) = engine.comfy.wan_pairs()
     image = tmp_path / "start.png"
     Image.new("RGB", (32, 32), (40, 90, 200)).save(image)
-    wan = engine.comfy.model_ref(pair.high.path, transformer_2=pair.low.path)
-    engine.run(I2VRequest(model=wan, image=str(image), prompt="x", resolution="custom", width=32, height=32,
-                          num_frames=5, steps=1, preview_every=0))
+    for pair in engine.comfy.wan_pairs():  # fp32, and scaled fp8 (kept fp8: its mapped weights are the params)
+        wan = engine.comfy.model_ref(pair.high.path, transformer_2=pair.low.path)
+        engine.run(I2VRequest(model=wan, image=str(image), prompt="x", resolution="custom", width=32, height=32,
+                              num_frames=5, steps=1, preview_every=0))
     engine.comfy.index()
     assert tree_state(root) == before
 
@@ -296,8 +300,13 @@ def test_service_lists_per_tab_and_pairs_experts(comfy, tmp_path):
                                   "flux1-dev-diffusers-tiny.safetensors", "chroma-tiny.safetensors"}
     assert names("lora_stack") == {"qwen_image_tiny_fp32.safetensors", "qwen_image_edit_2509-tiny.safetensors"}
     assert "wan2.2_ti2v_5B_tiny.safetensors" in names("i2v")
-    (pair,) = service.wan_pairs()
-    assert (pair.high.details["noise"], pair.low.details["noise"], pair.how) == ("high", "low", "by name")
+    pairs = {p.high.name: p for p in service.wan_pairs()}  # the fp32 pair and the scaled fp8 pair, each by name
+    assert {h: p.low.name for h, p in pairs.items()} == {
+        "wan2.2/wan2.2_i2v_high_noise_14B_tiny.safetensors": "wan2.2/wan2.2_i2v_low_noise_14B_tiny.safetensors",
+        "wan2.2/wan2.2_i2v_high_noise_14B_fp8_scaled-tiny.safetensors":
+            "wan2.2/wan2.2_i2v_low_noise_14B_fp8_scaled-tiny.safetensors"}
+    for pair in pairs.values():
+        assert (pair.high.details["noise"], pair.low.details["noise"], pair.how) == ("high", "low", "by name")
     rows = {r[0]: r for r in service.tab_rows("lora_stack")}
     assert rows["qwen-kohya-style.safetensors"][2] == "LoRA for Qwen-Image"
     assert "ip-adapter-tiny.bin" not in rows and "ip-adapter-tiny.bin" in {r[0] for r in service.tab_rows("ipadapter")}

@@ -28,8 +28,8 @@ from engine.demo.build import file_lock
 from engine.demo.common import quiet
 from engine.demo.single_files import original_state
 
-COMFY_DEMO_VERSION = "4"  # 2: the Flux VAE as ae-tiny.safetensors; 3: engine.demo.formats (issue 29); 4: Flux LoRA and the
-# Wan lightx2v pair under the official template's names (issue 31)
+COMFY_DEMO_VERSION = "5"  # 2: the Flux VAE as ae-tiny.safetensors; 3: engine.demo.formats (issue 29); 4: Flux LoRA and the
+# Wan lightx2v pair under the official template's names (issue 31); 5: the Wan 2.2 experts in scaled fp8 (issue 28)
 DIRNAME = "demo-comfyui"
 
 #: file -> (demo model, diffusers component) it was written from; names follow the real ComfyUI files'

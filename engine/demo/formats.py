@@ -33,6 +33,11 @@ VAES = {
 }
 TRANSFORMERS = {
     "diffusion_models/flux1-dev-diffusers-tiny.safetensors": (demo.FLUX_DEV, "transformer", "diffusers-layout"),
+    # Comfy-Org's Wan 2.2 experts as the official template loads them: scaled fp8, kept fp8 on load
+    "diffusion_models/wan2.2/wan2.2_i2v_high_noise_14B_fp8_scaled-tiny.safetensors": (demo.WAN22_I2V, "transformer",
+                                                                                     "fp8_scaled"),
+    "diffusion_models/wan2.2/wan2.2_i2v_low_noise_14B_fp8_scaled-tiny.safetensors": (demo.WAN22_I2V, "transformer_2",
+                                                                                    "fp8_scaled"),
     "diffusion_models/qwen_image_edit_2509-tiny.safetensors": (demo.QWEN_IMAGE_EDIT_2509, "transformer", "as-is"),
 }
 FILES = {**ENCODERS, **VAES, **TRANSFORMERS}
