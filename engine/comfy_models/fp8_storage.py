@@ -51,8 +51,8 @@ class TensorwiseCastingHook(LayerwiseCastingHook):
             if name in self._stored:  # a forward that raised never reached post_forward: its storage copy first
                 tensor.data = self._stored.pop(name)
             self._stored[name] = tensor.data
-            computed = tensor.data.to(self.compute_dtype)
-            tensor.data = computed * getattr(module, SCALE_BUFFER) if name in self.scaled else computed
+            computed = tensor.data.to(self.compute_dtype, copy=True)  # this layer's weight for this call only
+            tensor.data = computed.mul_(getattr(module, SCALE_BUFFER)) if name in self.scaled else computed
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output):
