@@ -390,6 +390,9 @@ def test_a_scaled_fp8_transformer_stays_fp8_and_runs_as_its_multiplied_out_weigh
     model = load_diffusers_model(str(path), "WanTransformer3DModel", demo_path(models_dir, "wan22-i2v"),
                                  "transformer", torch.float32)
     assert model.single_file_info["fp8"] == "scaled (kept fp8, scaled per layer)"
+    from engine.memory.placement import weights_dtype
+
+    assert set(weights_dtype(model).split(" + ")) == {"float8_e4m3fn", "float32"}  # the memory panel: both
     q = model.blocks[0].attn1.to_q
     assert q.weight.dtype == torch.float8_e4m3fn and q.scale_weight.shape == ()
 

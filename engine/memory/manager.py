@@ -23,7 +23,7 @@ from engine.errors import OutOfBudgetError
 from engine.memory import devices, disk
 from engine.memory.backend import backend_for
 from engine.memory.host_pool import host_pinned_bytes
-from engine.memory.placement import _device_name, bytes_by_device, module_bytes, real_device
+from engine.memory.placement import _device_name, bytes_by_device, module_bytes, real_device, weights_dtype
 
 __all__ = ["DISK", "ROLES", "MemoryManager", "ModuleEntry", "bytes_by_device", "module_bytes", "real_device"]
 
@@ -100,10 +100,8 @@ class MemoryManager:
             raise ValueError(f"unknown role {role!r}")
         with self._lock:
             parent = self.name_of(part_of) if part_of is not None else ""  # unregistered parent: a row of its own
-            params = list(module.parameters())
-            dtype = str(params[0].dtype).replace("torch.", "") if params else "none"
-            entry = ModuleEntry(name, role, module, module_bytes(module), dtype, real_device(module), time.monotonic(),
-                                part_of=parent or "")
+            entry = ModuleEntry(name, role, module, module_bytes(module), weights_dtype(module), real_device(module),
+                                time.monotonic(), part_of=parent or "")
             self._entries[name] = entry
             return entry
 

@@ -16,6 +16,20 @@ def module_bytes(module: torch.nn.Module) -> int:
     return total
 
 
+def weights_dtype(module: torch.nn.Module) -> str:
+    """The dtype most of the module's parameter bytes are in, and a second one that holds a sizeable share
+    ("float8_e4m3fn + float32": an fp8 file kept as stored, its embedders and biases in the compute dtype)."""
+    by_dtype: dict[str, int] = {}
+    for p in module.parameters():
+        name = str(p.dtype).replace("torch.", "")
+        by_dtype[name] = by_dtype.get(name, 0) + p.numel() * p.element_size()
+    if not by_dtype:
+        return "none"
+    ranked = sorted(by_dtype, key=by_dtype.get, reverse=True)
+    total = sum(by_dtype.values())
+    return ranked[0] + (f" + {ranked[1]}" if len(ranked) > 1 and by_dtype[ranked[1]] >= 0.05 * total else "")
+
+
 def _tensors(module: torch.nn.Module):
     yield from module.parameters()
     yield from module.buffers()
