@@ -11,7 +11,7 @@ zero set_adapters, and its run is within 2% of the pre-set raw call.
 A14B pair with one 2-LoRA stack per expert: per round the first run (fresh engine), the unchanged stack, a
 re-weighted stack, and interleaved unchanged-stack / no-LoRA runs; prints the LoRA work of each and the median
 time of the unchanged stack against the no-LoRA run (goal: 0 loads, 0 set_adapters, within 2%).
-    python bench/lora_recompose.py --job flux [--rounds 5] [--size 64] [--steps 4] [--threads 1]
+    python bench/lora_recompose.py --job flux [--rounds 5] [--size 256] [--steps 4] [--threads 1]
 Each run is split into its LoRA preparation (``timings["lora"]``), the transformer forwards (timed by hooks on the
 transformers) and the rest (text encoder, VAE, video file), so a ratio can be read for what it is: on the tiny
 models a transformer forward is a few dozen tiny ops, and peft adds four more (A, B, scale, add) per adapter per
