@@ -84,8 +84,8 @@ def busy_factor() -> float:
     return min(4.0, max(1.0, load))
 
 
-def scaled(seconds: float) -> int:
-    return int(seconds * busy_factor())
+def scaled(seconds: float) -> float:
+    return seconds * busy_factor()
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ import torch
 
 from engine import demo
 from engine.demo import DEMO_NAMES, DEMO_VERSION, MARKER_NAME, build_demo_models, demo_path, is_built
+from tests.conftest import scaled
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLUX_KW = dict(
@@ -124,7 +125,7 @@ def test_second_call_is_fast_and_rewrites_nothing(models_dir: Path) -> None:
     before = _tree(models_dir / "demo")
     t0 = time.perf_counter()
     assert build_demo_models(models_dir) == models_dir / "demo"
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < scaled(0.5)  # the goal on a quiet machine, more time when it is loaded
     assert _tree(models_dir / "demo") == before
 
 

@@ -19,18 +19,21 @@ import comfy_export
 from comfy_export import limits
 from comfy_export.errors import WorkflowError
 from engine.requests import TextToImageRequest
+from tests.conftest import scaled
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from import_attack import lora_chain  # noqa: E402
 
-FAST = 2.0  # seconds: the issue's goal for any import, valid or not, on this (shared) machine
+# seconds of this process's CPU time: the issue's goal for any import, valid or not. CPU time, not wall time: on a
+# loaded machine (CI, xdist workers beside it) wall time measures the neighbours (a 1 s import took 3.7 s there)
+FAST = 2.0
 
 
 def refused(data, *words: str) -> str:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with pytest.raises(WorkflowError) as info:
         comfy_export.from_workflow(data)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert elapsed < FAST, f"took {elapsed:.2f} s"
     for word in words:
         assert word in str(info.value), str(info.value)
@@ -58,12 +61,12 @@ def test_a_chain_over_the_node_limit_is_refused_naming_the_limit():
 
 def test_a_long_chain_under_the_limit_is_read_without_recursion():
     """Today: RecursionError past ~1000 nodes (validate's recursive cycle check)."""
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         comfy_export.from_workflow(json.dumps(lora_chain(4_900)))
     except WorkflowError as exc:
         assert "recursion" not in str(exc).lower()
-    assert time.perf_counter() - t0 < FAST
+    assert time.process_time() - t0 < FAST
 
 
 def test_a_long_cycle_is_found_iteratively():
@@ -99,9 +102,9 @@ def test_a_png_of_huge_dimensions_is_read_without_decoding_its_pixels():
     """A 30000x30000 header with a valid prompt chunk: the text is read, no pixel is (Pillow's .text decodes)."""
     api = comfy_export.to_api(TextToImageRequest(prompt="a cat", steps=3))
     data = png([(b"tEXt", b"prompt\0" + json.dumps(api).encode())], size=(30_000, 30_000))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     request = comfy_export.from_workflow(data)
-    assert time.perf_counter() - t0 < FAST and request.prompt == "a cat" and request.steps == 3
+    assert time.process_time() - t0 < FAST and request.prompt == "a cat" and request.steps == 3
 
 
 def test_truncated_and_odd_pngs_are_workflow_errors():
@@ -193,4 +196,4 @@ def test_the_served_import_answers_a_huge_chain_within_the_goal(client, tmp_path
     elapsed = time.perf_counter() - t0
     status = next(o for o in out if isinstance(o, str) and o.startswith("Cannot import"))
     assert f"{limits.MAX_NODES} nodes" in status
-    assert elapsed < 10, elapsed  # the upload of 20 MB plus the answer; the import itself is checked above
+    assert elapsed < scaled(10), elapsed  # the upload of 20 MB plus the answer; the import itself is checked above
