@@ -77,8 +77,8 @@ def numel_of(info: dict) -> int:
 
 
 def _nbytes(info: dict, load_bytes: int, fp8_loads_as: int = 0) -> int:
-    """Bytes of one tensor as loaded: floats at the load dtype; fp8 at 1 byte where it stays fp8 (diffusers'
-    layerwise casting), at ``fp8_loads_as`` where the loader turns it into the compute dtype."""
+    """Bytes of one tensor as loaded: floats at the load dtype; fp8 at 1 byte where it stays fp8
+    (``comfy_models.fp8_storage``), at ``fp8_loads_as`` where the loader turns it into the compute dtype."""
     numel = numel_of(info)
     dtype = info["dtype"]
     if dtype in _FLOATS and load_bytes:
@@ -129,8 +129,10 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         if is_scaled_fp8(header):  # the scales are consumed by the load (or a scalar per layer): nothing counts
             header = {k: v for k, v in header.items() if k not in _SCALE_KEYS and not k.endswith(_SCALE_SUFFIXES)}
         for key, info in header.items():
-            kept = bool(single_file) and not fp8_as and not key.startswith(_FP8_NOT_KEPT)
-            n = _nbytes(info, load_bytes, 0 if kept or not single_file else (fp8_as or load_bytes or 2))
+            cast_up = bool(single_file) and not fp8_as and key.startswith(_FP8_NOT_KEPT)  # fp8 the loader cannot keep
+            fp8_bytes = (load_bytes or 2) if cast_up else fp8_as
+            kept = bool(single_file) and not fp8_bytes
+            n = _nbytes(info, load_bytes, fp8_bytes)
             total += n
             if _copied_at_load(info, load_dtype, kept):
                 copied += numel_of(info) * (load_bytes or 2)  # made in the compute dtype, whatever it keeps after

@@ -1,4 +1,4 @@
-"""Keep a plain fp8 single file's weights in fp8 while the model runs, tensor by tensor.
+"""Keep an fp8 single file's weights in fp8 while the model runs, tensor by tensor (scaled fp8 with its scales).
 
 diffusers' layerwise casting (``enable_layerwise_casting``) stores a whole layer in the storage dtype: weight
 *and* bias. Most fp8 files people download keep biases and norms in bf16 and only the big matrices in fp8

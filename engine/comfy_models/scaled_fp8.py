@@ -127,10 +127,10 @@ def scales_follow_weights(keys) -> bool:
     return not any(k.startswith(FUSED_LAYOUT) for k in keys)
 
 
-def split(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def split(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """``state`` without the marker and the activation scales, its scales renamed to ``<layer>.scale_weight``
-    (the older spelling, which converters rename like the weight beside it); and for each scaled weight, its
-    scale's key. ``ModelLoadError`` naming the key where ``problems`` finds one, as ``dequantize``."""
+    (the older spelling, which converters rename like the weight beside it). ``ModelLoadError`` naming the key
+    where ``problems`` finds one, as ``dequantize``."""
     found = problems({k: (_kind(v), tuple(v.shape)) for k, v in state.items()})
     if found:
         raise ModelLoadError(f"{name}: {found[0]}")
@@ -139,7 +139,7 @@ def split(state: dict[str, torch.Tensor], name: str) -> tuple[dict[str, torch.Te
         if key == MARKER or key.endswith(DROPPED_SUFFIXES):
             continue
         out[_layer(key) + SCALE_SUFFIXES[0] if key.endswith(SCALE_SUFFIXES) else key] = value
-    return out, {_layer(k) + ".weight": k for k in out if k.endswith(SCALE_SUFFIXES[0])}
+    return out
 
 
 def scale_for(scale: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -7,10 +7,11 @@ also renames the older transformers layouts ComfyUI files use. safetensors are m
 file copy-on-write, never writing it): a tensor whose dtype already matches is used in place, so no second full
 copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mmap=True)``.
 
-Stored fp8: plain ``float8_e4m3fn`` weights stay fp8 (``fp8_storage``: diffusers' layerwise casting, tensor by
-tensor, so the file's bf16 biases stay bf16; cast to the compute dtype one layer at a time); ComfyUI's *scaled*
-fp8 (``scale_weight`` per layer, ``scaled_fp8``) is multiplied out on load, for transformers and text encoders alike
-(``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are converted by ``wan_vae`` and loaded directly:
+Stored fp8 in a transformer or VAE stays fp8 as the file holds it (built empty and assigned, never cast up; then
+``fp8_storage``: diffusers' layerwise casting, tensor by tensor, so the file's bf16 biases stay bf16): plain
+``float8_e4m3fn``, and ComfyUI's *scaled* fp8 (``scale_weight`` per layer) where its keys map one to one onto
+diffusers' (Wan, Qwen-Image), scaled per layer at compute time. Other scaled fp8 (BFL-layout Flux/Chroma, text
+encoders) is multiplied out on load (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are converted by ``wan_vae`` and loaded directly:
 diffusers 0.42.1's single-file path maps only part of them."""
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def load_diffusers_model(path: str, class_name: str, config_folder: Path, subfol
     # a transformer whose scales follow their weights through the conversion stays fp8 as stored, scaled per layer
     kept = scaled and subfolder.startswith("transformer") and scaled_fp8.scales_follow_weights(state)
     if kept:
-        state, _ = scaled_fp8.split(state, name)
+        state = scaled_fp8.split(state, name)
     elif scaled:
         state = scaled_fp8.dequantize(state, dtype, name)
     fp8 = None if scaled and not kept else next((t.dtype for t in state.values() if t.dtype in FP8_DTYPES), None)
@@ -166,7 +167,7 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
 def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str, where: str) -> torch.nn.Module:
     """A Wan 2.1 / 2.2 / Qwen-Image VAE from its original key layout (``wan_vae``): built empty, the file's
     (memory-mapped) tensors assigned in place, every weight required and no extra one allowed."""
-    model = _assign(cls, wan_vae.to_diffusers(state, config), config, name, where, "VAE")
+    model = _assign(_empty(cls, config), wan_vae.to_diffusers(state, config), name, where, "VAE")
     if any(p.dtype != dtype for p in model.parameters()):  # in place (memory-mapped) when the file's dtype fits
         model.to(dtype)
     return model
@@ -174,15 +175,16 @@ def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str,
 
 def _load_fp8_as_stored(cls, state: dict, config: dict, dtype: torch.dtype, store: torch.dtype, name: str,
                         where: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """With its scales (``scaled_fp8.split``: parameter name -> factor, for ``keep_fp8``): an fp8 file's model with its fp8 tensors as the file holds them (memory-mapped, never cast up) and
-    every other float in the compute dtype. diffusers' ``from_single_file`` casts each tensor to ``torch_dtype`` as
-    it loads (its loader lets fp8 through only for a quantizer), so the model would sit in RAM at twice its fp8
-    size until stored back as fp8; here it is converted with diffusers' own mapping and assigned instead."""
+    """An fp8 file's model with its fp8 tensors as the file holds them (memory-mapped, never cast up) and every
+    other float in the compute dtype, and its scales (parameter name -> factor, for ``keep_fp8``; none for plain
+    fp8). diffusers' ``from_single_file`` casts each tensor to ``torch_dtype`` as it loads (its loader lets fp8
+    through only for a quantizer), so the model would sit in RAM at twice its fp8 size until stored back as fp8;
+    here it is converted with diffusers' own mapping and assigned instead."""
     from diffusers.loaders import single_file_model as sfm
 
     mapping = sfm.SINGLE_FILE_LOADABLE_CLASSES.get(cls.__name__, {}).get("checkpoint_mapping_fn")
-    with _empty_weights():
-        expected = cls.from_config(config).state_dict()
+    model = _empty(cls, config)
+    expected = model.state_dict()
     weights = {k: v for k, v in state.items() if not k.endswith(scaled_fp8.SCALE_SUFFIXES[0])}
     if mapping is not None and sfm._should_convert_state_dict_to_diffusers(expected, weights):
         state = mapping(checkpoint=state, **sfm._get_mapping_function_kwargs(mapping, config=config))
@@ -192,21 +194,22 @@ def _load_fp8_as_stored(cls, state: dict, config: dict, dtype: torch.dtype, stor
     if orphan is not None:
         raise ModelLoadError(f"{name}: the scale of {orphan} has no fp8 weight after conversion to diffusers' names")
     tensors = {k: v.to(dtype) if v.is_floating_point() and v.dtype != store else v for k, v in state.items()}
-    model = _assign(cls, tensors, config, name, where, "model")
+    model = _assign(model, tensors, name, where, "model")
     return model, {w: scaled_fp8.scale_for(s, tensors[w], dtype) for w, s in scales.items()}
 
 
-def _empty_weights():
+def _empty(cls, config: dict) -> torch.nn.Module:
+    """``cls`` built from ``config`` with its weights on the meta device (no memory), for ``_assign``."""
     from accelerate import init_empty_weights
 
-    return init_empty_weights()
+    with init_empty_weights():
+        return cls.from_config(config)
 
 
-def _assign(cls, tensors: dict, config: dict, name: str, where: str, what: str) -> torch.nn.Module:
-    """``cls`` built empty from ``config`` with ``tensors`` assigned in place: every weight required, no extra one
-    allowed, a shape mismatch refused naming the layer."""
-    with _empty_weights():
-        model = cls.from_config(config)
+def _assign(model: torch.nn.Module, tensors: dict, name: str, where: str, what: str) -> torch.nn.Module:
+    """``tensors`` assigned in place into the empty ``model``: every weight required, no extra one allowed, a shape
+    mismatch refused naming the layer."""
+    cls = type(model)
     try:
         result = model.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as exc:  # a shape mismatch: a model of another size than the config's

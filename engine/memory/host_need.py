@@ -18,9 +18,8 @@ What each mode keeps in host RAM, on a CUDA machine (the memory layer's contract
 
 And before any of that, the load: the store loads a whole pipeline before the mode places it, so what the load
 copies (``ComponentSize.load_copy``: a cast from the file's dtype, ComfyUI's scaled fp8 multiplied out) sits in
-RAM all at once, whatever the mode keeps afterwards (a plain fp8 single file copies nothing: it stays fp8 as
-stored). A file already in the load dtype is memory-mapped and costs
-page cache only. The figure is the larger of the two moments.
+RAM all at once, whatever the mode keeps afterwards (an fp8 single file kept as stored copies nothing). A file
+already in the load dtype is memory-mapped and costs page cache only. The figure is the larger of the two moments.
 """
 
 from __future__ import annotations
