@@ -4,7 +4,9 @@ endpoint queues in its own small group."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import json
 import random
 import struct
@@ -24,17 +26,31 @@ from tests.conftest import scaled
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from import_attack import lora_chain  # noqa: E402
 
-# seconds of this process's CPU time: the issue's goal for any import, valid or not. CPU time, not wall time: on a
-# loaded machine (CI, xdist workers beside it) wall time measures the neighbours (a 1 s import took 3.7 s there)
+# seconds of CPU time of the thread that imports: the issue's goal for any import, valid or not. Not wall time, nor
+# the process's CPU time: on a loaded machine (CI, xdist workers beside it) wall time measures the neighbours (a 1 s
+# import took 3.7 s there), and the process's counts the served apps other tests left running in this worker (4.3 s)
 FAST = 2.0
 
 
-def refused(data, *words: str) -> str:
-    t0 = time.process_time()
-    with pytest.raises(WorkflowError) as info:
-        comfy_export.from_workflow(data)
-    elapsed = time.process_time() - t0
+@contextlib.contextmanager
+def within_goal():
+    """Asserts the block took under ``FAST`` seconds of this thread's CPU. What earlier tests of this worker left
+    alive is frozen for the while (``gc.freeze``): a parse that makes many objects starts full collections, which
+    late in a suite walk millions of objects that are not the import's."""
+    gc.collect()
+    gc.freeze()
+    t0 = time.thread_time()
+    try:
+        yield
+    finally:
+        elapsed = time.thread_time() - t0
+        gc.unfreeze()
     assert elapsed < FAST, f"took {elapsed:.2f} s"
+
+
+def refused(data, *words: str) -> str:
+    with within_goal(), pytest.raises(WorkflowError) as info:
+        comfy_export.from_workflow(data)
     for word in words:
         assert word in str(info.value), str(info.value)
     return str(info.value)
@@ -61,12 +77,11 @@ def test_a_chain_over_the_node_limit_is_refused_naming_the_limit():
 
 def test_a_long_chain_under_the_limit_is_read_without_recursion():
     """Today: RecursionError past ~1000 nodes (validate's recursive cycle check)."""
-    t0 = time.process_time()
-    try:
-        comfy_export.from_workflow(json.dumps(lora_chain(4_900)))
-    except WorkflowError as exc:
-        assert "recursion" not in str(exc).lower()
-    assert time.process_time() - t0 < FAST
+    with within_goal():
+        try:
+            comfy_export.from_workflow(json.dumps(lora_chain(4_900)))
+        except WorkflowError as exc:
+            assert "recursion" not in str(exc).lower()
 
 
 def test_a_long_cycle_is_found_iteratively():
@@ -102,9 +117,9 @@ def test_a_png_of_huge_dimensions_is_read_without_decoding_its_pixels():
     """A 30000x30000 header with a valid prompt chunk: the text is read, no pixel is (Pillow's .text decodes)."""
     api = comfy_export.to_api(TextToImageRequest(prompt="a cat", steps=3))
     data = png([(b"tEXt", b"prompt\0" + json.dumps(api).encode())], size=(30_000, 30_000))
-    t0 = time.process_time()
-    request = comfy_export.from_workflow(data)
-    assert time.process_time() - t0 < FAST and request.prompt == "a cat" and request.steps == 3
+    with within_goal():
+        request = comfy_export.from_workflow(data)
+    assert request.prompt == "a cat" and request.steps == 3
 
 
 def test_truncated_and_odd_pngs_are_workflow_errors():
