@@ -118,6 +118,7 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         return None
     blocks: dict[tuple[str, int], int] = {}
     leaves: dict[str, int] = {}
+    fp8_leaves: dict[str, int] = {}  # layer -> its weights kept in fp8, in compute-dtype bytes
     total = copied = 0
     for file in files:
         header = read_header(file)
@@ -136,7 +137,10 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
             total += n
             if _copied_at_load(info, load_dtype, kept):
                 copied += numel_of(info) * (load_bytes or 2)  # made in the compute dtype, whatever it keeps after
-            leaves[key.rsplit(".", 1)[0]] = leaves.get(key.rsplit(".", 1)[0], 0) + n
+            leaf = key.rsplit(".", 1)[0]
+            leaves[leaf] = leaves.get(leaf, 0) + n
+            if kept and info["dtype"] in _FP8:
+                fp8_leaves[leaf] = fp8_leaves.get(leaf, 0) + numel_of(info) * (load_bytes or 2)
             m = _BLOCK_KEY.match(key)
             if m and role_of(name) == "transformer":
                 blocks[(m.group(1), int(m.group(2)))] = blocks.get((m.group(1), int(m.group(2))), 0) + n
@@ -147,7 +151,8 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         return rank, list_name, index
 
     ordered = tuple(n for _, n in sorted(blocks.items(), key=order))
-    return ComponentSize(name, role_of(name), total, ordered, max(leaves.values(), default=0), copied)
+    return ComponentSize(name, role_of(name), total, ordered, max(leaves.values(), default=0), copied,
+                         max(fp8_leaves.values(), default=0))
 
 
 def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = None,
@@ -196,11 +201,29 @@ def activation_bytes(pipe, kwargs: dict) -> int:
     vae = getattr(pipe, "vae", None)
     if transformer is None:
         return 0
-    param = next(transformer.parameters(), None)
-    elem = param.element_size() if param is not None and param.is_floating_point() else 2
+    # activations are in the compute dtype: diffusers' ``dtype`` is it also for a model stored in fp8 (it reads the
+    # layerwise casting hooks ``fp8_storage`` registers), where the first parameter's would be a byte
+    dtype = getattr(transformer, "dtype", None)
+    elem = dtype.itemsize if getattr(dtype, "is_floating_point", False) else 2
     return activation_estimate(dict(transformer.config), dict(getattr(vae, "config", {}) or {}),
                                int(kwargs.get("width") or 1024), int(kwargs.get("height") or 1024),
-                               int(kwargs.get("num_frames") or 1), elem)
+                               int(kwargs.get("num_frames") or 1), elem) + fp8_compute_copy(pipe)
+
+
+def fp8_compute_copy(pipe) -> int:
+    """Bytes of the largest fp8-stored layer's weights in its compute dtype (``ComponentSize.compute_copy``), over
+    the pipeline's transformers: the per-forward copy ``fp8_storage``'s hook makes."""
+    import torch
+
+    largest = 0
+    for attr in ("transformer", "transformer_2"):
+        model = getattr(pipe, attr, None)
+        for module in model.modules() if model is not None else ():
+            compute = getattr(module, "compute_dtype", None)
+            if isinstance(compute, torch.dtype):
+                largest = max(largest, sum(p.numel() * compute.itemsize for p in module.parameters(recurse=False)
+                                           if p.element_size() == 1 and p.is_floating_point()))
+    return largest
 
 
 @dataclass
@@ -307,6 +330,7 @@ def plan_request(engine, request) -> Plan:
     act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
                               int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
                               int(getattr(request, "num_frames", 1)), elem, batch=extra.batch)
+    act += max((c.compute_copy for c in sizes), default=0)  # an fp8-kept layer computes from a copy of itself
     offload = engine.memory.offload_device
     plan = plan_swap(sizes, settings, device, budget, act, offload)
     plan.budget_note = budget_note

@@ -6,6 +6,7 @@ refused with a message naming the field; the saved request names the absolute fi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,35 @@ def test_fp8_file_stays_fp8_and_equals_the_fp8_rounded_model(engine, comfy, mode
     req = TextToImageRequest(model=ModelRef(repo_id=FLUX), prompt="a red boat", width=32, height=32, steps=2, seed=3)
     expected = np.asarray(ref(**pipeline_kwargs(ref, req)).images[0]).astype(int)
     assert np.array_equal(image, expected)
+
+
+def test_the_per_forward_compute_copy_of_an_fp8_layer_is_in_the_planned_activations(engine, comfy):
+    from engine.plan import activation_bytes, fp8_compute_copy
+
+    fp8 = str(comfy / "diffusion_models/flux1-dev-tiny-fp8_e4m3fn.safetensors")
+
+    def request(files):
+        return TextToImageRequest(model=ModelRef(repo_id=FLUX, files=files), prompt="x", width=32, height=32,
+                                  steps=1, swap=SwapSettings(mode="block_swap"))
+
+    pipe = engine.store.load_pipeline(request(SingleFiles(transformer=fp8)).model)
+    # the largest layer the hook casts for its forward, in the compute dtype (fp32 here), counted from the model
+    hooked = [m for m in pipe.transformer.modules() if getattr(m, "compute_dtype", None) is not None]
+    largest = max(sum(p.numel() * 4 for p in m.parameters(recurse=False) if p.dtype == torch.float8_e4m3fn)
+                  for m in hooked)
+    assert largest > 0 and fp8_compute_copy(pipe) == largest
+    plain, kept = engine.plan(request(SingleFiles())), engine.plan(request(SingleFiles(transformer=fp8)))
+    assert activation_bytes(pipe, {"width": 32, "height": 32}) == plain.activations + largest  # at run time
+    # the plan reads the file's header alone: its layers are the file's, and BFL's single blocks fuse q, k, v and
+    # the MLP into one ``linear1`` that the model splits, so the plan counts that fused layer (an upper bound)
+    from engine.plan import read_header
+
+    layers: dict[str, int] = {}
+    for key, t in read_header(Path(fp8)).items():
+        if ".linear1." in key and t["dtype"] == "F8_E4M3":
+            layers[key.rsplit(".", 1)[0]] = layers.get(key.rsplit(".", 1)[0], 0) + math.prod(t["shape"]) * 4
+    fused = max(layers.values())
+    assert fused > largest and kept.activations == plain.activations + fused
 
 
 def test_an_fp8_file_with_bf16_biases_keeps_them_exact(engine, comfy, models_dir, tmp_path):
@@ -425,6 +455,12 @@ def test_a_scaled_fp8_transformer_stays_fp8_and_runs_as_its_multiplied_out_weigh
         cast = sum(f.get_slice(k).get_shape()[0] * f.get_slice(k).get_shape()[1] * 4 for k in f.keys()
                    if k.startswith(_FP8_NOT_KEPT) and f.get_slice(k).get_dtype() == "F8_E4M3")
     assert 0 < sizes["transformer"].load_copy == cast  # the tiny model is mostly embedders; a 14B one ~2%
+    # a key-for-key layout: the planned per-forward copy of the largest fp8 layer is the model's own
+    from types import SimpleNamespace
+
+    from engine.plan import fp8_compute_copy
+
+    assert sizes["transformer"].compute_copy == fp8_compute_copy(SimpleNamespace(transformer=model)) > 0
 
 
 @pytest.mark.parametrize("repo, rel, kept", [

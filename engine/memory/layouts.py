@@ -27,6 +27,9 @@ class ComponentSize:
     # bytes the load allocates afresh (a cast from the file's dtype, ComfyUI's scaled fp8 multiplied out): RAM of its
     # own until the mode places the component; 0 where the file is memory-mapped as it is (page cache, reclaimable)
     load_copy: int = 0
+    # the largest layer kept in fp8 as its compute-dtype weight: what ``fp8_storage``'s hook makes on the device for
+    # each forward of that layer (one at a time), so the run's activations hold this much more at their busiest
+    compute_copy: int = 0
 
     @property
     def rest(self) -> int:
