@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,10 @@ class ModelStore:
             for name, module in module_components(pipe).items():
                 if name not in singles:  # a single-file piece is never shared as the folder's own component
                     self._components[(root, name, str(dtype))] = module
-                self._register(f"{ref.label}/{name}", module, role_of(name))
+                # a single-file piece is named after its own file (a Wan pair's low-noise expert is not the
+                # high-noise file's), the rest after the model
+                owner = os.path.basename(files[name]) if name in singles and name in files else ref.label
+                self._register(f"{owner}/{name}", module, role_of(name))
             self._pipelines[key] = pipe
             return pipe
 
@@ -243,6 +247,9 @@ class ModelStore:
     def _register(self, name: str, module: torch.nn.Module, role: str, part_of=None) -> None:
         if id(module) in self._names:  # shared component: one ledger entry
             return
+        base, n = name, 2
+        while name in self.memory:  # another module by that name (one encoder file loaded for two model folders)
+            name, n = f"{base} ({n})", n + 1
         self.memory.register(name, module, role, part_of=part_of)
         self._names[id(module)] = name
 

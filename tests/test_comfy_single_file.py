@@ -61,10 +61,9 @@ def test_text_to_image_from_single_files_matches_diffusers_layout(engine, comfy,
     # the request it saved names the absolute file paths (what the ComfyUI export reads)
     saved = json.loads(Path(next(f for f in result.files if f.endswith(".json"))).read_text())
     assert {k: v for k, v in saved["model"]["files"].items() if v} == paths
-    label = Path(paths["transformer"]).name
     ledger = {row["name"]: row for row in result.memory["modules"]}
-    for part in paths:  # every single-file piece is a row of the memory ledger
-        assert ledger[f"{label}/{part}"]["bytes"] > 0
+    for part, path in paths.items():  # every single-file piece is a row of the memory ledger, named after its file
+        assert ledger[f"{Path(path).name}/{part}"]["bytes"] > 0
 
 
 def test_fp8_file_stays_fp8_and_equals_the_fp8_rounded_model(engine, comfy, models_dir):
@@ -281,6 +280,9 @@ def test_image_to_video_from_single_files_matches_diffusers_layout(engine, comfy
     reference = run({})
     frame = run({part: str(comfy / rel) for part, rel in files.items()})
     assert frame.std() > 0 and np.array_equal(frame, reference)
+    # the memory panel names each piece after its own file: the low-noise expert is not the high-noise file's
+    rows = {row["name"] for row in engine.memory.snapshot()["modules"]}
+    assert {f"{Path(rel).name}/{part}" for part, rel in files.items()} <= rows
 
 
 @pytest.mark.parametrize("repo, files", [
