@@ -182,7 +182,10 @@ class LoraComposer:
         if self._tuners is None:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
+            from engine.adapters.lora_forward import install
+
             self._tuners = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+            install(self._tuners)  # peft's arithmetic without its two full-size temporaries per adapter
         return self._tuners
 
     def _switch(self, on: bool) -> None:
