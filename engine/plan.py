@@ -94,22 +94,25 @@ def is_scaled_fp8(header: dict) -> bool:
     return any(k in header for k in _SCALE_KEYS) or any(k.endswith(_SCALE_SUFFIXES[:2]) for k in header)
 
 
-def fp8_load_bytes(role: str, header: dict, load_bytes: int) -> int:
+def fp8_load_bytes(role: str, header: dict, load_bytes: int, class_name: str = "") -> int:
     """What a single file's fp8 weights become in memory (0: they stay 1 byte a weight, as stored, see
     ``comfy_models.fp8_storage``): plain fp8 in a diffusers model stays, and so does a scaled fp8 transformer whose
     scales follow its weights through the conversion (``scaled_fp8.scales_follow_weights``); other scaled fp8 is
-    multiplied out to the compute dtype, and transformers' loaders (text and image encoders) cast every weight."""
+    multiplied out to the compute dtype; T5 and umT5 encoders keep theirs (``single_file.FP8_KEPT_ENCODERS``; in
+    fp16 their ``wo`` layers load as fp32, as transformers loads them, which the plan does not count), other
+    encoders are cast whole by transformers' loader."""
     from engine.comfy_models.scaled_fp8 import scales_follow_weights
+    from engine.comfy_models.single_file import FP8_KEPT_ENCODERS
 
     if role not in ("transformer", "vae"):
-        return load_bytes or 2
+        return 0 if class_name in FP8_KEPT_ENCODERS else load_bytes or 2
     if is_scaled_fp8(header) and not (role == "transformer" and scales_follow_weights(header)):
         return load_bytes or 2
     return 0
 
 
 def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "",
-                   load_dtype: str = "") -> ComponentSize | None:
+                   load_dtype: str = "", class_name: str = "") -> ComponentSize | None:
     """Sizes of one component folder (or of the single file that replaces it): total, blocks in execution order,
     largest layer, and what the load copies (``load_dtype``: the safetensors dtype it loads in; "" = the file's own,
     nothing cast)."""
@@ -126,11 +129,12 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
             from engine.comfy_models.detect import strip_transformer_prefix
 
             header = {new: header[old] for new, old in strip_transformer_prefix(header).items()}
-        fp8_as = fp8_load_bytes(role_of(name), header, load_bytes) if single_file else 0
+        fp8_as = fp8_load_bytes(role_of(name), header, load_bytes, class_name) if single_file else 0
+        encoder_kept = bool(single_file) and not fp8_as and role_of(name) not in ("transformer", "vae")
         if is_scaled_fp8(header):  # the scales are consumed by the load (or a scalar per layer): nothing counts
             header = {k: v for k, v in header.items() if k not in _SCALE_KEYS and not k.endswith(_SCALE_SUFFIXES)}
         for key, info in header.items():
-            cast_up = bool(single_file) and not fp8_as and key.startswith(_FP8_NOT_KEPT)  # fp8 the loader cannot keep
+            cast_up = bool(single_file) and not fp8_as and not encoder_kept and key.startswith(_FP8_NOT_KEPT)
             fp8_bytes = (load_bytes or 2) if cast_up else fp8_as
             kept = bool(single_file) and not fp8_bytes
             n = _nbytes(info, load_bytes, fp8_bytes)
@@ -165,7 +169,7 @@ def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = N
         if name.startswith("_") or not isinstance(spec, list) or spec[0] is None or not (
                 (folder / name).is_dir() or name in files):
             continue
-        size = component_size(name, folder / name, load_bytes, files.get(name, ""), load_dtype)
+        size = component_size(name, folder / name, load_bytes, files.get(name, ""), load_dtype, spec[1])
         if size is not None:
             out.append(size)
     return out

@@ -5,7 +5,6 @@ handles differently (gradients, disabled adapters) goes to peft's forward."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from peft.tuners.lora.layer import Linear
 

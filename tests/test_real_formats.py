@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.comfy_models import ComfyIndex, comfy_folders, detect, wan_vae
 from engine.comfy_models.pieces import check_piece, load_pieces
-from engine.comfy_models.single_file import load_transformers_model
+from engine.comfy_models.single_file import FP8_KEPT_ENCODERS, load_transformers_model
 from engine.demo import demo_path
 from engine.demo import formats as demo_formats
 from engine.demo.comfy import FILES as COMFY_FILES
@@ -67,12 +67,19 @@ def test_scaled_fp8_encoder_gives_the_encoders_output(comfy, models_dir, tmp_pat
     expected, got = encode(reference, class_name), encode(loaded, class_name)
     assert rel(got, expected) < 0.1  # fp8 e4m3 keeps 3 mantissa bits: a few percent
 
-    # exactly the fp8-rounded encoder: every scaled weight is fp8 * scale, nothing else changed
+    # exactly the fp8-rounded encoder: every scaled weight is fp8 * scale, nothing else changed; T5 and umT5 keep
+    # the file's fp8 as stored with its scale beside it (multiplied per layer at compute time), Qwen2.5-VL multiplies
+    # it out on load
     params = dict(loaded.named_parameters())
     for key in scales[:3]:
         weight = key[: -len("scale_weight")] + "weight"
-        match = next(p for n, p in params.items() if n.endswith(weight.split(".", 1)[1]) or n == weight)
-        assert torch.equal(match, state[weight].float() * state[key])
+        found = next(n for n in params if n.endswith(weight.split(".", 1)[1]) or n == weight)
+        if class_name in FP8_KEPT_ENCODERS:
+            assert params[found].dtype == torch.float8_e4m3fn
+            assert torch.equal(params[found].view(torch.uint8), state[weight].view(torch.uint8))
+            assert torch.equal(loaded.get_submodule(found.rsplit(".", 1)[0]).scale_weight, state[key])
+        else:
+            assert torch.equal(params[found], state[weight].float() * state[key])
 
     # the unscaled load of the same file (what the code did before): the scales dropped, fp8 cast as it is
     unscaled = {k: v for k, v in state.items() if not k.endswith(".scale_weight") and k != "scaled_fp8"}

@@ -10,8 +10,9 @@ copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mma
 Stored fp8 in a transformer or VAE stays fp8 as the file holds it (built empty and assigned, never cast up; then
 ``fp8_storage``: diffusers' layerwise casting, tensor by tensor, so the file's bf16 biases stay bf16): plain
 ``float8_e4m3fn``, and ComfyUI's *scaled* fp8 (``scale_weight`` per layer) where its keys map one to one onto
-diffusers' (Wan, Qwen-Image), scaled per layer at compute time. Other scaled fp8 (BFL-layout Flux/Chroma, text
-encoders) is multiplied out on load (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are converted by ``wan_vae`` and loaded directly:
+diffusers' (Wan, Qwen-Image), scaled per layer at compute time. T5 and umT5 encoders keep their fp8 (plain or
+scaled) the same way (``FP8_KEPT_ENCODERS``). Other scaled fp8 (BFL-layout Flux/Chroma, the other encoders) is
+multiplied out on load (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are converted by ``wan_vae`` and loaded directly:
 diffusers 0.42.1's single-file path maps only part of them."""
 
 from __future__ import annotations
@@ -145,12 +146,17 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
     name = os.path.basename(path)
     state = read_state(path)
     scaled = scaled_fp8.is_scaled(state)
+    config = cls.config_class.from_pretrained(str(config_folder / subfolder) if subfolder else str(config_folder))
+    fp8 = next((t.dtype for t in state.values() if t.dtype in FP8_DTYPES and t.ndim == 2), None)
+    if class_name in FP8_KEPT_ENCODERS and fp8 is not None:
+        model = _load_encoder_fp8_as_stored(cls, config, state, dtype, fp8, name, f"{config_folder.name}/{subfolder}")
+        model.single_file_info = {"path": path, "fp8": "scaled (kept fp8, scaled per layer)" if scaled else "stored"}
+        return model.eval()
     if scaled:  # ComfyUI's *_fp8_scaled encoders: weight * scale_weight, or refused naming the key
         state = scaled_fp8.dequantize(state, dtype, name)
     prefix = {"CLIPTextModel": "text_model.", "SiglipVisionModel": "vision_model."}.get(class_name)
     if prefix and all(k.startswith(prefix) for k in state):  # transformers 4 names (ComfyUI's files); 5 has none
         state = {k[len(prefix):]: v for k, v in state.items()}
-    config = cls.config_class.from_pretrained(str(config_folder / subfolder) if subfolder else str(config_folder))
     try:
         model, info = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype, output_loading_info=True)
     except (KeyError, ValueError, RuntimeError) as exc:
@@ -162,6 +168,53 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
                              "it is not a complete file for this model")
     model.single_file_info = {"path": path, "fp8": "scaled (multiplied out)" if scaled else ""}
     return model.eval()
+
+
+# transformers encoders whose fp8 files stay fp8 as stored (T5-XXL for Flux and Chroma, umT5-XXL for Wan: 4.7 and
+# 5.7 billion weights), with the layers whose weight dtype their parent's code reads (T5's feed-forward output
+# ``wo``: the hidden states are cast to it) cast for the parent's whole forward (``keep_fp8``'s ``lift``)
+FP8_KEPT_ENCODERS = {"T5EncoderModel": (r"\.wo$",), "UMT5EncoderModel": (r"\.wo$",)}
+
+
+def _load_encoder_fp8_as_stored(cls, config, state: dict, dtype: torch.dtype, store: torch.dtype, name: str,
+                                where: str) -> torch.nn.Module:
+    """A T5 / umT5 encoder with its fp8 Linear weights as the file holds them (memory-mapped, scaled per layer for a
+    scaled file), the rest in the compute dtype: what ``from_pretrained`` makes of the multiplied-out file, bit for
+    bit at compute time, without the compute-dtype copy of the whole encoder in RAM (umT5-XXL: 11.4 GB in bf16,
+    6.7 GB here; the token embedding stays fp8 too, cast per lookup). Weights tied by the model (the encoder's
+    ``embed_tokens`` is ``shared``) are tied again; tensors the model has no place for are ignored, as transformers
+    ignores them; a missing weight is refused."""
+    from accelerate import init_empty_weights
+
+    if scaled_fp8.is_scaled(state):
+        state = scaled_fp8.split(state, name)
+    suffix = scaled_fp8.SCALE_SUFFIXES[0]
+    scales = {k[: -len(suffix)] + ".weight": state.pop(k) for k in list(state) if k.endswith(suffix)}
+    with init_empty_weights():
+        model = cls(config)
+    expected = set(model.state_dict())
+    tensors = {k: v.to(dtype) if v.is_floating_point() and v.dtype != store else v for k, v in state.items()
+               if k in expected}
+    try:
+        model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise ModelLoadError(f"{name} does not fit {cls.__name__} of {where} ({detail}); pick the file made for "
+                             "this model") from None
+    model.tie_weights()
+    _check_loaded(model, name)
+    scales = {w: scaled_fp8.scale_for(s, tensors[w], dtype) for w, s in scales.items() if w in tensors}
+    keep = model._keep_in_fp32_modules if dtype == torch.float16 else ()  # transformers' fp16 loads keep these fp32
+    if keep:  # multiplied out into fp32 now, as transformers' load of the multiplied-out file has them
+        for module_name, module in model.named_modules():
+            if module_name.rpartition(".")[2] in keep:
+                for pname, tensor in module.named_parameters(recurse=False):
+                    factor = scales.pop(f"{module_name}.{pname}", None)
+                    value = tensor.data.to(dtype)
+                    tensor.data = (value * factor if factor is not None else value).float()
+    keep_fp8(model, store, dtype, scales, lift=FP8_KEPT_ENCODERS[cls.__name__],
+             skip=tuple(rf"\.{k}$" for k in keep))
+    return model
 
 
 def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str, where: str) -> torch.nn.Module:

@@ -1,0 +1,128 @@
+"""fp8 T5 / umT5 encoder files (``t5xxl_fp8_e4m3fn``, ``umt5_xxl_fp8_e4m3fn_scaled``: what ComfyUI's Flux and Wan 2.2
+templates load) stay fp8 as stored: their Linear weights 1 byte each, scaled per layer at compute time, the
+embeddings and T5's ``wo`` (whose dtype the model's code reads) in the compute dtype. The encoder computes what
+transformers' own load of the same file (cast up, or multiplied out) computes, bit for bit; a video from the
+scaled umT5 is the one from the multiplied-out file; the plan holds what the model holds and copies only what is
+cast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from engine import Engine, I2VRequest, ModelRef, SwapSettings
+from engine.comfy_models import scaled_fp8
+from engine.comfy_models.single_file import load_transformers_model
+from engine.demo import demo_path
+from engine.demo.comfy import build_demo_comfy
+from engine.plan import folder_sizes
+from engine.requests import SingleFiles
+
+A14B = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+ENCODERS = {  # file -> (demo folder, component, class)
+    "t5": ("text_encoders/t5xxl-tiny.safetensors", "flux-dev", "text_encoder_2", "T5EncoderModel"),
+    "umt5": ("text_encoders/umt5_xxl-tiny.safetensors", "wan22-i2v", "text_encoder", "UMT5EncoderModel"),
+}
+
+
+@pytest.fixture(scope="module")
+def comfy(models_dir) -> Path:
+    return build_demo_comfy(models_dir)
+
+
+def fp8_files(comfy, tmp_path, rel) -> dict[str, Path]:
+    """The encoder as plain fp8 (every 2-D weight cast, as ``t5xxl_fp8_e4m3fn`` is), as ComfyUI's scaled fp8, and
+    that scaled file multiplied out (fp32)."""
+    state = load_file(str(comfy / rel))
+    scaled = scaled_fp8.quantize(state)
+    out = {"plain": {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in state.items()},
+           "scaled": scaled, "multiplied": scaled_fp8.dequantize(scaled, torch.float32, "x")}
+    paths = {}
+    for kind, tensors in out.items():
+        paths[kind] = tmp_path / f"{Path(rel).stem}-{kind}.safetensors"
+        save_file(tensors, str(paths[kind]))
+    return paths
+
+
+def transformers_own(cls_name: str, folder: Path, part: str, state: dict) -> torch.nn.Module:
+    """transformers' ``from_pretrained`` of a state dict, fp8 cast up to fp32 by it: the reference."""
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    return cls.from_pretrained(None, config=cls.config_class.from_pretrained(str(folder / part)), state_dict=state,
+                               dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("which", ["t5", "umt5"])
+def test_an_fp8_encoder_stays_fp8_and_computes_what_transformers_load_computes(comfy, models_dir, tmp_path, which):
+    """In the compute dtype of the CPU (fp32); fp16 below."""
+    rel, demo, part, cls_name = ENCODERS[which]
+    folder = demo_path(models_dir, demo)
+    paths = fp8_files(comfy, tmp_path, rel)
+    ids = torch.tensor([[5, 17, 3, 99, 42, 1]])
+    for kind, reference_state in (("plain", load_file(str(paths["plain"]))),
+                                  ("scaled", load_file(str(paths["multiplied"])))):
+        model = load_transformers_model(str(paths[kind]), cls_name, folder, part, torch.float32)
+        assert model.single_file_info["fp8"] == ("stored" if kind == "plain" else "scaled (kept fp8, scaled per layer)")
+        block = model.encoder.block[0]
+        assert block.layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn  # a Linear: kept
+        # its dtype is read by its parent's code: kept too, cast for the parent's whole forward
+        assert block.layer[1].DenseReluDense.wo.weight.dtype == torch.float8_e4m3fn
+        assert model.encoder.embed_tokens.weight is model.shared.weight  # tied again, whatever dtype it keeps
+        reference = transformers_own(cls_name, folder, part, reference_state)
+        with torch.no_grad():
+            ours, theirs = model(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state
+        assert torch.equal(ours, theirs) and ours.abs().sum() > 0, kind
+
+        # the plan: the model's bytes (1 a kept weight), and only what is cast allocated at load
+        sizes = {c.name: c for c in folder_sizes(folder, 4, {part: str(paths[kind])}) if c.name == part}
+        held = sum(t.numel() * t.element_size() for t in model.parameters())
+        assert sizes[part].total == held
+        assert sizes[part].load_copy == 0  # every fp8 tensor stays as stored (memory-mapped)
+
+
+def test_a_video_from_a_scaled_umt5_is_the_one_from_its_multiplied_out_file(comfy, models_dir, tmp_path):
+    rel = ENCODERS["umt5"][0]
+    paths = fp8_files(comfy, tmp_path, rel)
+    image = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+
+    def frames(file, mode):
+        engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / f"{file.stem}-{mode}")
+        req = I2VRequest(model=ModelRef(repo_id=A14B, files=SingleFiles(text_encoder=str(file))), image=str(image),
+                         prompt="waves", resolution="custom", width=32, height=32, num_frames=5, steps=1,
+                         swap=SwapSettings(mode=mode), preview_every=0)
+        result = engine.run(req)
+        last = next(f for f in result.files if f.endswith("-last-frame.png"))
+        return np.asarray(Image.open(last)).astype(int)
+
+    expected = frames(paths["multiplied"], "none")
+    assert expected.std() > 0
+    assert np.array_equal(frames(paths["scaled"], "none"), expected)
+    assert np.array_equal(frames(paths["scaled"], "model_offload"), expected)  # the encoder moved with its scales
+
+
+def test_in_fp16_the_layers_transformers_keeps_in_fp32_are_fp32_as_it_loads_them(comfy, models_dir, tmp_path):
+    rel, demo, part, cls_name = ENCODERS["umt5"]
+    folder = demo_path(models_dir, demo)
+    paths = fp8_files(comfy, tmp_path, rel)
+    model = load_transformers_model(str(paths["scaled"]), cls_name, folder, part, torch.float16)
+    wo = model.encoder.block[0].layer[1].DenseReluDense.wo
+    assert wo.weight.dtype == torch.float32 and not hasattr(wo, "scale_weight")  # multiplied out, fp32
+    assert model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    # the file multiplied out as loading it in fp16 multiplies it (``scaled_fp8.dequantize``: in fp16)
+    multiplied = scaled_fp8.dequantize(load_file(str(paths["scaled"])), torch.float16, "x")
+    reference = cls.from_pretrained(None, config=cls.config_class.from_pretrained(str(folder / part)),
+                                    state_dict=multiplied, dtype=torch.float16).eval()
+    assert reference.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    ids = torch.tensor([[5, 17, 3, 99, 42, 1]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state)
