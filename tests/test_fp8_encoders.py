@@ -92,8 +92,9 @@ def test_a_video_from_a_scaled_umt5_is_the_one_from_its_multiplied_out_file(comf
     image = tmp_path / "start.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
 
-    def frames(file, mode):
-        engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / f"{file.stem}-{mode}")
+    def frames(file, mode, offload="cpu"):
+        engine = Engine(device="cpu", models_dir=models_dir, demo=True, offload_device=offload,
+                        outputs_dir=tmp_path / f"{file.stem}-{mode}-{offload}")
         req = I2VRequest(model=ModelRef(repo_id=A14B, files=SingleFiles(text_encoder=str(file))), image=str(image),
                          prompt="waves", resolution="custom", width=32, height=32, num_frames=5, steps=1,
                          swap=SwapSettings(mode=mode), preview_every=0)
@@ -105,6 +106,7 @@ def test_a_video_from_a_scaled_umt5_is_the_one_from_its_multiplied_out_file(comf
     assert expected.std() > 0
     assert np.array_equal(frames(paths["scaled"], "none"), expected)
     assert np.array_equal(frames(paths["scaled"], "model_offload"), expected)  # the encoder moved with its scales
+    assert np.array_equal(frames(paths["scaled"], "model_offload", "disk"), expected)  # and through the disk
 
 
 def test_in_fp16_the_layers_transformers_keeps_in_fp32_are_fp32_as_it_loads_them(comfy, models_dir, tmp_path):
