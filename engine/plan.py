@@ -111,6 +111,20 @@ def fp8_load_bytes(role: str, header: dict, load_bytes: int, class_name: str = "
     return 0
 
 
+def _is_norm_weight(key: str, info: dict) -> bool:
+    """A 1-D weight belongs to a norm (Linear, Conv and Embedding weights have two dimensions or more, biases are
+    named so): ``fp8_storage`` keeps fp8 only in those layers, so a norm's fp8 weight is cast as it loads."""
+    return key.endswith(".weight") and len(info["shape"]) == 1
+
+
+def encoder_fp8_cast(class_name: str, key: str) -> bool:
+    """Whether a kept-fp8 encoder's loader casts this fp8 tensor to the compute dtype (``KeptFp8.skip``)."""
+    from engine.comfy_models.single_file import FP8_KEPT_ENCODERS
+
+    layer = key.rsplit(".", 1)[0]
+    return any(re.search(p, layer) for p in FP8_KEPT_ENCODERS[class_name].skip)
+
+
 def component_size(name: str, folder: Path, load_bytes: int, single_file: str = "",
                    load_dtype: str = "", class_name: str = "") -> ComponentSize | None:
     """Sizes of one component folder (or of the single file that replaces it): total, blocks in execution order,
@@ -134,7 +148,9 @@ def component_size(name: str, folder: Path, load_bytes: int, single_file: str = 
         if is_scaled_fp8(header):  # the scales are consumed by the load (or a scalar per layer): nothing counts
             header = {k: v for k, v in header.items() if k not in _SCALE_KEYS and not k.endswith(_SCALE_SUFFIXES)}
         for key, info in header.items():
-            cast_up = bool(single_file) and not fp8_as and not encoder_kept and key.startswith(_FP8_NOT_KEPT)
+            cast_up = bool(single_file) and not fp8_as and (  # fp8 the loader cannot keep: a 1-D weight is a norm's
+                _is_norm_weight(key, info) or (encoder_fp8_cast(class_name, key) if encoder_kept else
+                                               key.startswith(_FP8_NOT_KEPT)))
             fp8_bytes = (load_bytes or 2) if cast_up else fp8_as
             kept = bool(single_file) and not fp8_bytes
             n = _nbytes(info, load_bytes, fp8_bytes)

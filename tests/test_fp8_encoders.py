@@ -27,6 +27,8 @@ A14B = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 ENCODERS = {  # file -> (demo folder, component, class)
     "t5": ("text_encoders/t5xxl-tiny.safetensors", "flux-dev", "text_encoder_2", "T5EncoderModel"),
     "umt5": ("text_encoders/umt5_xxl-tiny.safetensors", "wan22-i2v", "text_encoder", "UMT5EncoderModel"),
+    "qwen2.5-vl": ("text_encoders/qwen_2.5_vl_7b_bf16-tiny.safetensors", "qwen-image", "text_encoder",
+                   "Qwen2_5_VLForConditionalGeneration"),
 }
 
 
@@ -128,3 +130,52 @@ def test_in_fp16_the_layers_transformers_keeps_in_fp32_are_fp32_as_it_loads_them
     ids = torch.tensor([[5, 17, 3, 99, 42, 1]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state)
+
+
+@pytest.mark.parametrize("kind", ["plain", "scaled", "every-tensor"])
+def test_a_qwen_image_edit_from_an_fp8_qwen_vl_is_the_one_from_its_cast_up_file(comfy, models_dir, tmp_path, kind):
+    """Qwen2.5-VL keeps its fp8 but the patch embedding (its dtype is read: the pixels are cast to it), under
+    transformers 5's names (ComfyUI's files have transformers 4's): an edit, which runs the vision tower on the
+    input image, is the one from the file cast up / multiplied out."""
+    from engine import LoraStackRequest
+
+    rel, demo, part, cls_name = ENCODERS["qwen2.5-vl"]
+    paths = fp8_files(comfy, tmp_path, rel)
+    # the demo folder's own fp8 file: every tensor fp8, norms and the patch embedding included
+    paths["every-tensor"] = comfy / "text_encoders/qwen_2.5_vl_7b_fp8_e4m3fn-tiny.safetensors"
+    model = load_transformers_model(str(paths[kind]), cls_name, demo_path(models_dir, "qwen-image-edit"), part,
+                                    torch.float32)
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.dtype == torch.float8_e4m3fn
+    assert model.model.visual.blocks[0].mlp.gate_proj.weight.dtype == torch.float8_e4m3fn
+    assert model.model.visual.patch_embed.proj.weight.dtype == torch.float32 and model.dtype == torch.float32
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
+    # the reference: the same fp8 values, cast up (plain) or multiplied out (scaled) into a plain fp32 file
+    fp8_state = load_file(str(paths["plain" if kind == "scaled" else kind]))
+    cast_up = tmp_path / "cast-up.safetensors"
+    save_file({k: v.float() if v.dtype == torch.float8_e4m3fn else v for k, v in fp8_state.items()}, str(cast_up))
+    expected_file = paths["multiplied"] if kind == "scaled" else cast_up
+
+    def edit(file):
+        engine = Engine(device="cpu", models_dir=models_dir, demo=True, outputs_dir=tmp_path / file.stem)
+        req = LoraStackRequest(model=ModelRef(repo_id="Qwen/Qwen-Image-Edit", files=SingleFiles(text_encoder=str(file))),
+                               prompt="make the sky green", width=32, height=32, steps=2, seed=5,
+                               input_image=str(photo))
+        return np.asarray(engine.run(req).images[0]).astype(int)
+
+    expected = edit(expected_file)
+    assert expected.std() > 0 and np.array_equal(edit(paths[kind]), expected)
+    from engine.comfy_models.single_file import FP8_KEPT_ENCODERS, _renamed
+
+    sizes = {c.name: c for c in folder_sizes(demo_path(models_dir, "qwen-image-edit"), 4, {part: str(paths[kind])})}
+    stored = {k: v.dtype for k, v in load_file(str(paths[kind])).items()}
+    params = dict(model.named_parameters())
+    in_file = {n: stored[k] for k in stored
+               if (n := _renamed(k, set(params), FP8_KEPT_ENCODERS[cls_name].renames, ".scale_weight")) in params}
+    # the plan: a byte a tensor the file holds in fp8 and the model keeps so, the compute dtype for the rest (the
+    # tiny model's zero biases are exact in fp8 and kept so as well: more than a header can tell, the plan says 4)
+    kept = {n for n, p in params.items() if p.dtype == torch.float8_e4m3fn and in_file[n] == torch.float8_e4m3fn}
+    assert sizes[part].total == sum(p.numel() * (1 if n in kept else 4) for n, p in params.items())
+    # what the load allocates: the fp8 tensors it casts (the patch embedding and norms, where the file has them fp8)
+    cast = sum(p.numel() * 4 for n, p in params.items() if in_file[n] == torch.float8_e4m3fn and n not in kept)
+    assert sizes[part].load_copy == cast and (cast > 0) == (kind == "every-tensor")

@@ -18,6 +18,8 @@ diffusers 0.42.1's single-file path maps only part of them."""
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -170,15 +172,33 @@ def load_transformers_model(path: str, class_name: str, config_folder: Path, sub
     return model.eval()
 
 
-# transformers encoders whose fp8 files stay fp8 as stored (T5-XXL for Flux and Chroma, umT5-XXL for Wan: 4.7 and
-# 5.7 billion weights), with the layers whose weight dtype their parent's code reads (T5's feed-forward output
-# ``wo``: the hidden states are cast to it) cast for the parent's whole forward (``keep_fp8``'s ``lift``)
-FP8_KEPT_ENCODERS = {"T5EncoderModel": (r"\.wo$",), "UMT5EncoderModel": (r"\.wo$",)}
+@dataclass(frozen=True)
+class KeptFp8:
+    """How a transformers encoder's fp8 file stays fp8 as stored: ``lift``, layers whose weight dtype the calling
+    module's code reads (cast for that caller's whole forward); ``skip``, layers whose dtype other code reads (cast
+    to the compute dtype on load); ``renames``, the older transformers names ComfyUI's files use, as regex -> new
+    prefix, applied where a key is not the model's."""
+
+    lift: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    renames: tuple[tuple[str, str], ...] = ()
+
+
+# T5-XXL (Flux, Chroma), umT5-XXL (Wan) and Qwen2.5-VL-7B (Qwen-Image): 4.7, 5.7 and 8.3 billion weights. T5's
+# feed-forward casts its hidden states to ``wo``'s dtype; Qwen2.5-VL casts pixels to its patch embedding's (and the
+# model's ``dtype`` is that first parameter's), and transformers 5 moved its layers under ``model.``
+FP8_KEPT_ENCODERS = {
+    "T5EncoderModel": KeptFp8(lift=(r"\.wo$",)),
+    "UMT5EncoderModel": KeptFp8(lift=(r"\.wo$",)),
+    "Qwen2_5_VLForConditionalGeneration": KeptFp8(
+        skip=(r"visual\.patch_embed\.proj$",),
+        renames=((r"^visual\.", "model.visual."), (r"^model\.(?!language_model\.|visual\.)", "model.language_model."))),
+}
 
 
 def _load_encoder_fp8_as_stored(cls, config, state: dict, dtype: torch.dtype, store: torch.dtype, name: str,
                                 where: str) -> torch.nn.Module:
-    """A T5 / umT5 encoder with its fp8 Linear weights as the file holds them (memory-mapped, scaled per layer for a
+    """A T5 / umT5 / Qwen2.5-VL encoder with its fp8 Linear weights as the file holds them (memory-mapped, scaled per layer for a
     scaled file), the rest in the compute dtype: what ``from_pretrained`` makes of the multiplied-out file, bit for
     bit at compute time, without the compute-dtype copy of the whole encoder in RAM (umT5-XXL: 11.4 GB in bf16,
     6.7 GB here; the token embedding stays fp8 too, cast per lookup). Weights tied by the model (the encoder's
@@ -186,13 +206,15 @@ def _load_encoder_fp8_as_stored(cls, config, state: dict, dtype: torch.dtype, st
     ignores them; a missing weight is refused."""
     from accelerate import init_empty_weights
 
+    how = FP8_KEPT_ENCODERS[cls.__name__]
     if scaled_fp8.is_scaled(state):
         state = scaled_fp8.split(state, name)
-    suffix = scaled_fp8.SCALE_SUFFIXES[0]
-    scales = {k[: -len(suffix)] + ".weight": state.pop(k) for k in list(state) if k.endswith(suffix)}
     with init_empty_weights():
         model = cls(config)
     expected = set(model.state_dict())
+    suffix = scaled_fp8.SCALE_SUFFIXES[0]
+    state = {_renamed(k, expected, how.renames, suffix): v for k, v in state.items()}
+    scales = {k[: -len(suffix)] + ".weight": state.pop(k) for k in list(state) if k.endswith(suffix)}
     tensors = {k: v.to(dtype) if v.is_floating_point() and v.dtype != store else v for k, v in state.items()
                if k in expected}
     try:
@@ -212,9 +234,19 @@ def _load_encoder_fp8_as_stored(cls, config, state: dict, dtype: torch.dtype, st
                     factor = scales.pop(f"{module_name}.{pname}", None)
                     value = tensor.data.to(dtype)
                     tensor.data = (value * factor if factor is not None else value).float()
-    keep_fp8(model, store, dtype, scales, lift=FP8_KEPT_ENCODERS[cls.__name__],
-             skip=tuple(rf"\.{k}$" for k in keep))
+    keep_fp8(model, store, dtype, scales, lift=how.lift, skip=how.skip + tuple(rf"\.{k}$" for k in keep))
     return model
+
+
+def _renamed(key: str, expected: set[str], renames: tuple[tuple[str, str], ...], scale_suffix: str) -> str:
+    """``key`` under the model's names: as it is where the model has it (a scale: where the model has its
+    weight), else with each of ``renames`` applied."""
+    weight = key[: -len(scale_suffix)] + ".weight" if key.endswith(scale_suffix) else key
+    if weight in expected:
+        return key
+    for pattern, prefix in renames:
+        key = re.sub(pattern, prefix, key)
+    return key
 
 
 def _load_wan_vae(cls, state: dict, config: dict, dtype: torch.dtype, name: str, where: str) -> torch.nn.Module:
