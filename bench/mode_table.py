@@ -1,5 +1,6 @@
 """The README's memory-modes table: host RAM and VRAM each mode needs for FLUX.1-dev, Wan 2.2 A14B (the expert
-pair) and Qwen-Image at their usual sizes in bf16, from the plan (``engine.memory.planner.plan_swap``, what
+pair) and Qwen-Image at their usual sizes in bf16, and the Wan pair from ComfyUI's official fp8_scaled files, from
+the plan (``engine.memory.planner.plan_swap``, what
 ``Engine.plan`` runs), on models built from the real configs on the meta device (no weights, no download).
 
 Predicted, not measured: ``bench/gpu_check.py`` measures them on a GPU.
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 from accelerate import init_empty_weights  # noqa: E402
 
 from engine.memory.planner import ComponentSize, GiB, plan_swap  # noqa: E402
-from engine.plan import activation_estimate  # noqa: E402
+from engine.plan import activation_estimate, encoder_activations  # noqa: E402
 from engine.requests import SwapSettings  # noqa: E402
 
 BF16 = 2
@@ -55,7 +56,8 @@ def largest_leaf(module: torch.nn.Module, elem: int = BF16) -> int:
 
 def component(name: str, role: str, module: torch.nn.Module) -> ComponentSize:
     if role != "transformer":
-        return ComponentSize(name, role, nbytes(module), (), largest_leaf(module))
+        act = encoder_activations(module.config.to_dict(), BF16) if role == "text_encoder" else 0
+        return ComponentSize(name, role, nbytes(module), (), largest_leaf(module), activations=act)
     from gpu_check import measured_size  # blocks in execution order, as the run finds them
 
     size = measured_size(name, module)
@@ -96,6 +98,46 @@ def wan_pair() -> tuple[list[ComponentSize], int]:
     return parts, activation_estimate(tcfg, {"base_dim": 96}, 832, 480, 81, BF16)
 
 
+def _fp8_component(name: str, role: str, module: torch.nn.Module, cast: tuple[str, ...] = ()) -> ComponentSize:
+    """A component as a ComfyUI fp8 file loads (``fp8_storage``): weights of two or more dimensions (Linear, Conv,
+    Embedding) at a byte each, biases and norms at bf16 as those files keep them, the layers named in ``cast``
+    (their dtype is read by the model's code) cast from fp8 to bf16 on load (``load_copy``)."""
+    def size(pname: str, p) -> int:
+        return p.numel() * (1 if p.ndim >= 2 and not pname.startswith(cast) else BF16)
+    blocks = tuple(sum(size(f"blocks.{i}.{n}", p) for n, p in block.named_parameters())
+                   for i, block in enumerate(getattr(module, "blocks", ()))) if role == "transformer" else ()
+    total = sum(size(n, p) for n, p in module.named_parameters())
+    copied = sum(p.numel() * BF16 for n, p in module.named_parameters() if p.ndim >= 2 and n.startswith(cast))
+    largest = max(sum(size(f"{prefix}.{n}", p) for n, p in m.named_parameters(recurse=False))
+                  for prefix, m in module.named_modules())
+    # the largest layer kept in fp8 computes from a bf16 copy of itself (umT5's token embedding: 2 GB)
+    compute_copy = max(p.numel() * BF16 for n, p in module.named_parameters() if p.ndim >= 2 and not n.startswith(cast))
+    act = encoder_activations(module.config.to_dict(), BF16) if role == "text_encoder" else 0
+    return ComponentSize(name, role, total, blocks, largest, copied, compute_copy, act)
+
+
+def comfy_wan_pair() -> tuple[list[ComponentSize], int]:
+    """ComfyUI's official Wan 2.2 image-to-video files: ``wan2.2_i2v_{high,low}_noise_14B_fp8_scaled`` (kept fp8,
+    their patch and condition embedders cast: ``plan._FP8_NOT_KEPT``), ``umt5_xxl_fp8_e4m3fn_scaled`` (kept fp8) and
+    the Wan 2.1 VAE in bf16."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from swap_harness import WAN_FULL
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    expert = _fp8_component("transformer", "transformer", on_meta(lambda: WanTransformer3DModel(**WAN_FULL)),
+                            cast=("condition_embedder.", "patch_embedding."))
+    parts = [
+        expert, ComponentSize("transformer_2", "transformer", expert.total, expert.blocks, expert.largest_leaf,
+                              expert.load_copy),
+        _fp8_component("text_encoder", "text_encoder",
+                       on_meta(lambda: UMT5EncoderModel(UMT5Config(**{**T5_XXL, "vocab_size": 256384})))),
+        component("vae", "vae", on_meta(lambda: AutoencoderKLWan())),
+    ]
+    tcfg = {"num_attention_heads": 40, "attention_head_dim": 128}
+    # a layer kept in fp8 computes from a bf16 copy of itself: the largest one beside the activations
+    return parts, activation_estimate(tcfg, {"base_dim": 96}, 832, 480, 81, BF16) + expert.compute_copy
+
+
 def qwen_image() -> tuple[list[ComponentSize], int]:
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -113,7 +155,8 @@ def qwen_image() -> tuple[list[ComponentSize], int]:
 def rows(card_gb: float) -> list[dict]:
     out = []
     for label, build in (("FLUX.1-dev 1024x1024", flux), ("Wan 2.2 A14B pair 832x480x81", wan_pair),
-                         ("Qwen-Image 1328x1328", qwen_image)):
+                         ("Qwen-Image 1328x1328", qwen_image),
+                         ("Wan 2.2 A14B pair, ComfyUI fp8_scaled files, 832x480x81", comfy_wan_pair)):
         parts, act = build()
         weights = sum(c.total for c in parts)
         for mode in MODES:

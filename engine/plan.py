@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import InputError, OutOfBudgetError
-from engine.memory.planner import STREAMING_MODES, ComponentSize, GiB, Plan, gib, human, plan_swap
+from engine.memory.planner import ENCODER_ROLES, STREAMING_MODES, ComponentSize, GiB, Plan, gib, human, plan_swap
 from engine.models import role_of
 
 # bytes per element of the safetensors dtypes
@@ -186,6 +186,8 @@ def folder_sizes(folder: Path, load_bytes: int, files: dict[str, str] | None = N
                 (folder / name).is_dir() or name in files):
             continue
         size = component_size(name, folder / name, load_bytes, files.get(name, ""), load_dtype, spec[1])
+        if size is not None and size.role in ENCODER_ROLES:
+            size = replace(size, activations=encoder_activations(_config(folder, name), load_bytes or 2))
         if size is not None:
             out.append(size)
     return out
@@ -196,6 +198,19 @@ def _config(folder: Path, name: str) -> dict:
         return json.loads((folder / name / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+ENCODER_TOKENS = 512  # the longest prompt the pipelines encode (T5 and umT5 at 512; CLIP stops at 77)
+
+
+def encoder_activations(cfg: dict, elem: int) -> int:
+    """Rough activation bytes while a text or image encoder computes: a dozen hidden-sized tensors per token and
+    the attention scores in fp32 (transformers' eager attention), for ``ENCODER_TOKENS`` tokens."""
+    if "d_model" not in cfg and "hidden_size" not in cfg:  # a multimodal config: its text tower's
+        cfg = cfg.get("text_config") or {}
+    hidden = int(cfg.get("d_model") or cfg.get("hidden_size") or 1024)
+    heads = int(cfg.get("num_heads") or cfg.get("num_attention_heads") or 16)
+    return 12 * ENCODER_TOKENS * hidden * elem + heads * ENCODER_TOKENS * ENCODER_TOKENS * 4
 
 
 def activation_estimate(tcfg: dict, vcfg: dict, width: int, height: int, frames: int, elem: int,
@@ -350,7 +365,8 @@ def plan_request(engine, request) -> Plan:
     act = activation_estimate(_config(folder, "transformer"), _config(folder, "vae"),
                               int(getattr(request, "width", 1024)), int(getattr(request, "height", 1024)),
                               int(getattr(request, "num_frames", 1)), elem, batch=extra.batch)
-    act += max((c.compute_copy for c in sizes), default=0)  # an fp8-kept layer computes from a copy of itself
+    # an fp8-kept layer computes from a copy of itself (an encoder's is counted with the encoder's moment)
+    act += max((c.compute_copy for c in sizes if c.role not in ENCODER_ROLES), default=0)
     offload = engine.memory.offload_device
     plan = plan_swap(sizes, settings, device, budget, act, offload)
     plan.budget_note = budget_note
@@ -401,10 +417,12 @@ def check_budget(request, plan: Plan) -> None:
                                              f"mode: {plan.suggestion}")
     if settings.max_vram_gb and settings.mode in ("block_swap", "chunkwise") and plan.layouts:
         need = plan.predicted_peak
+        weights = f"{human(plan.resident_weights)} resident + {human(plan.slab_bytes)} slabs"
+        if plan.weights_peak > plan.resident_weights + plan.slab_bytes:  # the worst moment is an encoder's or the VAE's
+            weights = f"{human(plan.weights_peak)} while an encoder or the VAE computes beside the resident blocks"
         raise InputError("swap.max_vram_gb", f"{settings.max_vram_gb:g} GB is below what {settings.mode} needs with "
                                              f"{settings.blocks_resident} resident blocks and prefetch "
-                                             f"{settings.prefetch}: {human(plan.resident_weights)} resident + "
-                                             f"{human(plan.slab_bytes)} slabs + {human(plan.activations)} "
+                                             f"{settings.prefetch}: {weights} + {human(plan.activations)} "
                                              f"activations, minimum {need / GiB:.3f} GB; raise it, keep fewer "
                                              "blocks resident, lower the prefetch, or pick adaptive")
     if settings.mode in STREAMING_MODES and not plan.layouts:

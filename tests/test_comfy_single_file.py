@@ -113,7 +113,7 @@ def test_the_per_forward_compute_copy_of_an_fp8_layer_is_in_the_planned_activati
                   for m in hooked)
     assert largest > 0 and fp8_compute_copy(pipe) == largest
     plain, kept = engine.plan(request(SingleFiles())), engine.plan(request(SingleFiles(transformer=fp8)))
-    assert activation_bytes(pipe, {"width": 32, "height": 32}) == plain.activations + largest  # at run time
+    assert activation_bytes(pipe, {"width": 32, "height": 32}) == plain.run_activations + largest  # at run time
     # the plan reads the file's header alone: its layers are the file's, and BFL's single blocks fuse q, k, v and
     # the MLP into one ``linear1`` that the model splits, so the plan counts that fused layer (an upper bound)
     from engine.plan import read_header
@@ -123,7 +123,7 @@ def test_the_per_forward_compute_copy_of_an_fp8_layer_is_in_the_planned_activati
         if ".linear1." in key and t["dtype"] == "F8_E4M3":
             layers[key.rsplit(".", 1)[0]] = layers.get(key.rsplit(".", 1)[0], 0) + math.prod(t["shape"]) * 4
     fused = max(layers.values())
-    assert fused > largest and kept.activations == plain.activations + fused
+    assert fused > largest and kept.run_activations == plain.run_activations + fused
 
 
 def test_an_fp8_file_with_bf16_biases_keeps_them_exact(engine, comfy, models_dir, tmp_path):

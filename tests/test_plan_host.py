@@ -75,8 +75,9 @@ def test_device_weights_are_resident_blocks_plus_slabs_exactly(engine, on_cuda):
     plan = engine.plan(t2i("block_swap", blocks_resident=1, prefetch=1))
     assert plan.resident_weights == transformer.rest + transformer.blocks[0]
     assert plan.slab_bytes == 2 * max(transformer.blocks[1:])
-    assert plan.weights_peak >= plan.resident_weights + plan.slab_bytes
+    # the peak is the worst moment: denoising (those weights with the run's activations) or an encoder's
     assert plan.predicted_peak == plan.weights_peak + plan.activations
+    assert plan.predicted_peak >= plan.resident_weights + plan.slab_bytes + plan.run_activations
     assert "resident +" in plan.explanation and "slabs" in plan.explanation
 
 
@@ -173,3 +174,26 @@ def test_the_memory_widget_shows_the_host_ram(engine, on_cuda):
     text = plan_text(engine, lambda mode: t2i(mode), "block_swap")
     plan = engine.plan(t2i("block_swap"))
     assert "Host RAM" in text and f"{_gib(plan.host_bytes)} GiB ({_gib(plan.pinned_bytes)} pinned)" in text
+
+
+def test_an_encoder_s_moment_is_not_charged_the_denoising_activations():
+    """The device peak is the worst moment: an XXL text encoder computes with its own small activations, not the
+    video's; charging it the denoising estimate made adaptive refuse a 24 GiB card for the ComfyUI Wan setup."""
+    from engine.memory.planner import ComponentSize, plan_swap
+    from engine.requests import SwapSettings
+
+    blocks = (GiB,) * 8
+    transformer = ComponentSize("transformer", "transformer", GiB + sum(blocks), blocks, GiB // 8)
+    encoder = ComponentSize("text_encoder", "text_encoder", 6 * GiB, (), GiB // 4, activations=100 * MiB)
+    vae = ComponentSize("vae", "vae", GiB // 4, (), GiB // 16)
+    act = 5 * GiB  # a long video's denoising / decoding estimate
+    plan = plan_swap([transformer, encoder, vae], SwapSettings(mode="block_swap", blocks_resident=0, prefetch=1),
+                     "cuda:0", 12 * GiB, act)
+    denoise = GiB + 2 * GiB  # the rest + two one-block slabs
+    assert plan.predicted_peak == max(denoise + act, 6 * GiB + 100 * MiB) == 8 * GiB and plan.fits
+    # an encoder big enough makes its own moment the worst, with its own activations
+    big = ComponentSize("text_encoder", "text_encoder", 11 * GiB, (), GiB // 4, activations=100 * MiB)
+    plan = plan_swap([transformer, big, vae], SwapSettings(mode="block_swap", blocks_resident=0, prefetch=1),
+                     "cuda:0", 12 * GiB, act)
+    assert (plan.weights_peak, plan.activations, plan.run_activations) == (11 * GiB, 100 * MiB, act)
+    assert plan.fits  # 11.1 GiB: it was refused as 16 GiB (11 + the video's 5)

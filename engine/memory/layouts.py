@@ -30,6 +30,7 @@ class ComponentSize:
     # the largest layer kept in fp8 as its compute-dtype weight: what ``fp8_storage``'s hook makes on the device for
     # each forward of that layer (one at a time), so the run's activations hold this much more at their busiest
     compute_copy: int = 0
+    activations: int = 0  # an encoder's activations at its busiest (``plan.encoder_activations``); 0 otherwise
 
     @property
     def rest(self) -> int:

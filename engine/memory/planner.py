@@ -33,6 +33,7 @@ class Plan:
     budget: int | None
     weights_peak: int  # weights on the compute device at the worst moment
     activations: int  # estimate for the same moment
+    run_activations: int = 0  # the estimate while the transformer or the VAE computes (the moment may be an encoder's)
     layouts: dict[str, Layout] = field(default_factory=dict)
     fits: bool = True
     explanation: str = ""
@@ -65,7 +66,8 @@ class Plan:
     def as_dict(self) -> dict:
         return {
             "mode": self.mode, "device": self.device, "budget": self.budget, "weights_peak": self.weights_peak,
-            "activations": self.activations, "predicted_peak": self.predicted_peak, "fits": self.fits,
+            "activations": self.activations, "run_activations": self.run_activations,
+            "predicted_peak": self.predicted_peak, "fits": self.fits,
             "explanation": self.explanation, "suggestion": self.suggestion, "notes": list(self.notes),
             "offload": self.offload, "resident_weights": self.resident_weights, "slab_bytes": self.slab_bytes,
             "host_bytes": self.host_bytes, "pinned_bytes": self.pinned_bytes, "host_available": self.host_available,
@@ -87,6 +89,23 @@ def human(n: int | float) -> str:
     if n >= MiB:
         return f"{n / MiB:.0f} MB"
     return f"{n / 1024:.0f} KB"
+
+
+ENCODER_ROLES = ("text_encoder", "image_encoder")
+
+
+def _peak(plan: Plan, phases: list[tuple[int, int]]) -> None:
+    """Set the plan's peak to the worst of its moments, each (weights on the device, activations then): an
+    encoder computes with small activations, the transformer and the VAE with the run's estimate, so the encoder's
+    moment is not charged the denoising activations (``predicted_peak`` stays weights + activations of that one
+    moment)."""
+    plan.weights_peak, plan.activations = max(phases, key=lambda p: (p[0] + p[1], p[0]), default=(0, 0))
+
+
+def _activations_of(comp: ComponentSize, activations: int) -> int:
+    """The activations while ``comp`` computes: an encoder's own (``ComponentSize.activations``, plus the
+    compute-dtype copy of its largest layer kept in fp8), or the run's estimate for a transformer or the VAE."""
+    return comp.activations + comp.compute_copy if comp.role in ENCODER_ROLES else activations
 
 
 def layout_for(mode: str, comp: ComponentSize, settings, budget: int | None, activations: int) -> Layout | None:
@@ -130,13 +149,15 @@ def _plan_device(components: list[ComponentSize], settings, device: str, budget:
     mode = settings.mode
     if mode == "cpu_only":
         return _plan_on_cpu(mode, components, device, activations)
-    plan = Plan(mode=mode, device=device, budget=budget, weights_peak=0, activations=activations)
+    plan = Plan(mode=mode, device=device, budget=budget, weights_peak=0, activations=activations,
+                run_activations=activations)
     transformers = [c for c in components if c.streams]
     others = [c for c in components if not c.streams]
-    if mode == "none":
-        plan.weights_peak = sum(c.total for c in components)
+    if mode == "none":  # everything resident: the weights with the worst moment's activations
+        total = sum(c.total for c in components)
+        _peak(plan, [(total, _activations_of(c, activations)) for c in components])
     elif mode == "model_offload":
-        plan.weights_peak = max((c.total for c in components), default=0)
+        _peak(plan, [(c.total, _activations_of(c, activations)) for c in components])
     elif mode == "layerwise":
         streams = device.startswith("cuda") and bool(settings.use_streams)
         plan.weights_peak = minimum_bytes(components, 2 if streams else 1)
@@ -160,9 +181,9 @@ def _plan_device(components: list[ComponentSize], settings, device: str, budget:
             plan.resident_weights = plan.layouts[worst.name].kept(worst)
             plan.slab_bytes = plan.layouts[worst.name].window_bytes(worst.blocks)
             # encoders and the VAE come in one at a time; the last expert's resident blocks stay unless they must go
-            other_phase = max((c.total + (kept if budget is None or c.total + kept <= budget else 0)
-                               for c in others), default=0)
-            plan.weights_peak = max(denoise, other_phase)
+            _peak(plan, [(denoise, activations)] + [
+                (c.total + (kept if budget is None or c.total + kept + _activations_of(c, activations) <= budget
+                            else 0), _activations_of(c, activations)) for c in others])
     if budget is not None and plan.predicted_peak > budget:
         plan.fits = False
     plan.explanation = _explain(plan, components)
@@ -170,7 +191,7 @@ def _plan_device(components: list[ComponentSize], settings, device: str, budget:
         plan.notes.append("no GPU here: the run computes on the CPU; the mode's hooks still run, so a GPU machine "
                           "gives the same pixels")
     if not plan.fits:
-        plan.suggestion = _suggest(plan, components)
+        plan.suggestion = _suggest(plan, components, activations)
     return plan
 
 
@@ -210,8 +231,8 @@ def _explain(plan: Plan, components: list[ComponentSize]) -> str:
     return f"{plan.mode}: {'; '.join(unique)}; {weights}; {peak}"
 
 
-def _suggest(plan: Plan, components: list[ComponentSize]) -> str:
-    need = minimum_bytes(components) + plan.activations
+def _suggest(plan: Plan, components: list[ComponentSize], activations: int) -> str:
+    need = minimum_bytes(components) + activations
     if plan.budget is not None and need > plan.budget:
         return (f"nothing fits in {gib(plan.budget)} GiB: even layer streaming needs about {gib(need)} GiB; "
                 "pick a smaller size or fewer frames, or a quantized catalog entry")
