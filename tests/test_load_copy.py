@@ -80,8 +80,8 @@ def anon():
     with open("/proc/self/status") as status:
         return next(int(l.split()[1]) * 1024 for l in status if l.startswith("RssAnon:"))
 
-folder, file, dtype, models, out = sys.argv[1:6]
-ref = ModelRef(path=folder, dtype=dtype, files=SingleFiles(transformer=file) if file else SingleFiles())
+folder, file, dtype, models, out, part = sys.argv[1:7]
+ref = ModelRef(path=folder, dtype=dtype, files=SingleFiles(**{part: file}) if file else SingleFiles())
 engine = Engine(device="cpu", models_dir=models, demo=True, outputs_dir=out)
 # the first load imports diffusers' and transformers' model code (tens of MiB of its own): done before measuring
 from diffusers.loaders import single_file_utils  # noqa: F401
@@ -102,6 +102,43 @@ done.set()
 sampler.join()
 print("peak_growth", max(peak[0], anon()) - before)
 """
+
+
+def _measured_growth(folder: Path, file: str, dtype: str, models_dir: Path, tmp_path: Path, part: str) -> int:
+    """Peak anonymous-memory growth of loading the pipeline in ``folder`` (``file`` replacing ``part``), in a fresh
+    process."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(folder), file, dtype, str(models_dir),
+                           str(tmp_path / "out"), part], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.split("peak_growth")[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_scaled_fp8_t5_encoder_loads_memory_mapped_as_planned(models_dir, tmp_path):
+    """ComfyUI's ``t5xxl_fp8_e4m3fn_scaled`` kept fp8 as stored: its load allocates next to nothing (it was the
+    encoder multiplied out to the compute dtype, four times the file in fp32)."""
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel
+
+    from engine.comfy_models import scaled_fp8
+    from engine.demo import demo_root
+
+    folder = tmp_path / "flux-wide-t5"
+    shutil.copytree(demo_root(models_dir) / "flux-dev", folder)
+    config = T5Config.from_pretrained(folder / "text_encoder_2")
+    config.update({"d_model": 1024, "d_ff": 2816, "num_layers": 8, "num_heads": 16, "d_kv": 64})
+    config.save_pretrained(folder / "text_encoder_2")
+    torch.manual_seed(0)
+    state = scaled_fp8.quantize(T5EncoderModel(config).state_dict())
+    file = str(tmp_path / "t5xxl-wide_fp8_e4m3fn_scaled.safetensors")
+    save_file({k: v.contiguous() for k, v in state.items() if k != "encoder.embed_tokens.weight"}, file)
+    fp32 = sum(v.numel() * 4 for k, v in state.items() if k.endswith(".weight"))
+    del state
+    planned = next(c for c in folder_sizes(folder, 4, {"text_encoder_2": file}, load_dtype_tag("auto", "cpu"))
+                   if c.name == "text_encoder_2")
+    grown = _measured_growth(folder, file, "auto", models_dir, tmp_path, "text_encoder_2")
+    assert planned.load_copy == 0 and planned.total < 0.5 * fp32  # a byte a Linear weight; the embedding as stored
+    assert grown < 0.1 * fp32, f"+{grown / MiB:.0f} MiB for a memory-mapped load of a {fp32 / MiB:.0f} MiB encoder"
 
 
 def _wide_flux(models_dir: Path, folder: Path):
@@ -149,10 +186,7 @@ def test_the_planned_load_copy_is_what_the_load_allocates(models_dir, tmp_path, 
     planned = next(c for c in folder_sizes(folder, 2 if dtype == "bfloat16" else 4,
                                            {"transformer": file} if file else None, load_dtype_tag(dtype, "cpu"))
                    if c.name == "transformer").load_copy
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(folder), file, dtype, str(models_dir),
-                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    grown = int(done.stdout.split("peak_growth")[-1])
+    grown = _measured_growth(folder, file, dtype, models_dir, tmp_path, "transformer")
     if case.endswith("in its dtype") or "plain fp8" in case:  # memory-mapped as stored (fp8 stays fp8)
         assert planned == 0 and grown < 0.2 * weights, f"+{grown / MiB:.0f} MiB for a memory-mapped load"
     else:
