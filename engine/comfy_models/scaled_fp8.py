@@ -8,10 +8,10 @@ multiplied out.
 
 A transformer whose keys map one to one onto diffusers' (Wan, Qwen-Image, diffusers-named files) keeps its fp8
 weights as stored, with each scale beside its weight, and multiplies per layer at compute time as ComfyUI does
-(``split``, ``fp8_storage``): 1 byte a weight in RAM and in every copy to the GPU, and so do T5 and umT5 encoders.
-Everything else (the other encoders, the original Flux/Chroma layout, whose conversion splits fused layers a scale
-cannot follow) is multiplied out on load into the compute dtype (2 bytes a weight in bf16). A file whose scales are missing or do not fit their
-weights is refused, naming the key, rather than loaded silently wrong."""
+(``split``, ``fp8_storage``): 1 byte a weight in RAM and in every copy to the GPU, and so do T5, umT5 and
+Qwen2.5-VL encoders. Everything else (CLIP, the original Flux/Chroma layout, whose conversion splits fused layers a
+scale cannot follow) is multiplied out on load into the compute dtype (2 bytes a weight in bf16). A file whose
+scales are missing or do not fit their weights is refused, naming the key, rather than loaded silently wrong."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ copy sits in RAM. Pickles are read only with ``torch.load(weights_only=True, mma
 Stored fp8 in a transformer or VAE stays fp8 as the file holds it (built empty and assigned, never cast up; then
 ``fp8_storage``: diffusers' layerwise casting, tensor by tensor, so the file's bf16 biases stay bf16): plain
 ``float8_e4m3fn``, and ComfyUI's *scaled* fp8 (``scale_weight`` per layer) where its keys map one to one onto
-diffusers' (Wan, Qwen-Image), scaled per layer at compute time. T5 and umT5 encoders keep their fp8 (plain or
-scaled) the same way (``FP8_KEPT_ENCODERS``). Other scaled fp8 (BFL-layout Flux/Chroma, the other encoders) is
+diffusers' (Wan, Qwen-Image), scaled per layer at compute time. T5, umT5 and Qwen2.5-VL encoders keep their fp8
+(plain or scaled) the same way (``FP8_KEPT_ENCODERS``). Other scaled fp8 (BFL-layout Flux/Chroma, CLIP) is
 multiplied out on load (``scaled_fp8``). Wan-layout VAEs (Wan 2.1, 2.2, Qwen-Image) are converted by ``wan_vae`` and loaded directly:
 diffusers 0.42.1's single-file path maps only part of them."""
 
@@ -198,8 +198,8 @@ FP8_KEPT_ENCODERS = {
 
 def _load_encoder_fp8_as_stored(cls, config, state: dict, dtype: torch.dtype, store: torch.dtype, name: str,
                                 where: str) -> torch.nn.Module:
-    """A T5 / umT5 / Qwen2.5-VL encoder with its fp8 Linear weights as the file holds them (memory-mapped, scaled per layer for a
-    scaled file), the rest in the compute dtype: what ``from_pretrained`` makes of the multiplied-out file, bit for
+    """A T5 / umT5 / Qwen2.5-VL encoder with its fp8 weights as the file holds them (memory-mapped, scaled per layer
+    for a scaled file), the rest in the compute dtype: what ``from_pretrained`` makes of the multiplied-out file, bit for
     bit at compute time, without the compute-dtype copy of the whole encoder in RAM (umT5-XXL: 11.4 GB in bf16,
     6.7 GB here; the token embedding stays fp8 too, cast per lookup). Weights tied by the model (the encoder's
     ``embed_tokens`` is ``shared``) are tied again; tensors the model has no place for are ignored, as transformers
