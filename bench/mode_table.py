@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from accelerate import init_empty_weights  # noqa: E402
 
 from engine.memory.planner import ComponentSize, GiB, plan_swap  # noqa: E402
-from engine.plan import activation_estimate, encoder_activations  # noqa: E402
+from engine.plan import _FP8_NOT_KEPT, activation_estimate, encoder_activations  # noqa: E402
 from engine.requests import SwapSettings  # noqa: E402
 
 BF16 = 2
@@ -125,7 +125,7 @@ def comfy_wan_pair() -> tuple[list[ComponentSize], int]:
     from transformers import UMT5Config, UMT5EncoderModel
 
     expert = _fp8_component("transformer", "transformer", on_meta(lambda: WanTransformer3DModel(**WAN_FULL)),
-                            cast=("condition_embedder.", "patch_embedding."))
+                            cast=_FP8_NOT_KEPT)
     parts = [
         expert, ComponentSize("transformer_2", "transformer", expert.total, expert.blocks, expert.largest_leaf,
                               expert.load_copy),

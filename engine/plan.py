@@ -98,9 +98,9 @@ def fp8_load_bytes(role: str, header: dict, load_bytes: int, class_name: str = "
     """What a single file's fp8 weights become in memory (0: they stay 1 byte a weight, as stored, see
     ``comfy_models.fp8_storage``): plain fp8 in a diffusers model stays, and so does a scaled fp8 transformer whose
     scales follow its weights through the conversion (``scaled_fp8.scales_follow_weights``); other scaled fp8 is
-    multiplied out to the compute dtype; T5, umT5 and Qwen2.5-VL encoders keep theirs (``single_file.FP8_KEPT_ENCODERS``; in
-    fp16 their ``wo`` layers load as fp32, as transformers loads them, which the plan does not count), other
-    encoders are cast whole by transformers' loader."""
+    multiplied out to the compute dtype; T5, umT5 and Qwen2.5-VL encoders keep theirs
+    (``single_file.FP8_KEPT_ENCODERS``; in fp16 T5's ``wo`` layers load as fp32, as transformers loads them, which the
+    plan does not count), other encoders are cast whole by transformers' loader."""
     from engine.comfy_models.scaled_fp8 import scales_follow_weights
     from engine.comfy_models.single_file import FP8_KEPT_ENCODERS
 

@@ -51,13 +51,14 @@ def fp8_files(comfy, tmp_path, rel) -> dict[str, Path]:
     return paths
 
 
-def transformers_own(cls_name: str, folder: Path, part: str, state: dict) -> torch.nn.Module:
-    """transformers' ``from_pretrained`` of a state dict, fp8 cast up to fp32 by it: the reference."""
+def transformers_own(cls_name: str, folder: Path, part: str, state: dict,
+                     dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """transformers' ``from_pretrained`` of a state dict, fp8 cast up to ``dtype`` by it: the reference."""
     import transformers
 
     cls = getattr(transformers, cls_name)
     return cls.from_pretrained(None, config=cls.config_class.from_pretrained(str(folder / part)), state_dict=state,
-                               dtype=torch.float32).eval()
+                               dtype=dtype).eval()
 
 
 @pytest.mark.parametrize("which", ["t5", "umt5"])
@@ -119,13 +120,9 @@ def test_in_fp16_the_layers_transformers_keeps_in_fp32_are_fp32_as_it_loads_them
     wo = model.encoder.block[0].layer[1].DenseReluDense.wo
     assert wo.weight.dtype == torch.float32 and not hasattr(wo, "scale_weight")  # multiplied out, fp32
     assert model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
-    import transformers
-
-    cls = getattr(transformers, cls_name)
     # the file multiplied out as loading it in fp16 multiplies it (``scaled_fp8.dequantize``: in fp16)
     multiplied = scaled_fp8.dequantize(load_file(str(paths["scaled"])), torch.float16, "x")
-    reference = cls.from_pretrained(None, config=cls.config_class.from_pretrained(str(folder / part)),
-                                    state_dict=multiplied, dtype=torch.float16).eval()
+    reference = transformers_own(cls_name, folder, part, multiplied, torch.float16)
     assert reference.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
     ids = torch.tensor([[5, 17, 3, 99, 42, 1]])
     with torch.no_grad():

@@ -43,17 +43,12 @@ def _inplace_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return result.to(result_dtype)
 
 
-def install(layers) -> int:
-    """Give every plain peft LoRA ``Linear`` among ``layers`` the in-place forward (once per layer). Returns how many
-    layers have it now."""
+def install(layers) -> None:
+    """Give every plain peft LoRA ``Linear`` among ``layers`` the in-place forward (once per layer)."""
     from peft.tuners.lora.layer import Linear
 
-    count = 0
     for layer in layers:
-        if type(layer) is not Linear:  # quantized-backend subclasses and other layer kinds keep peft's forward
-            continue
-        if not getattr(layer, _INSTALLED, False):
+        # quantized-backend subclasses and other layer kinds keep peft's forward
+        if type(layer) is Linear and not getattr(layer, _INSTALLED, False):
             layer.forward = types.MethodType(_inplace_forward, layer)
             setattr(layer, _INSTALLED, True)
-        count += 1
-    return count

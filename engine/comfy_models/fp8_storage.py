@@ -87,8 +87,8 @@ def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: 
     tensor left out (a norm's weight, a bare parameter) goes to the compute dtype. ``scales``: parameter name ->
     the factor its stored values are multiplied by (``scaled_fp8.scale_for``), applied at compute time (or once,
     now, for a tensor left out). ``lift``: patterns of layers whose weight dtype their parent's code reads (T5's
-    ``wo``): they are cast for the parent's whole forward, by a hook on the parent. Returns the number of tensors
-    stored in ``storage_dtype``. ``skip``: patterns of layers left as they are (already in their own dtype)."""
+    ``wo``): they are cast for the parent's whole forward, by a hook on the parent. ``skip``: patterns of layers
+    left as they are (already in their own dtype). Returns the number of tensors stored in ``storage_dtype``."""
     scales = scales or {}
     # diffusers skips norms and embedders (``DEFAULT_SKIP_MODULES_PATTERN``, "norm") because casting a bf16 model
     # *down* to fp8 would round them; a tensor stored here is exact in fp8 already and every layer still computes
@@ -97,7 +97,8 @@ def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: 
     skip = tuple(p for p in getattr(model, "_skip_layerwise_casting_patterns", None) or () if p != "norm") + skip
     stored = 0
     carried: dict[str, tuple[list[str], list[str]]] = {}  # the module a hook goes on -> (names, scaled names)
-    for prefix, module in model.named_modules():
+    modules = dict(model.named_modules())
+    for prefix, module in modules.items():
         hooked = isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and not any(re.search(p, prefix) for p in skip)
         names = tuple(name for name, tensor in module.named_parameters(recurse=False)
                       if hooked and tensor.is_floating_point() and _exact_in(tensor.data, storage_dtype))
@@ -122,7 +123,6 @@ def keep_fp8(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: 
             own.extend(f"{child}.{n}" if child else n for n in names)
             own_scaled.extend(f"{child}.{n}" if child else n for n in scaled)
             stored += len(names)
-    modules = dict(model.named_modules())
     for carrier, (names, scaled) in carried.items():
         registry = HookRegistry.check_if_exists_or_initialize(modules[carrier])
         registry.register_hook(TensorwiseCastingHook(tuple(names), storage_dtype, compute_dtype, tuple(scaled)),

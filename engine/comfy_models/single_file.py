@@ -226,7 +226,7 @@ def _load_encoder_fp8_as_stored(cls, config, state: dict, dtype: torch.dtype, st
     model.tie_weights()
     _check_loaded(model, name)
     scales = {w: scaled_fp8.scale_for(s, tensors[w], dtype) for w, s in scales.items() if w in tensors}
-    keep = model._keep_in_fp32_modules if dtype == torch.float16 else ()  # transformers' fp16 loads keep these fp32
+    keep = (model._keep_in_fp32_modules or ()) if dtype == torch.float16 else ()  # transformers' fp16 loads keep these fp32
     if keep:  # multiplied out into fp32 now, as transformers' load of the multiplied-out file has them
         for module_name, module in model.named_modules():
             if module_name.rpartition(".")[2] in keep:

@@ -181,9 +181,11 @@ def _plan_device(components: list[ComponentSize], settings, device: str, budget:
             plan.resident_weights = plan.layouts[worst.name].kept(worst)
             plan.slab_bytes = plan.layouts[worst.name].window_bytes(worst.blocks)
             # encoders and the VAE come in one at a time; the last expert's resident blocks stay unless they must go
-            _peak(plan, [(denoise, activations)] + [
-                (c.total + (kept if budget is None or c.total + kept + _activations_of(c, activations) <= budget
-                            else 0), _activations_of(c, activations)) for c in others])
+            moments = [(denoise, activations)]
+            for c in others:
+                act = _activations_of(c, activations)
+                moments.append((c.total + (kept if budget is None or c.total + kept + act <= budget else 0), act))
+            _peak(plan, moments)
     if budget is not None and plan.predicted_peak > budget:
         plan.fits = False
     plan.explanation = _explain(plan, components)
